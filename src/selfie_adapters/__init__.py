@@ -1,0 +1,15 @@
+"""selfie-adapters: let a language model describe its own internal vectors in words."""
+
+from .adapter import Adapter, load_adapter, load_mean_vectors, save_mean_vectors
+from .errors import SelfieError
+from .guard import check_model
+from .interpret import Description, Interpreter, generate
+from .modeling import load_model
+from .projections import PROJECTIONS, Projection, build_projection
+from .template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
+
+__all__ = [
+    "Adapter", "Description", "INJECTION_TOKEN", "Interpreter", "PROJECTIONS", "PromptTemplate",
+    "Projection", "SELFIE_TEMPLATE", "SelfieError", "build_projection", "check_model", "generate",
+    "load_adapter", "load_mean_vectors", "load_model", "save_mean_vectors",
+]

@@ -1,0 +1,276 @@
+"""An adapter = a projection + the metadata of its file; reading and writing the published format.
+
+Format (fixed by the published adapters): one ``.safetensors`` file, tensors named as in
+``projections.py``, string metadata ``projection_type``, ``model_name``, ``config_json`` and
+flat keys (``model_dim``, ``normalize_input``, ``init_scale``, ``low_rank_rank``, ...).
+Legacy ``.pt`` checkpoints are read with ``weights_only=True`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import SelfieError
+from .projections import PROJECTIONS, Projection, build_projection
+
+HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
+
+
+class Adapter:
+    """A trained (or identity) map from model vectors to soft tokens, with its file metadata.
+
+    >>> adapter = load_adapter("goodfire-sae-scalar-affine.safetensors")
+    >>> soft = adapter.transform(vectors)          # (N, 4096) -> (N, 4096), same dtype
+    """
+
+    def __init__(self, projection: Projection, metadata: dict[str, str] | None = None) -> None:
+        self.projection = projection
+        self.metadata = dict(metadata or {})
+        self.metadata.setdefault("projection_type", projection.kind)
+        self.metadata.setdefault("model_name", "")
+
+    @classmethod
+    def identity(cls, dim: int, *, normalize_input: bool = True, model_name: str = "") -> Adapter:
+        """The untrained baseline: x (optionally L2-normalised); combine with a scale."""
+        proj = build_projection("identity", dim, normalize_input=normalize_input)
+        return cls(proj, {"model_name": model_name, "normalize_input": str(normalize_input).lower()})
+
+    @property
+    def kind(self) -> str:
+        return self.projection.kind
+
+    @property
+    def dim(self) -> int:
+        return self.projection.dim
+
+    @property
+    def model_name(self) -> str:
+        return self.metadata.get("model_name", "")
+
+    @property
+    def normalize_input(self) -> bool:
+        return self.projection.normalize_input
+
+    def num_parameters(self) -> int:
+        return self.projection.num_parameters()
+
+    def to(self, device: torch.device | str | None) -> Adapter:
+        if device is not None:
+            self.projection.to(device)
+        return self
+
+    def transform(self, x: torch.Tensor, normalize_input: bool | None = None) -> torch.Tensor:
+        """(d,) or (..., d) vectors → soft tokens of the same shape and dtype (math in fp32)."""
+        if x.shape[-1] != self.dim:
+            raise SelfieError(f"vectors have dimension {x.shape[-1]} but the adapter expects {self.dim}")
+        check_finite(x, "input vectors")
+        device = next(self.projection.parameters(), torch.empty(0, device=x.device)).device
+        with torch.no_grad():
+            out = self.projection(x.to(device), normalize_input=normalize_input)
+        return out.to(x.device)
+
+    def save(self, path: str | os.PathLike, **extra_metadata: str) -> Path:
+        """Write the published single-file format (atomically); loads back identically."""
+        path = Path(path)
+        meta = {**self.metadata, **{k: str(v) for k, v in extra_metadata.items()}}
+        meta.update(flat_metadata(self.projection))
+        meta.setdefault("config_json", json.dumps({"projection": projection_config(self.projection)}))
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+                   for k, v in self.projection.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def __repr__(self) -> str:
+        return (f"Adapter({self.kind}, d={self.dim}, params={self.num_parameters():,}, "
+                f"normalize_input={self.normalize_input}, model={self.model_name!r})")
+
+
+def projection_config(proj: Projection) -> dict:
+    """The ``projection`` section of a training config for this projection."""
+    return {"type": proj.kind, "normalize_input": proj.normalize_input, "init_scale": proj.init_scale,
+            "low_rank_rank": proj.rank, "low_rank_init_factor": proj.init_factor}
+
+
+def flat_metadata(proj: Projection) -> dict[str, str]:
+    meta = {"projection_type": proj.kind, "model_dim": str(proj.dim),
+            "normalize_input": str(proj.normalize_input).lower(), "init_scale": str(proj.init_scale)}
+    if proj.rank is not None:
+        meta["low_rank_rank"] = str(proj.rank)
+    return meta
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).sum().item()
+        raise SelfieError(f"{what} contain {bad} NaN/Inf value(s); fix or drop them before use")
+
+
+def _parse_bool(value: str | bool | None, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if value.strip().lower() in ("false", "0", "no"):
+        return False
+    raise SelfieError(f"metadata normalize_input must be 'true' or 'false', got {value!r}")
+
+
+def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str,
+                     normalize_input: bool | None = None) -> Adapter:
+    """Rebuild an adapter from tensors + metadata; strict about kind, names and shapes."""
+    cfg: dict = {}
+    if "config_json" in metadata:
+        try:
+            cfg = json.loads(metadata["config_json"]).get("projection", {}) or {}
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise SelfieError(f"{source}: config_json metadata is not valid JSON ({e})") from None
+    kind = metadata.get("projection_type") or cfg.get("type")
+    if not kind:
+        raise SelfieError(f"{source}: no projection_type in the file's metadata; valid: {', '.join(PROJECTIONS)}")
+    if kind not in PROJECTIONS:
+        raise SelfieError(f"{source}: unknown projection type {kind!r}; valid: {', '.join(PROJECTIONS)}")
+    dim = _infer_dim(state, metadata, source)
+    rank = metadata.get("low_rank_rank") or cfg.get("low_rank_rank")
+    if rank in (None, "", "None", "null") and "U" in state:
+        rank = state["U"].shape[-1]
+    rank = int(rank) if rank not in (None, "", "None", "null") else None
+    norm = _parse_bool(metadata.get("normalize_input", cfg.get("normalize_input")), True)
+    init_scale = float(metadata.get("init_scale") or cfg.get("init_scale") or 30.0)
+    with torch.device("meta"):
+        proto = build_projection(kind, dim, rank=rank, normalize_input=norm, init_scale=init_scale)
+    expected = {k: tuple(v.shape) for k, v in proto.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SelfieError(f"{source}: a {kind} adapter needs tensors {sorted(expected)}; "
+                          f"missing {missing}, unexpected {unexpected}")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise SelfieError(f"{source}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                              f"expected {shape} for a {kind} adapter with d={dim}")
+        check_finite(state[name], f"{source}: tensor {name!r}")
+    proj = build_projection(kind, dim, rank=rank, normalize_input=norm, init_scale=init_scale,
+                            init_factor=float(cfg.get("low_rank_init_factor") or 0.01))
+    proj.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    if normalize_input is not None:
+        proj.normalize_input = normalize_input
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta.setdefault("projection_type", kind)
+    return Adapter(proj.eval(), meta)
+
+
+def _infer_dim(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> int:
+    for name in ("bias", "weight", "U", "V"):
+        if name in state and state[name].dim() >= 1:
+            return int(state[name].shape[0])
+    if metadata.get("model_dim"):
+        return int(metadata["model_dim"])
+    raise SelfieError(f"{source}: cannot tell the vector dimension (no bias/weight/U tensor and no "
+                      "model_dim metadata)")
+
+
+def load_adapter(source: str | os.PathLike, device: torch.device | str | None = None,
+                 normalize_input: bool | None = None) -> Adapter:
+    """Load a published or trained adapter.
+
+    ``source``: a local ``.safetensors`` or legacy ``.pt`` file, or a hub reference
+    ``"owner/repo/file.safetensors"`` (downloaded through huggingface_hub's cache; offline mode honoured).
+
+    >>> adapter = load_adapter("keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors")
+    """
+    path = resolve_file(source)
+    if path.suffix in (".pt", ".pth", ".bin"):
+        adapter = _load_legacy(path, normalize_input)
+    else:
+        state, meta = read_safetensors(path)
+        adapter = build_from_state(state, meta, path.name, normalize_input)
+    return adapter.to(device)
+
+
+def resolve_file(source: str | os.PathLike) -> Path:
+    """A local path as is; ``owner/repo/path/in/repo`` through the hub cache."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise SelfieError(f"{source} is a folder; give the adapter file inside it")
+        return path
+    parts = str(source).split("/")
+    looks_local = str(source).startswith((".", "/", "~")) or Path(parts[0]).exists()
+    if len(parts) >= HUB_PREFIX_PARTS and not looks_local:
+        from huggingface_hub import hf_hub_download
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=filename))
+        except Exception as e:  # network, offline cache miss, missing repo: one clear line
+            raise SelfieError(f"could not fetch {filename!r} from hub repo {repo!r}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    raise SelfieError(f"file not found: {source}")
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file, with clear errors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SelfieError(f"{path.name} is not a readable safetensors file ({e})") from None
+    return state, meta
+
+
+def _load_legacy(path: Path, normalize_input: bool | None) -> Adapter:
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SelfieError(f"{path.name} holds objects that are not plain tensors/containers; refusing "
+                          f"to unpickle it ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError) as e:
+        raise SelfieError(f"{path.name} is not a readable torch checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or "projection_state" not in ckpt:
+        raise SelfieError(f"{path.name}: a legacy checkpoint must be a dict with 'projection_state' and "
+                          "'config'; re-save it as .safetensors")
+    config = ckpt.get("config") or {}
+    proj_cfg = dict(config.get("projection", {})) if isinstance(config, dict) else {}
+    meta = {"config_json": json.dumps(config, default=str),
+            "model_name": str((config.get("model") or {}).get("name", "")) if isinstance(config, dict) else ""}
+    if proj_cfg.get("type"):
+        meta["projection_type"] = str(proj_cfg["type"])
+    for key in ("model_dim", "global_step", "best_val_loss"):
+        if ckpt.get(key) is not None:
+            meta[key] = str(ckpt[key])
+    state = {k.removeprefix("projection."): v for k, v in ckpt["projection_state"].items()}
+    return build_from_state(state, meta, path.name, normalize_input)
+
+
+def load_mean_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
+    """``mean-vectors.safetensors`` → {layer: (d,) fp32 tensor} from its ``layer_{L}`` keys."""
+    state, _ = read_safetensors(resolve_file(path))
+    out: dict[int, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.startswith("layer_") and key[6:].isdigit():
+            check_finite(t, f"mean vector {key}")
+            out[int(key[6:])] = t.float()
+    if not out:
+        raise SelfieError(f"{path}: no 'layer_<L>' tensors found (keys: {sorted(state)})")
+    return out
+
+
+def save_mean_vectors(means: dict[int, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
+    """Write {layer: (d,)} as ``layer_{L}`` fp32 tensors (atomic)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({f"layer_{k}": v.float().contiguous().cpu() for k, v in means.items()}, str(tmp),
+              metadata={k: str(v) for k, v in metadata.items()} or None)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,88 @@
+"""Is this model the one the adapter was trained for?
+
+Adapters give fluent garbage on other models even when the shapes match, so: a dimension
+mismatch is always refused; a different model is refused unless the caller opts in. A local copy
+of the right model passes because we compare configurations, not path strings.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+from .errors import SelfieError
+
+# Configuration fingerprints of models with published adapters. The eos list tells the Instruct
+# model from the base model (same shapes otherwise).
+KNOWN_MODELS: dict[str, dict] = {
+    "meta-llama/Meta-Llama-3.1-8B-Instruct": {
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32,
+        "vocab_size": 128256, "eos_token_id": [128001, 128008, 128009]},
+}
+KNOWN_MODELS["meta-llama/Llama-3.1-8B-Instruct"] = KNOWN_MODELS["meta-llama/Meta-Llama-3.1-8B-Instruct"]
+SIGNATURE_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def model_signature(model) -> dict:
+    """The fields of a model's config that identify it (stored in adapters we train)."""
+    cfg = model.config
+    return {k: getattr(cfg, k, None) for k in SIGNATURE_KEYS}
+
+
+def check_model(adapter, model, allow_model_mismatch: bool = False) -> None:
+    """Raise SelfieError if ``adapter`` does not belong to ``model`` (see module docstring)."""
+    hidden = model.config.hidden_size
+    if adapter.dim != hidden:
+        raise SelfieError(f"adapter expects d={adapter.dim} but the model's hidden size is {hidden}; "
+                          f"use an adapter trained for this model (adapter model: {adapter.model_name!r})")
+    problem = _mismatch(adapter, model)
+    if problem is None:
+        return
+    if allow_model_mismatch:
+        warnings.warn(f"model mismatch allowed: {problem}", stacklevel=2)
+        return
+    raise SelfieError(f"{problem}; descriptions would be meaningless. Load the adapter's model, or pass "
+                      "allow_model_mismatch=True (CLI: --allow-model-mismatch) if you know better")
+
+
+def _mismatch(adapter, model) -> str | None:
+    expected_name = adapter.model_name
+    name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
+    expected = _expected_signature(adapter)
+    if expected is None:
+        if not expected_name or _same_name(name, expected_name):
+            return None
+        return f"adapter was trained on {expected_name!r} but the model is {name!r}"
+    got = model_signature(model)
+    if "eos_token_id" in expected:
+        got["eos_token_id"] = _eos_list(model)
+    diffs = [f"{k}={got.get(k)!r} (expected {v!r})" for k, v in expected.items()
+             if _norm(got.get(k)) != _norm(v)]
+    if diffs:
+        return f"the model is not {expected_name or 'the adapter model'!r}: " + ", ".join(diffs)
+    return None
+
+
+def _expected_signature(adapter) -> dict | None:
+    if "model_signature" in adapter.metadata:
+        try:
+            return json.loads(adapter.metadata["model_signature"])
+        except json.JSONDecodeError:
+            return None
+    return KNOWN_MODELS.get(adapter.model_name)
+
+
+def _eos_list(model) -> list[int]:
+    eos = getattr(model.config, "eos_token_id", None)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.eos_token_id is not None:
+        eos = gen.eos_token_id
+    return sorted(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
+
+
+def _norm(v):
+    return sorted(v) if isinstance(v, list) and all(isinstance(x, int) for x in v) else v
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/") or a.rstrip("/").split("/")[-1] == b.rstrip("/").split("/")[-1]

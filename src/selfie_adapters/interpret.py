@@ -1,0 +1,248 @@
+"""Describe vectors: soft tokens into the SelfIE prompt, batched generation, labels and log-probs.
+
+The prompt is the same for every vector, so its prefix before the first injection site is run
+once and its KV cache shared by the batch; rows leave the batch as soon as they close the quote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .adapter import Adapter, check_finite
+from .errors import SelfieError
+from .guard import check_model
+from .inject import embed_with_soft_tokens, residual_overwrite
+from .modeling import cache_kw, eos_token_ids, model_device, pad_token_id
+from .template import PromptTemplate
+
+BASELINE_SCALES = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
+
+
+@dataclass(frozen=True)
+class Description:
+    """One generated description: ``label`` is the text before the closing quote."""
+
+    index: int
+    scale: float
+    sample: int
+    label: str
+    text: str
+    logprob: float  # mean log-prob of the generated tokens up to and including the closing one
+    closed: bool  # the quote (or EOS) came within max_new_tokens
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+    @property
+    def key(self) -> tuple[int, float, int]:
+        return (self.index, self.scale, self.sample)
+
+
+@dataclass(frozen=True)
+class Generated:
+    tokens: list[int]
+    logprobs: list[float]
+    closed: bool
+
+
+class Interpreter:
+    """A causal LM + tokenizer + adapter that turns vectors into the model's own descriptions.
+
+    >>> interp = Interpreter(model, tokenizer, load_adapter("goodfire-sae-scalar-affine.safetensors"))
+    >>> interp.describe(vectors)[0].label
+    'words about fruit'
+    """
+
+    def __init__(self, model, tokenizer, adapter: Adapter | None = None, *,
+                 template: PromptTemplate | str | None = None, inject_layer: int | None = None,
+                 mean: torch.Tensor | None = None, allow_model_mismatch: bool = False) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        dim = model.config.hidden_size
+        self.adapter = adapter if adapter is not None else Adapter.identity(dim)
+        if adapter is not None:
+            check_model(adapter, model, allow_model_mismatch)
+        if isinstance(template, str):
+            template = PromptTemplate(template)
+        self.template = template or PromptTemplate()
+        self.prompt_ids, self.sites = self.template.encode(tokenizer)
+        self.inject_layer = inject_layer
+        if mean is not None:
+            if mean.shape != (dim,):
+                raise SelfieError(f"mean vector has shape {tuple(mean.shape)}, expected ({dim},)")
+            check_finite(mean, "mean vector")
+        self.mean = None if mean is None else mean.float()
+        self.stop_ids = sorted(stop_token_ids(tokenizer, self.template.closing) | eos_token_ids(tokenizer, model))
+        self.eos_ids = eos_token_ids(tokenizer, model)
+
+    @property
+    def default_scales(self) -> tuple[float, ...]:
+        return BASELINE_SCALES if self.adapter.kind == "identity" else (1.0,)
+
+    def soft_tokens(self, vectors: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """(N, d) vectors → (N, d) fp32 soft tokens: scale · adapter(v − mean)."""
+        v = vectors.float()
+        if self.mean is not None:
+            v = v - self.mean.to(v.device)
+        return scale * self.adapter.transform(v).float()
+
+    def describe(self, vectors: torch.Tensor, **kwargs) -> list[Description]:
+        """All descriptions at once; see ``iter_describe`` for the arguments."""
+        return [d for batch in self.iter_describe(vectors, **kwargs) for d in batch]
+
+    def iter_describe(self, vectors: torch.Tensor, *, scales: Sequence[float] | None = None, samples: int = 1,
+                      max_new_tokens: int = 40, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                      batch_size: int = 32, skip: Iterable[tuple[int, float, int]] = (),
+                      indices: Sequence[int] | None = None,
+                      progress: Callable[[int], None] | None = None) -> Iterator[list[Description]]:
+        """Yield one list of descriptions per batch (vectors × scales × samples), for incremental writing.
+
+        ``temperature`` 0 is greedy; sampling is seeded per (index, scale, sample), so results do not
+        depend on batch size or on what was skipped. ``skip`` holds keys already done (resume);
+        ``indices`` names the rows (default 0..N-1).
+        """
+        vectors = _as_matrix(vectors, self.model.config.hidden_size)
+        indices = list(range(len(vectors))) if indices is None else list(indices)
+        scales = tuple(float(s) for s in (scales or self.default_scales))
+        done = set(skip)
+        jobs = [(row, indices[row], s, k) for row in range(len(vectors)) for s in scales
+                for k in range(samples) if (indices[row], s, k) not in done]
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start:start + batch_size]
+            soft = torch.cat([self.soft_tokens(vectors[row:row + 1], s) for row, _, s, _ in batch])
+            gens = None
+            if temperature > 0:
+                device = model_device(self.model)
+                gens = [torch.Generator(device=device).manual_seed(_job_seed(seed, i, s, k)) for _, i, s, k in batch]
+            outs = generate(self.model, [self.prompt_ids] * len(batch), [self.sites] * len(batch), soft,
+                            inject_layer=self.inject_layer, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, generators=gens,
+                            stop_ids=self.stop_ids, pad_id=pad_token_id(self.tokenizer))
+            yield [self._describe_one(job, out) for job, out in zip(batch, outs)]
+            if progress is not None:
+                progress(len(batch))
+
+    def _describe_one(self, job, out: Generated) -> Description:
+        _, index, scale, sample = job
+        text_ids = [t for t in out.tokens if t not in self.eos_ids]
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
+        label = text.split(self.template.closing)[0].strip()
+        lp = sum(out.logprobs) / max(len(out.logprobs), 1)
+        return Description(index, scale, sample, label, text, lp, out.closed)
+
+
+@torch.inference_mode()
+def generate(model, prompts: list[list[int]], sites: list[list[int]], soft: torch.Tensor, *,
+             inject_layer: int | None = None, max_new_tokens: int = 40, temperature: float = 0.0,
+             top_p: float = 1.0, generators: list[torch.Generator] | None = None,
+             stop_ids: Sequence[int] = (), pad_id: int = 0) -> list[Generated]:
+    """Generate after each prompt with row b's soft token at ``sites[b]``; rows stop at a stop id.
+
+    Prompts of different lengths are left-padded (attention mask and position ids follow); equal
+    prompts share one prefix pass.
+    """
+    device = model_device(model)
+    B, T = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros(B, T, dtype=torch.long)
+    site_mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, (p, s) in enumerate(zip(prompts, sites)):
+        ids[b, T - len(p):] = torch.tensor(p)
+        attn[b, T - len(p):] = 1
+        site_mask[b, [T - len(p) + i for i in s]] = True
+    ids, attn, site_mask = ids.to(device), attn.to(device), site_mask.to(device)
+    position = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T)
+    cache = DynamicCache(config=model.config)
+    shared = all(p == prompts[0] and s == sites[0] for p, s in zip(prompts, sites))
+    start = min(sites[0]) if shared else 0
+    if start > 0:  # run the common prefix once, then copy its cache to every row
+        model(input_ids=ids[:1, :start], position_ids=position[:1, :start], use_cache=True,
+              **cache_kw(model, cache))
+        cache.batch_repeat_interleave(B)
+    mask = None if shared else attn
+    chunk_ids, chunk_sites = ids[:, start:], site_mask[:, start:]
+    if inject_layer is None:
+        embeds, ctx = embed_with_soft_tokens(model, chunk_ids, chunk_sites, soft), nullcontext()
+    else:
+        embeds = model.get_input_embeddings()(chunk_ids)
+        ctx = residual_overwrite(model, inject_layer, chunk_sites, soft)
+    with ctx:
+        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position[:, start:],
+                    use_cache=True, logits_to_keep=1, **cache_kw(model, cache))
+    logits = out.logits[:, -1].float()  # (B, V)
+    next_pos = position[:, -1] + 1  # (B,)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    active = list(range(B))
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    logprobs: list[list[float]] = [[] for _ in range(B)]
+    closed = [False] * B
+    for step in range(max_new_tokens):
+        gens = None if generators is None else [generators[b] for b in active]
+        tok = pick_tokens(logits, temperature, top_p, gens)  # (b,)
+        lp = torch.log_softmax(logits, dim=-1).gather(1, tok[:, None])[:, 0]
+        finished = torch.isin(tok, stop)
+        for b, t, l, f in zip(active, tok.tolist(), lp.tolist(), finished.tolist()):
+            tokens[b].append(t)
+            logprobs[b].append(l)
+            closed[b] = f
+        keep = ~finished
+        if step == max_new_tokens - 1 or not keep.any():
+            break
+        if not keep.all():  # drop finished rows from the batch and the cache
+            rows = keep.nonzero()[:, 0]
+            cache.batch_select_indices(rows)
+            active = [active[i] for i in rows.tolist()]
+            tok, next_pos = tok[rows], next_pos[rows]
+            mask = None if mask is None else mask[rows]
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    use_cache=True, **cache_kw(model, cache))
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    return [Generated(tokens[b], logprobs[b], closed[b]) for b in range(B)]
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Greedy (temperature 0) or nucleus sampling with one generator per row. logits: (B, V)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    if generators is None:
+        return torch.multinomial(probs, 1)[:, 0]
+    return torch.stack([torch.multinomial(probs[b], 1, generator=g)[0] for b, g in enumerate(generators)])
+
+
+def stop_token_ids(tokenizer, closing: str = '"') -> set[int]:
+    """Ids of every token whose text contains the closing quote (e.g. ``"`` and ``."``)."""
+    vocab = tokenizer.get_vocab()
+    ids = {i for t, i in vocab.items() if closing in t}
+    byte_tok = f"<0x{ord(closing):02X}>" if len(closing) == 1 else None
+    if byte_tok in vocab:
+        ids.add(vocab[byte_tok])
+    return ids
+
+
+def _job_seed(seed: int, index: int, scale: float, sample: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{index}:{scale!r}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def _as_matrix(vectors: torch.Tensor, dim: int) -> torch.Tensor:
+    if vectors.dim() == 1:
+        vectors = vectors[None]
+    if vectors.dim() != 2 or vectors.shape[-1] != dim:
+        raise SelfieError(f"vectors must have shape (N, {dim}) for this model, got {tuple(vectors.shape)}")
+    check_finite(vectors, "vectors")
+    return vectors
