@@ -266,11 +266,17 @@ def load_mean_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
     return out
 
 
-def save_mean_vectors(means: dict[int, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
-    """Write {layer: (d,)} as ``layer_{L}`` fp32 tensors (atomic)."""
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write fp32 contiguous tensors to a safetensors file atomically (no half-written file on a kill)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({f"layer_{k}": v.float().contiguous().cpu() for k, v in means.items()}, str(tmp),
-              metadata={k: str(v) for k, v in metadata.items()} or None)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
     os.replace(tmp, path)
     return path
+
+
+def save_mean_vectors(means: dict[int, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
+    """Write {layer: (d,)} as ``layer_{L}`` fp32 tensors (atomic)."""
+    return save_tensors({f"layer_{k}": v for k, v in means.items()}, path, metadata)

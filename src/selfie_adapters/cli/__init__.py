@@ -1,0 +1,40 @@
+"""`selfie` command line: thin commands over the public API. ``main(argv)`` runs in-process."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from ..errors import SelfieError
+from . import core  # noqa: F401  (registers commands)
+from .app import app, eval_app
+
+__all__ = ["app", "eval_app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input → one line on stderr and exit code 2, never a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="selfie", standalone_mode=False)
+    except SelfieError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except click.exceptions.UsageError as e:
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""`selfie inspect | describe | extract | mean`: thin commands over the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..adapter import load_adapter, load_mean_vectors, save_mean_vectors, save_tensors
+from ..errors import SelfieError
+from ..interpret import Interpreter
+from ..modeling import load_model
+from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
+from ..vectors import (extract_hidden_states, load_prompts, load_vectors, mean_hidden_states,
+                       sae_decoder_vectors)
+from .app import app
+from ..jsonl import JsonlLog
+
+console = Console(stderr=True)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+@app.command()
+def inspect(adapter: str = typer.Argument(..., help="Adapter file (.safetensors / .pt) or hub reference."),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Show an adapter's kind, model, dimension, parameter count and metadata.
+
+    Example: selfie inspect goodfire-sae-scalar-affine.safetensors --json
+    """
+    a = load_adapter(adapter)
+    info = {"projection_type": a.kind, "model_name": a.model_name, "model_dim": a.dim,
+            "num_parameters": a.num_parameters(), "normalize_input": a.normalize_input}
+    info.update({k: v for k, v in a.metadata.items() if k not in info and k != "config_json"})
+    if "config_json" in a.metadata:
+        info["config"] = _json_or_text(a.metadata["config_json"])
+    if as_json:
+        print(json.dumps(info))
+        return
+    for key, value in info.items():
+        if key != "config":
+            console.print(f"[bold]{key}[/bold]: {value}", highlight=False, soft_wrap=True)
+
+
+def _json_or_text(s: str):
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError:
+        return s
+
+
+@app.command()
+def describe(
+    model: str = typer.Option(..., help="Model folder or hub id (the adapter's model)."),
+    out: Path = typer.Option(..., help="Output JSONL; re-running with the same file resumes."),
+    adapter: str | None = typer.Option(None, help="Adapter file or hub reference; none = untrained baseline."),
+    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s); repeat to sweep."),
+    vectors: Path | None = typer.Option(None, help="Vectors file: .safetensors / .pt / .npy, shape (N, d)."),
+    key: str | None = typer.Option(None, help="Tensor name inside the vectors file."),
+    sae_release: str | None = typer.Option(None, help="SAE release (sae-lens) for --features."),
+    sae_id: str | None = typer.Option(None, help="SAE id within the release, e.g. layer_19."),
+    features: str | None = typer.Option(None, help="SAE latent indices, e.g. '0,5,10-20'."),
+    mean_vectors: Path | None = typer.Option(None, help="mean-vectors.safetensors to subtract (contrastive)."),
+    layer: int | None = typer.Option(None, help="Which layer_{L} of --mean-vectors to subtract."),
+    samples: int = typer.Option(1, min=1, help="Descriptions per vector and scale."),
+    max_new_tokens: int = typer.Option(40, min=1),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(32, min=1),
+    inject_layer: int | None = typer.Option(None, help="Overwrite the residual entering block K instead of "
+                                            "the input embeddings."),
+    template: str | None = typer.Option(None, help="Prompt template (default: the SelfIE template)."),
+    injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
+    allow_model_mismatch: bool = typer.Option(False, help="Use the adapter on a model it was not trained for."),
+    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: model's)."),
+) -> None:
+    """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
+
+    Example: selfie describe --model meta-llama/Llama-3.1-8B-Instruct
+      --adapter keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors
+      --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --features 0-99 --out labels.jsonl
+    """
+    # Everything that can be checked without the model is checked first.
+    prompt = PromptTemplate(template or SELFIE_TEMPLATE, injection_token)
+    ad = load_adapter(adapter) if adapter else None
+    vecs, indices = _vectors_from_options(vectors, key, sae_release, sae_id, features)
+    mean = _mean_from_options(mean_vectors, layer)
+    settings = {"model": model, "adapter": adapter, "template": prompt.text, "injection_token": injection_token,
+                "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
+                "inject_layer": inject_layer, "mean_vectors": str(mean_vectors) if mean_vectors else None,
+                "layer": layer, "vectors": str(vectors or f"{sae_release}/{sae_id}")}
+    log = JsonlLog(out, settings)
+    m, tok = load_model(model, dtype=dtype, device=device)
+    interp = Interpreter(m, tok, ad, template=prompt, inject_layer=inject_layer, mean=mean,
+                         allow_model_mismatch=allow_model_mismatch)
+    scales = tuple(scale) if scale else interp.default_scales
+    done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
+    total = len(vecs) * len(scales) * samples
+    with progress_bar() as bar:
+        task = bar.add_task("describing", total=total, completed=min(len(done), total))
+        for batch in interp.iter_describe(vecs, scales=scales, samples=samples, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, top_p=top_p, seed=seed,
+                                          batch_size=batch_size, skip=done, indices=indices,
+                                          progress=lambda n: bar.advance(task, n)):
+            log.append([d.to_row() for d in batch])
+    console.print(f"wrote {out}", highlight=False)
+
+
+def _vectors_from_options(vectors, key, sae_release, sae_id, features) -> tuple[torch.Tensor, list[int]]:
+    if (vectors is None) == (sae_release is None):
+        raise SelfieError("give exactly one vector source: --vectors FILE, or --sae-release/--sae-id/--features")
+    if vectors is not None:
+        v = load_vectors(vectors, key)
+        return v, list(range(len(v)))
+    if not (sae_id and features):
+        raise SelfieError("--sae-release needs --sae-id and --features (e.g. --features 0-99)")
+    v, kept = sae_decoder_vectors(sae_release, sae_id, parse_indices(features))
+    return v, kept
+
+
+def parse_indices(spec: str) -> list[int]:
+    """'0,5,10-12' → [0, 5, 10, 11, 12]."""
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise SelfieError(f"--features must look like '0,5,10-20', got {spec!r}") from None
+    return out
+
+
+def _mean_from_options(mean_vectors: Path | None, layer: int | None) -> torch.Tensor | None:
+    if mean_vectors is None:
+        return None
+    means = load_mean_vectors(mean_vectors)
+    if layer is None:
+        if len(means) != 1:
+            raise SelfieError(f"{mean_vectors} holds layers {sorted(means)}; choose one with --layer")
+        layer = next(iter(means))
+    if layer not in means:
+        raise SelfieError(f"{mean_vectors} has no layer_{layer}; it holds layers {sorted(means)}")
+    return means[layer]
+
+
+def _prompt_options(prompts: Path, model: str, layer: list[int], dtype: str, device: str | None):
+    texts = load_prompts(prompts)
+    if not layer:
+        raise SelfieError("give at least one --layer")
+    m, tok = load_model(model, dtype=dtype, device=device)
+    return texts, m, tok
+
+
+@app.command()
+def extract(
+    model: str = typer.Option(..., help="Model folder or hub id."),
+    layer: list[int] = typer.Option(..., help="Residual stream after block L; repeat for several."),
+    prompts: Path = typer.Option(..., help="One prompt per line, or JSONL with \"prompt\"."),
+    out: Path = typer.Option(..., help="Output .safetensors with one (N, d) fp32 tensor per layer_{L}."),
+    chat: bool = typer.Option(False, help="Wrap each prompt in the chat template with generation prompt."),
+    batch_size: int = typer.Option(8, min=1),
+    dtype: str = typer.Option("auto"),
+    device: str | None = typer.Option(None),
+) -> None:
+    """Hidden states at the last token of each prompt (blocks above L and the LM head never run).
+
+    Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
+      --out vectors.safetensors
+    """
+    texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
+    with progress_bar() as bar:
+        task = bar.add_task("extracting", total=len(texts))
+        vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size,
+                                     progress=lambda n: bar.advance(task, n))
+    save_tensors({f"layer_{L}": v for L, v in vecs.items()}, out,
+                 {"model_name": model, "chat": str(chat).lower(), "num_prompts": str(len(texts))})
+    console.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def mean(
+    model: str = typer.Option(..., help="Model folder or hub id."),
+    layer: list[int] = typer.Option(..., help="Residual stream after block L; repeat for several."),
+    prompts: Path = typer.Option(..., help="One prompt per line, or JSONL with \"prompt\"."),
+    out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
+    chat: bool = typer.Option(False, help="Wrap each prompt in the chat template with generation prompt."),
+    batch_size: int = typer.Option(8, min=1),
+    dtype: str = typer.Option("auto"),
+    device: str | None = typer.Option(None),
+) -> None:
+    """Mean last-token state over a prompt set, for contrastive vectors (vector − mean).
+
+    Example: selfie mean --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts tell-me-about.txt
+      --chat --out mean-vectors.safetensors
+    """
+    texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
+    with progress_bar() as bar:
+        task = bar.add_task("averaging", total=len(texts))
+        means = mean_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size,
+                                   progress=lambda n: bar.advance(task, n))
+    save_mean_vectors(means, out, model_name=model, num_prompts=str(len(texts)))
+    console.print(f"wrote {out}", highlight=False)
+

@@ -1,0 +1,78 @@
+"""Append-only JSONL results that survive a kill and resume without duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
+
+from .errors import SelfieError
+
+
+class JsonlLog:
+    """Rows are appended and fsynced batch by batch. On open, a torn last line (a kill mid-write) is
+    cut off and every complete row is kept. ``settings`` are stored beside the file
+    (``OUT.settings.json``); resuming with different settings is refused, so rows never mix runs.
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict | None = None) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise SelfieError(f"output {self.path} is a folder; give a .jsonl file path")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = self._read_and_repair()
+        self._check_settings(settings)
+
+    @property
+    def settings_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".settings.json")
+
+    def _read_and_repair(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]  # everything up to the last newline
+        rows = []
+        for n, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                raise SelfieError(f"{self.path} line {n} is not a JSON object; it is not a results file of "
+                                  "this tool. Choose another output path")
+            rows.append(row)
+        if len(complete) != len(data):
+            with open(self.path, "r+b") as f:  # drop the torn tail of an interrupted write
+                f.truncate(len(complete))
+        return rows
+
+    def _check_settings(self, settings: dict | None) -> None:
+        if settings is None:
+            return
+        settings = json.loads(json.dumps(settings))  # normalise tuples etc.
+        if self.settings_path.exists() and self.rows:
+            old = json.loads(self.settings_path.read_text())
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            if diff:
+                raise SelfieError(f"{self.path} was written with other settings ({', '.join(diff)} differ); "
+                                  "use another output file or delete it to start over")
+        tmp = self.settings_path.with_name(self.settings_path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=1))
+        os.replace(tmp, self.settings_path)
+
+    def done_keys(self, key: Callable[[dict], Hashable]) -> set:
+        return {key(r) for r in self.rows}
+
+    def append(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.extend(rows)

@@ -1,0 +1,235 @@
+"""Where vectors come from: hidden states of prompts, dataset means, SAE decoder rows, tensor files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .adapter import check_finite, read_safetensors
+from .errors import SelfieError
+from .modeling import base_model, decoder_layers, model_device, pad_token_id
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest requested block: nothing above it runs."""
+
+
+def render_prompts(tokenizer, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
+    """Token ids per prompt; with ``chat`` through the tokenizer's chat template + generation prompt."""
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise SelfieError("the tokenizer has no chat template; drop --chat or use the model's own tokenizer")
+    out = []
+    for p in prompts:
+        if chat:
+            p = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True)
+            out.append(tokenizer(p, add_special_tokens=False)["input_ids"])
+        else:
+            out.append(tokenizer(p)["input_ids"])
+    if any(len(ids) == 0 for ids in out):
+        raise SelfieError("a prompt tokenizes to nothing; remove empty prompts")
+    return out
+
+
+def _check_layers(model, layers: Sequence[int]) -> list[int]:
+    n = len(decoder_layers(model))
+    bad = [L for L in layers if not 0 <= L < n]
+    if bad or not layers:
+        raise SelfieError(f"layer(s) {bad or layers} out of range; this model has blocks 0..{n - 1} "
+                          "(layer L = residual stream after block L)")
+    return sorted(set(layers))
+
+
+@torch.inference_mode()
+def hidden_states_batch(model, batch: list[list[int]], layers: Sequence[int], pad_id: int) -> dict[int, torch.Tensor]:
+    """Residual stream after each block in ``layers`` for left-padded ``batch``: {L: (B, T, d)}.
+
+    Blocks above max(layers) and the LM head never run.
+    """
+    device = model_device(model)
+    T = max(len(ids) for ids in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, seq in enumerate(batch):
+        ids[b, T - len(seq):] = torch.tensor(seq)
+        attn[b, T - len(seq):] = 1
+    position = (attn.cumsum(-1) - 1).clamp_min(0)
+    captured: dict[int, torch.Tensor] = {}
+    blocks, last = decoder_layers(model), max(layers)
+
+    def hook_for(layer: int):
+        def hook(module, args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == last:
+                raise _StopForward
+        return hook
+
+    handles = [blocks[L].register_forward_hook(hook_for(L)) for L in layers]
+    try:
+        base_model(model)(input_ids=ids.to(device), attention_mask=attn.to(device),
+                          position_ids=position.to(device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def extract_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
+                          positions: int | Sequence[int] = -1, chat: bool = False, batch_size: int = 8,
+                          progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
+    """Residual stream after block L (= HF ``hidden_states[L + 1]``) at chosen token positions.
+
+    Returns {L: (N, d)} fp32 for one position (default: the last token), or {L: (N, P, d)} for a
+    list of positions (negative counts from the end of each prompt).
+
+    >>> vecs = extract_hidden_states(model, tok, ["Tell me about Paris."], 19, chat=True)[19]
+    """
+    layers = _check_layers(model, [layers] if isinstance(layers, int) else list(layers))
+    single = isinstance(positions, int)
+    pos = [positions] if single else list(positions)
+    encoded = render_prompts(tokenizer, prompts, chat)
+    for n, ids in enumerate(encoded):
+        if any(not -len(ids) <= p < len(ids) for p in pos):
+            raise SelfieError(f"prompt {n} has {len(ids)} tokens; positions {pos} do not fit it")
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths → little padding
+    out = {L: torch.empty(len(encoded), len(pos), model.config.hidden_size) for L in layers}
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = [encoded[i] for i in rows]
+        states = hidden_states_batch(model, batch, layers, pad_token_id(tokenizer))
+        T = max(len(s) for s in batch)
+        for b, (i, seq) in enumerate(zip(rows, batch)):
+            cols = [T - len(seq) + (p % len(seq)) for p in pos]
+            for L in layers:
+                out[L][i] = states[L][b, cols].float().cpu()
+        if progress is not None:
+            progress(len(rows))
+    return {L: (v[:, 0] if single else v) for L, v in out.items()}
+
+
+def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
+                       chat: bool = False, batch_size: int = 8,
+                       progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
+    """Streaming mean of the last-token state over prompts, several layers in one pass: {L: (d,)} fp32.
+
+    Sums accumulate in fp64, so the mean does not depend on the model's dtype or the batch size.
+    """
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        vecs = extract_hidden_states(model, tokenizer, chunk, layers, chat=chat, batch_size=batch_size)
+        for L, v in vecs.items():
+            check_finite(v, f"layer {L} hidden states")
+            sums[L] = sums.get(L, torch.zeros(v.shape[-1], dtype=torch.float64)) + v.double().sum(0)
+        count += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    if count == 0:
+        raise SelfieError("no prompts given; the prompts file is empty")
+    return {L: (s / count).float() for L, s in sums.items()}
+
+
+def load_prompts(path: str | os.PathLike) -> list[str]:
+    """One prompt per line (.txt) or JSONL rows with a "prompt" field (.jsonl)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise SelfieError(f"prompts file not found: {path}")
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if path.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{")):
+        prompts = []
+        for n, ln in enumerate(lines, 1):
+            try:
+                prompts.append(str(json.loads(ln)["prompt"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SelfieError(f"{path.name} line {n}: expected a JSON object with a \"prompt\" field") from None
+        lines = prompts
+    if not lines:
+        raise SelfieError(f"prompts file {path.name} is empty")
+    return lines
+
+
+def load_vectors(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
+    """(N, d) fp32 vectors from ``.safetensors`` / ``.pt`` (weights only) / ``.npy``; ``key`` picks a tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfieError(f"vectors file not found: {path}")
+    if path.suffix == ".npy":
+        try:
+            t = torch.from_numpy(np.load(path, allow_pickle=False))
+        except ValueError as e:
+            raise SelfieError(f"{path.name} is not a plain numeric .npy array ({e})") from None
+    elif path.suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise SelfieError(f"{path.name}: refusing to unpickle non-tensor objects or unreadable file "
+                              f"({str(e).splitlines()[0]})") from None
+        t = _pick(obj if isinstance(obj, dict) else {"": obj}, key, path.name)
+    else:
+        state, _ = read_safetensors(path)
+        t = _pick(state, key, path.name)
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise SelfieError(f"{path.name}: expected a float tensor of shape (N, d), got {type(t).__name__}")
+    t = t.float()
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2:
+        raise SelfieError(f"{path.name}: expected shape (N, d) or (d,), got {tuple(t.shape)}")
+    check_finite(t, f"vectors in {path.name}")
+    return t
+
+
+def _pick(state: dict, key: str | None, name: str):
+    if key is not None:
+        if key not in state:
+            raise SelfieError(f"{name} has no tensor {key!r}; keys: {sorted(state)}")
+        return state[key]
+    if len(state) != 1:
+        raise SelfieError(f"{name} holds several tensors {sorted(state)}; pick one with --key")
+    return next(iter(state.values()))
+
+
+def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """Rows of an SAE decoder (d_sae, d) for ``indices``; zero-norm ("dead") latents skipped with a warning."""
+    n = W_dec.shape[0]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise SelfieError(f"feature indices {bad[:5]} out of range; the SAE has {n} latents")
+    rows = W_dec[list(indices)].float()  # (K, d)
+    alive = rows.norm(dim=-1) > 0
+    dead = [i for i, a in zip(indices, alive.tolist()) if not a]
+    if dead:
+        warnings.warn(f"skipping {len(dead)} dead latent(s) with zero decoder norm: {dead[:10]}", stacklevel=2)
+    return rows[alive], [i for i, a in zip(indices, alive.tolist()) if a]
+
+
+def load_sae(release: str, sae_id: str, device: str = "cpu"):
+    """An SAE from sae-lens (``sae`` extra), e.g. ``load_sae("goodfire-llama-3.1-8b-instruct", "layer_19")``."""
+    try:
+        from sae_lens import SAE
+    except ImportError:
+        raise SelfieError("SAE features need sae-lens: pip install 'selfie-adapters[sae]'") from None
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as e:  # unknown release/id or download failure: one line
+        raise SelfieError(f"could not load SAE {release}/{sae_id}: {type(e).__name__}: {e}") from None
+    return sae[0] if isinstance(sae, tuple) else sae
+
+
+def sae_decoder_vectors(release: str, sae_id: str, indices: Sequence[int],
+                        device: str = "cpu") -> tuple[torch.Tensor, list[int]]:
+    """Decoder vectors of SAE latents (dead ones skipped): ((K, d) fp32, kept indices)."""
+    sae = load_sae(release, sae_id, device)
+    return decoder_rows(sae.W_dec.detach(), indices)
