@@ -1,0 +1,143 @@
+"""Shared helpers for evals: JSON/JSONL files, summary tables (rich) and PNG figures (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from ..errors import SelfieError
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (temp file + rename); creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_finite(obj), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "rows") -> list[dict]:
+    """Every JSON object of a JSONL file; a bad line is a one-line error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfieError(f"{what} file not found: {path}")
+    return list(iter_jsonl(path, what=what))
+
+
+def iter_jsonl(path: Path, *, what: str = "rows", tolerate_torn_tail: bool = False) -> Iterator[dict]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if tolerate_torn_tail and n == len(lines):  # a run killed mid-write leaves half a line
+                return
+            raise SelfieError(f"{path}:{n}: not valid JSON ({e.msg}); each line of the {what} file "
+                              "must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise SelfieError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield row
+
+
+class JsonlWriter:
+    """Append rows to a JSONL file, one flushed line each, so a killed run loses at most one row."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self._f.write(json.dumps(_finite(row), ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a trailing partial line (no newline) left by a killed run, so appends stay valid JSONL."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+
+
+def _finite(obj):
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console=None) -> None:
+    """A rich table on stdout (the CLI's only printing path for summaries)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(str(c), justify="left" if c == columns[0] else "right")
+    for row in rows:
+        table.add_row(*[fmt(v) for v in row])
+    (console or Console()).print(table)
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return "—" if not math.isfinite(v) else f"{v:.3f}"
+    return "—" if v is None else str(v)
+
+
+def save_heatmap(path: str | os.PathLike, values, *, row_labels: Sequence[str], col_labels: Sequence[str],
+                 title: str = "", xlabel: str = "", ylabel: str = "", vmin: float = 0.0,
+                 vmax: float = 1.0) -> Path:
+    """Write a (rows × cols) heatmap PNG with the given tick labels (Agg backend, imported lazily)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SelfieError("figures need matplotlib; install it with: pip install 'selfie-adapters[eval]'") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_rows, n_cols = len(row_labels), len(col_labels)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * n_cols + 2), max(3.0, 0.3 * n_rows + 1.5)))
+    try:
+        im = ax.imshow(values, aspect="auto", origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_xticks(range(n_cols), labels=list(col_labels), rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n_rows), labels=list(row_labels), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
