@@ -1,0 +1,1 @@
+"""Training SelfIE adapters: config, data, loss, trainer (and DDP helpers)."""

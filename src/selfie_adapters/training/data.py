@@ -1,0 +1,286 @@
+"""Vector → label training data: reading, checking and pre-tokenising.
+
+Two input forms:
+
+* the reference JSON (optionally ``.gz``): a list of sections
+  ``{"metadata": {"dataset_name", "filename", "layer", ...}, "vectors": [{"index", "labels", "split"}]}``
+  where ``filename`` (relative to the JSON) is an (N, d) tensor file and ``index`` a row;
+* JSONL (optionally ``.gz``): one ``{"vector": [...], "label": ...}`` or ``{"index": i, "label": ...}``
+  per line (``labels``, ``split``, ``dataset`` and ``layer`` are optional).
+
+Every label is its own example. The target is ``label + '"' + eos`` tokenised without added special
+tokens; all targets are tokenised once into a right-padded (N, L) tensor so that batching is indexing.
+Any bad input is reported as one SelfieError before training starts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..adapter import read_safetensors
+from ..errors import SelfieError
+from .config import DataConfig
+
+SPLITS = ("train", "val")
+SAE_PREFIX = "sae-lens:"
+
+
+@dataclass
+class Split:
+    """The examples of one split. Row i: vector ``vectors[rows[i]]``, target ``targets[i, :lengths[i]]``."""
+
+    rows: torch.Tensor  # (N,) long, rows of LabelledData.vectors
+    targets: torch.Tensor  # (N, L) long, right-padded with 0
+    lengths: torch.Tensor  # (N,) long, ≥ 1
+    dataset_ids: torch.Tensor  # (N,) long, index into LabelledData.datasets
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        return Split(self.rows[idx], self.targets[idx], self.lengths[idx], self.dataset_ids[idx],
+                     [self.labels[i] for i in idx.tolist()])
+
+
+@dataclass
+class LabelledData:
+    vectors: torch.Tensor  # (M, d) fp32
+    datasets: list[str]  # "name@lN" (or "name" when the layer is unknown)
+    train: Split
+    val: Split
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise SelfieError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
+        return self.train if name == "train" else self.val
+
+
+@dataclass
+class _Raw:
+    """Examples before tokenisation: parallel lists."""
+
+    rows: list[int]
+    labels: list[str]
+    splits: list[str]
+    datasets: list[int]
+
+
+def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.PathLike = ".") -> LabelledData:
+    """Read ``cfg.labels_file`` (+ its vectors), check everything, tokenise the targets.
+
+    >>> data = load_training_data(cfg.data, tokenizer, dim=4096, base_dir="configs/")
+    """
+    path = _resolve(cfg.labels_file, base_dir)
+    if not path.is_file():
+        raise SelfieError(f"labels file not found: {path} (set data.labels_file)")
+    override = cfg.vectors_file
+    if override and not override.startswith(SAE_PREFIX):
+        override = str(_resolve(override, base_dir))
+    if _is_jsonl(path):
+        vectors, datasets, raw = _read_jsonl(path, override)
+    else:
+        vectors, datasets, raw = _read_sections(path, override)
+    if vectors.dim() != 2 or vectors.shape[1] != dim:
+        raise SelfieError(f"vectors have shape {tuple(vectors.shape)} but the model's hidden size is {dim}; "
+                          "use vectors taken from this model (or the right data.vectors_file)")
+    used = torch.tensor(sorted(set(raw.rows)), dtype=torch.long)
+    if not torch.isfinite(vectors[used]).all():
+        bad = (~torch.isfinite(vectors[used])).any(-1).sum().item()
+        raise SelfieError(f"{bad} labelled vector(s) contain NaN/Inf; drop those entries from {path.name}")
+    if cfg.strip_labels:
+        raw.labels = [s.strip() for s in raw.labels]
+    for i, label in enumerate(raw.labels):
+        if not label or not label.strip():
+            raise SelfieError(f"{path.name}: empty label for vector row {raw.rows[i]} "
+                              f"(dataset {datasets[raw.datasets[i]]!r}); remove it or give it text")
+    targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
+    rows, dataset_ids = torch.tensor(raw.rows, dtype=torch.long), torch.tensor(raw.datasets, dtype=torch.long)
+    splits = {}
+    for name in SPLITS:
+        idx = torch.tensor([i for i, s in enumerate(raw.splits) if s == name], dtype=torch.long)
+        splits[name] = Split(rows[idx], _trim(targets[idx], lengths[idx]), lengths[idx], dataset_ids[idx],
+                             [raw.labels[i] for i in idx.tolist()])
+    if len(splits["train"]) == 0:
+        raise SelfieError(f"{path.name} has no examples with split 'train'")
+    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"])
+
+
+def tokenize_targets(tokenizer, labels: list[str], eos_token: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``label + '"' + eos`` for every label → right-padded (N, L) ids and (N,) lengths (one batched call)."""
+    if eos_token not in tokenizer.get_vocab():
+        raise SelfieError(f"data.eos_token {eos_token!r} is not a token of this tokenizer; set it to the "
+                          "model's end-of-turn token (Llama-3: '<|eot_id|>')")
+    texts = [f'{label}"{eos_token}' for label in labels]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    out = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
+    for i, x in enumerate(ids):  # once per run, not in the training loop
+        out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+    return out, lengths
+
+
+def _trim(targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return targets[:, :int(lengths.max())] if len(lengths) else targets[:, :1]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else Path(base_dir) / p
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _read_sections(path: Path, override: str | None) -> tuple[torch.Tensor, list[str], _Raw]:
+    try:
+        with _open_text(path) as f:
+            sections = json.load(f)
+    except (json.JSONDecodeError, OSError, EOFError) as e:
+        raise SelfieError(f"{path.name} is not a readable JSON labels file ({e})") from None
+    if isinstance(sections, dict):
+        sections = [sections]
+    if not isinstance(sections, list) or not sections:
+        raise SelfieError(f"{path.name} must hold a list of sections {{'metadata': ..., 'vectors': [...]}}")
+    sources: dict[str, tuple[int, torch.Tensor]] = {}  # source → (row offset, tensor)
+    datasets: list[str] = []
+    raw = _Raw([], [], [], [])
+    for s, section in enumerate(sections):
+        if not isinstance(section, dict) or not isinstance(section.get("vectors"), list):
+            raise SelfieError(f"{path.name}: section {s} needs a 'vectors' list of {{index, labels, split}}")
+        meta = section.get("metadata") or {}
+        source = override or (str(path.parent / meta["filename"]) if meta.get("filename") else None)
+        if source is None:
+            raise SelfieError(f"{path.name}: section {s} ({meta.get('dataset_name', '?')}) names no vectors "
+                              "'filename'; pass the vectors with --set data.vectors_file=FILE (or "
+                              "sae-lens:<release>/<sae_id> for SAE decoder rows)")
+        if source not in sources:
+            offset = sum(len(t) for _, t in sources.values())
+            sources[source] = (offset, load_vector_file(source))
+        offset, tensor = sources[source]
+        name = str(meta.get("dataset_name") or Path(source).stem)
+        key = f"{name}@l{meta['layer']}" if meta.get("layer") is not None else name
+        if key not in datasets:
+            datasets.append(key)
+        _add_entries(raw, section["vectors"], offset, len(tensor), datasets.index(key), f"{path.name} [{key}]")
+    vectors = torch.cat([t for _, t in sources.values()]) if len(sources) > 1 else next(iter(sources.values()))[1]
+    return vectors, datasets, raw
+
+
+def _add_entries(raw: _Raw, entries: list, offset: int, n: int, dataset: int, where: str) -> None:
+    for e in entries:
+        index, labels, split = e.get("index"), e.get("labels"), e.get("split", "train")
+        if not isinstance(index, int) or not 0 <= index < n:
+            raise SelfieError(f"{where}: vector index {index!r} out of range; the vectors file has {n} rows")
+        if isinstance(labels, str):
+            labels = [labels]
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise SelfieError(f"{where}: entry {index} needs 'labels', a non-empty list of strings; got {labels!r}")
+        if split not in SPLITS:
+            raise SelfieError(f"{where}: entry {index} has split {split!r}; valid: {', '.join(SPLITS)}")
+        for label in labels:
+            raw.rows.append(offset + index)
+            raw.labels.append(label)
+            raw.splits.append(split)
+            raw.datasets.append(dataset)
+
+
+def _read_jsonl(path: Path, override: str | None) -> tuple[torch.Tensor, list[str], _Raw]:
+    inline: list[list[float]] = []
+    datasets: list[str] = []
+    raw = _Raw([], [], [], [])
+    table = load_vector_file(override) if override else None
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SelfieError(f"{path.name}:{lineno} is not valid JSON ({e.msg})") from None
+            name = str(rec.get("dataset") or path.name.split(".")[0])
+            key = f"{name}@l{rec['layer']}" if rec.get("layer") is not None else name
+            if key not in datasets:
+                datasets.append(key)
+            entry = {"labels": rec.get("labels", rec.get("label")), "split": rec.get("split", "train")}
+            if "vector" in rec:
+                entry["index"] = len(inline)
+                inline.append(rec["vector"])
+                _add_entries(raw, [entry], 0, len(inline), datasets.index(key), f"{path.name}:{lineno}")
+            elif "index" in rec:
+                if table is None:
+                    raise SelfieError(f"{path.name}:{lineno} refers to vector index {rec['index']} but no vectors "
+                                      "file is set; pass --set data.vectors_file=FILE")
+                entry["index"] = rec["index"]
+                _add_entries(raw, [entry], 0, len(table), datasets.index(key), f"{path.name}:{lineno}")
+            else:
+                raise SelfieError(f"{path.name}:{lineno} needs 'vector' (a list of floats) or 'index'")
+    if inline and table is not None:
+        raise SelfieError(f"{path.name} mixes inline 'vector' rows and 'index' rows; use one form per file")
+    if table is not None:
+        return table, datasets, raw
+    try:
+        vectors = torch.tensor(inline, dtype=torch.float32)
+    except (ValueError, TypeError) as e:
+        raise SelfieError(f"{path.name}: every 'vector' must be a list of numbers of the same length ({e})") from None
+    if not inline:
+        raise SelfieError(f"{path.name} has no examples")
+    return vectors, datasets, raw
+
+
+def load_vector_file(source: str) -> torch.Tensor:
+    """An (N, d) tensor from ``file.pt`` (a bare tensor), ``file.safetensors`` (its single tensor, or
+    ``file.safetensors#key``) or ``sae-lens:<release>/<sae_id>`` (the SAE's decoder rows, ``sae`` extra)."""
+    if source.startswith(SAE_PREFIX):
+        return _sae_decoder(source[len(SAE_PREFIX):])
+    path_str, _, key = source.partition("#") if not Path(source).exists() else (source, "", "")
+    path = Path(path_str)
+    if not path.is_file():
+        raise SelfieError(f"vectors file not found: {path}")
+    if path.suffix == ".safetensors":
+        state, _ = read_safetensors(path)
+        if key:
+            if key not in state:
+                raise SelfieError(f"{path.name} has no tensor {key!r}; keys: {sorted(state)}")
+            tensor = state[key]
+        elif len(state) == 1:
+            tensor = next(iter(state.values()))
+        else:
+            raise SelfieError(f"{path.name} holds {len(state)} tensors {sorted(state)}; pick one with "
+                              f"data.vectors_file={path}#KEY")
+    else:
+        try:
+            tensor = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
+            raise SelfieError(f"{path.name} is not a plain tensor file readable with weights_only=True "
+                              f"({str(e).splitlines()[0]}); save it with torch.save(tensor) or as .safetensors") from None
+        if not isinstance(tensor, torch.Tensor):
+            raise SelfieError(f"{path.name} must hold one bare (N, d) tensor, got {type(tensor).__name__}")
+    if tensor.dim() != 2 or not tensor.is_floating_point():
+        raise SelfieError(f"{path.name}: vectors must be a float (N, d) tensor, got {tuple(tensor.shape)} {tensor.dtype}")
+    return tensor.float()
+
+
+def _sae_decoder(spec: str) -> torch.Tensor:
+    release, _, sae_id = spec.partition("/")
+    if not release or not sae_id:
+        raise SelfieError(f"SAE source must be sae-lens:<release>/<sae_id>, got {SAE_PREFIX}{spec!r} "
+                          "(e.g. sae-lens:goodfire-llama-3.1-8b-instruct/layer_19)")
+    from ..vectors import load_sae  # lazy: needs the optional `sae` extra (sae-lens)
+
+    return load_sae(release, sae_id).W_dec.detach().float().cpu()
