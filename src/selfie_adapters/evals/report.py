@@ -53,36 +53,6 @@ def iter_jsonl(path: Path, *, what: str = "rows", tolerate_torn_tail: bool = Fal
         yield row
 
 
-class JsonlWriter:
-    """Append rows to a JSONL file, one flushed line each, so a killed run loses at most one row."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_torn_tail(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-
-    def write(self, rows: Iterable[dict]) -> None:
-        for row in rows:
-            self._f.write(json.dumps(_finite(row), ensure_ascii=False) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a trailing partial line (no newline) left by a killed run, so appends stay valid JSONL."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    with open(path, "r+b") as f:
-        f.truncate(cut)
-
-
 def _finite(obj):
     """NaN/inf are not JSON: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
