@@ -1,0 +1,133 @@
+"""Bridge entities (TwoHopFact): does the state at (layer, token) of a two-hop question name the middle entity?
+
+Every question token's residual state after block L (= HF ``hidden_states[L + 1]``) is described
+``samples`` times by the interpreter; a cell's score is the fraction of its descriptions that name
+the bridge entity e2 (any alias, case-insensitive, on word boundaries). Question token positions come
+from the tokenizer's character offsets over the rendered prompt, never from fixed indices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import SelfieError
+from ..modeling import decoder_layers, pad_token_id
+from ..vectors import hidden_states_batch
+from .report import save_heatmap, write_json
+
+QUESTION_FIELDS = ("question", "prompt", "query")
+
+
+def question_of(record: dict) -> str:
+    """The question text: ``question``/``prompt``/``query``, else ``r1_template`` filled with e1."""
+    for key in QUESTION_FIELDS:
+        if isinstance(record.get(key), str) and record[key].strip():
+            return record[key]
+    template = record.get("r1_template")
+    if isinstance(template, str) and template.strip():
+        e1 = record.get("e1_value", record.get("e1_label"))
+        if "{}" in template:
+            if not isinstance(e1, str):
+                raise SelfieError("the record's r1_template has '{}' but no e1_value/e1_label to fill it")
+            return template.replace("{}", e1)
+        return template
+    raise SelfieError(f"the record has no question; expected one of {', '.join(QUESTION_FIELDS)} or "
+                      f"r1_template, got keys {sorted(record)}")
+
+
+def aliases_of(record: dict) -> list[str]:
+    """Names of the bridge entity: ``e2_value``/``e2_label`` plus ``e2_aliases`` (a list or a JSON list)."""
+    names = [record.get(k) for k in ("e2_value", "e2_label")]
+    extra = record.get("e2_aliases") or []
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except json.JSONDecodeError:
+            extra = [extra]
+    names += list(extra) if isinstance(extra, (list, tuple)) else []
+    out = []
+    for n in names:
+        if isinstance(n, str) and n.strip() and n.strip().lower() not in {x.lower() for x in out}:
+            out.append(n.strip())
+    if not out:
+        raise SelfieError(f"the record names no bridge entity; expected e2_value or e2_aliases, got keys {sorted(record)}")
+    return out
+
+
+def alias_pattern(aliases: Sequence[str]) -> re.Pattern:
+    """Case-insensitive match of any alias not glued to other word characters."""
+    alts = "|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
+
+
+def question_tokens(tokenizer, question: str, *, chat: bool = True) -> tuple[list[int], list[int], list[str]]:
+    """(prompt ids, positions of the question's tokens, their strings) for the rendered prompt."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise SelfieError("the tokenizer has no chat template; pass --no-chat to use the raw question")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        bos = getattr(tokenizer, "bos_token", None) or ""
+        text = bos + question
+    start = text.rfind(question.strip())
+    if start < 0:
+        raise SelfieError("the chat template changed the question text; pass --no-chat")
+    end = start + len(question.strip())
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    pos = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start]
+    return ids, pos, [tokenizer.decode([ids[i]]) for i in pos]
+
+
+def bridge_eval(interpreter, record: dict, *, layers: Sequence[int] | None = None, samples: int = 4,
+                scales: Sequence[float] | None = None, temperature: float = 1.0, max_new_tokens: int = 24,
+                seed: int = 0, batch_size: int = 64, chat: bool = True) -> dict:
+    """Describe every (layer, question token) state and score each cell by alias matches.
+
+    >>> rep = bridge_eval(Interpreter(model, tok, adapter), {"question": "Who is the mother of the singer "
+    ...                   "of 'Superstition'?", "e2_value": "Stevie Wonder"}, layers=range(32))
+    >>> rep["scores"][19]   # one row per layer, one column per question token
+    """
+    model, tok = interpreter.model, interpreter.tokenizer
+    n_blocks = len(decoder_layers(model))
+    layers = list(range(n_blocks)) if layers is None else sorted({int(x) for x in layers})
+    if not layers or any(not 0 <= L < n_blocks for L in layers):
+        raise SelfieError(f"layers {layers} out of range; this model has blocks 0..{n_blocks - 1}")
+    if samples < 1:
+        raise SelfieError(f"samples must be ≥ 1, got {samples}")
+    question, aliases = question_of(record), aliases_of(record)
+    ids, pos, strings = question_tokens(tok, question, chat=chat)
+    states = hidden_states_batch(model, [ids], layers, pad_token_id(tok))  # {L: (1, T, d)}
+    vectors = torch.cat([states[L][0, pos].float() for L in layers])  # (n_layers · n_pos, d), layer-major
+    descs = interpreter.describe(vectors, scales=scales, samples=samples, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    match = alias_pattern(aliases)
+    cells: list[list[str]] = [[] for _ in range(len(vectors))]
+    for d in descs:
+        cells[d.index].append(d.label)
+    P = len(pos)
+    scores = [[sum(bool(match.search(x)) for x in cells[li * P + p]) / max(len(cells[li * P + p]), 1)
+               for p in range(P)] for li in range(len(layers))]
+    return {"question": question, "aliases": aliases, "layers": layers, "positions": pos, "tokens": strings,
+            "samples": samples, "scales": sorted({d.scale for d in descs}),
+            "scores": scores, "max_score": max(max(r) for r in scores),
+            "descriptions": [[cells[li * P + p] for p in range(P)] for li in range(len(layers))]}
+
+
+def write_bridge_report(report: dict, out_dir: str | os.PathLike, name: str = "bridge") -> tuple[Path, Path]:
+    """``NAME.json`` + ``NAME.png`` (heatmap: layers × question tokens) under ``out_dir``."""
+    out_dir = Path(out_dir)
+    json_path = write_json(out_dir / f"{name}.json", report)
+    png = save_heatmap(out_dir / f"{name}.png", report["scores"],
+                       row_labels=[str(L) for L in report["layers"]],
+                       col_labels=[repr(t)[1:-1] for t in report["tokens"]],
+                       title=f"{report['question'][:70]}\nbridge: {report['aliases'][0]}",
+                       xlabel="question token", ylabel="layer")
+    return json_path, png

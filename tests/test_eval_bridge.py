@@ -1,0 +1,51 @@
+"""Bridge-entity heatmap mechanics on the tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfie_adapters import Interpreter
+from selfie_adapters.errors import SelfieError
+from selfie_adapters.evals.bridge import (
+    alias_pattern,
+    aliases_of,
+    bridge_eval,
+    question_of,
+    question_tokens,
+    write_bridge_report,
+)
+
+RECORD = {"r1_template": "the mother of the singer of {}", "e1_value": "Superstition",
+          "e2_value": "Stevie Wonder", "e2_aliases": '["Stevland Hardaway Morris", "stevie wonder"]'}
+
+
+def test_record_fields_and_alias_matching():
+    assert question_of(RECORD) == "the mother of the singer of Superstition"
+    assert aliases_of(RECORD) == ["Stevie Wonder", "Stevland Hardaway Morris"]
+    pat = alias_pattern(["Stevie Wonder", "U.S."])
+    assert pat.search("a song by STEVIE WONDER.") and pat.search("the U.S. army")
+    assert not pat.search("stevie wonderful") and not pat.search("xU.S.")
+    with pytest.raises(SelfieError, match="no bridge entity"):
+        aliases_of({"question": "q"})
+
+
+def test_question_positions_from_offsets(tokenizer):
+    ids, pos, strings = question_tokens(tokenizer, "Who sang Superstition?", chat=True)
+    assert "".join(strings) == "Who sang Superstition?"
+    assert pos == list(range(pos[0], pos[0] + len(pos))) and ids[pos[-1] + 1] == 128009  # then <|eot_id|>
+    raw_ids, raw_pos, _ = question_tokens(tokenizer, "Who sang Superstition?", chat=False)
+    assert raw_ids[0] == 128000 and raw_pos[0] == 1
+
+
+def test_heatmap_mechanics(tiny_model, tokenizer, tmp_path):
+    interp = Interpreter(tiny_model, tokenizer)
+    rec = {"question": "Who sang Superstition?", "e2_value": "Stevie Wonder"}
+    rep = bridge_eval(interp, rec, layers=[0, 2], samples=2, scales=[1.0], max_new_tokens=3, temperature=1.0)
+    n_tok = len(rep["tokens"])
+    assert rep["layers"] == [0, 2] and len(rep["scores"]) == 2 and all(len(r) == n_tok for r in rep["scores"])
+    assert all(len(cell) == 2 for row in rep["descriptions"] for cell in row)
+    assert all(0.0 <= s <= 1.0 for row in rep["scores"] for s in row)
+    json_path, png = write_bridge_report(rep, tmp_path, "q0")
+    assert json_path.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SelfieError, match="out of range"):
+        bridge_eval(interp, rec, layers=[9])
