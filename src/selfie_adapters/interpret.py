@@ -18,7 +18,7 @@ from .adapter import Adapter, check_finite
 from .errors import SelfieError
 from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
-from .modeling import cache_kw, eos_token_ids, model_device, pad_token_id
+from .modeling import base_model, cache_kw, eos_token_ids, model_device, pad_token_id
 from .template import PromptTemplate
 
 BASELINE_SCALES = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
@@ -161,8 +161,8 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]], soft: torc
     shared = all(p == prompts[0] and s == sites[0] for p, s in zip(prompts, sites))
     start = min(sites[0]) if shared else 0
     if start > 0:  # run the common prefix once, then copy its cache to every row
-        model(input_ids=ids[:1, :start], position_ids=position[:1, :start], use_cache=True,
-              **cache_kw(model, cache))
+        base_model(model)(input_ids=ids[:1, :start], position_ids=position[:1, :start], use_cache=True,
+                          **cache_kw(model, cache))
         cache.batch_repeat_interleave(B)
     mask = None if shared else attn
     chunk_ids, chunk_sites = ids[:, start:], site_mask[:, start:]

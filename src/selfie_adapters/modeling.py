@@ -22,6 +22,9 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     >>> model, tok = load_model("meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16", device="cuda")
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars only
 
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)

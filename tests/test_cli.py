@@ -1,0 +1,172 @@
+"""The `selfie` CLI in-process: inspect, describe (+ resume), extract, mean, and bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from selfie_adapters import Adapter, build_projection, load_mean_vectors
+from selfie_adapters.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    save_file({"v": torch.randn(3, 64)}, str(d / "vecs.safetensors"))
+    Adapter(build_projection("scalar_affine", 64, init_scale=4.0), {"model_name": str(tiny_model_dir)}).save(
+        d / "ad.safetensors")
+    (d / "prompts.txt").write_text("Tell me about Paris.\nTell me about Rome.\nHi\n")
+    return d
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_json(files, capsys):
+    code, out, _ = run(capsys, "inspect", files / "ad.safetensors", "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["projection_type"] == "scalar_affine" and info["model_dim"] == 64
+    assert info["num_parameters"] == 65 and info["normalize_input"] is True and "model_name" in info
+
+
+def describe_args(files, model_dir, out, *extra):
+    return ("describe", "--model", model_dir, "--adapter", files / "ad.safetensors", "--vectors",
+            files / "vecs.safetensors", "--max-new-tokens", 4, "--batch-size", 2, "--out", out, *extra)
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_describe_writes_rows_and_resumes(files, tiny_model_dir, tmp_path, capsys):
+    full = tmp_path / "full.jsonl"
+    assert run(capsys, *describe_args(files, tiny_model_dir, full, "--scale", 1, "--scale", 2))[0] == 0
+    ref = rows(full)
+    assert len(ref) == 6 and set(ref[0]) >= {"index", "scale", "sample", "label", "text", "logprob"}
+    # a kill after two rows, in the middle of writing the third
+    part = tmp_path / "part.jsonl"
+    text = full.read_text().splitlines(keepends=True)
+    part.write_text("".join(text[:2]) + text[2][:15])
+    (tmp_path / "part.jsonl.settings.json").write_text((tmp_path / "full.jsonl.settings.json").read_text())
+    assert run(capsys, *describe_args(files, tiny_model_dir, part, "--scale", 1, "--scale", 2))[0] == 0
+    got = rows(part)
+    key = lambda r: (r["index"], r["scale"], r["sample"])  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, ref)) and len(got) == 6
+    assert {key(r): r["text"] for r in got} == {key(r): r["text"] for r in ref}
+    assert run(capsys, *describe_args(files, tiny_model_dir, part, "--scale", 1, "--scale", 2))[0] == 0
+    assert len(rows(part)) == 6  # nothing left to do, nothing duplicated
+
+
+def test_describe_interrupted_in_process(files, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from selfie_adapters.jsonl import JsonlLog
+
+    out = tmp_path / "int.jsonl"
+    real_append, calls = JsonlLog.append, {"n": 0}
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real_append(self, batch)
+
+    monkeypatch.setattr(JsonlLog, "append", flaky)
+    assert main([str(a) for a in describe_args(files, tiny_model_dir, out)]) == 130  # Ctrl-C
+    assert len(rows(out)) == 2
+    monkeypatch.setattr(JsonlLog, "append", real_append)
+    assert run(capsys, *describe_args(files, tiny_model_dir, out))[0] == 0
+    assert sorted(r["index"] for r in rows(out)) == [0, 1, 2]
+
+
+def test_describe_baseline_and_changed_settings_refused(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "base.jsonl"
+    args = ("describe", "--model", tiny_model_dir, "--vectors", files / "vecs.safetensors", "--scale", 3,
+            "--max-new-tokens", 3, "--out", out)
+    assert run(capsys, *args)[0] == 0
+    before = out.read_text()
+    code, _, err = run(capsys, *args[:-2], "--seed", 5, "--temperature", 1, "--out", out)
+    assert code == 2 and "other settings" in err and out.read_text() == before
+
+
+def test_extract_and_mean(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "v.safetensors"
+    assert run(capsys, "extract", "--model", tiny_model_dir, "--layer", 1, "--layer", 2, "--prompts",
+               files / "prompts.txt", "--chat", "--out", out)[0] == 0
+    t = load_file(str(out))
+    assert t["layer_1"].shape == (3, 64) and t["layer_2"].dtype == torch.float32
+    mout = tmp_path / "mean-vectors.safetensors"
+    assert run(capsys, "mean", "--model", tiny_model_dir, "--layer", 2, "--prompts", files / "prompts.txt",
+               "--chat", "--out", mout)[0] == 0
+    torch.testing.assert_close(load_mean_vectors(mout)[2], t["layer_2"].mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_adapter", "file not found"),
+    ("not_safetensors", "not a readable safetensors"),
+    ("nan_vectors", "NaN/Inf"),
+    ("wrong_dim", "d=32 but the model's hidden size is 64"),
+    ("model_mismatch", "allow-model-mismatch"),
+    ("bad_template", "does not contain the injection token"),
+    ("bad_token", "tokenizer has no token"),
+    ("missing_vectors", "vectors file not found"),
+    ("mean_without_layer", "no layer_7"),
+])
+def test_bad_input_is_one_line_exit_2(case, message, files, tiny_model_dir, tmp_path, capsys):
+    d = tmp_path
+    out = d / "out.jsonl"
+    out.write_text('{"index": 0, "scale": 1.0, "sample": 0, "label": "kept", "text": "", "logprob": 0}\n')
+    before = out.read_text()
+    adapter, vectors, extra = files / "ad.safetensors", files / "vecs.safetensors", []
+    if case == "missing_adapter":
+        adapter = d / "nope.safetensors"
+    elif case == "not_safetensors":
+        adapter = d / "junk.safetensors"
+        adapter.write_text("junk")
+    elif case == "nan_vectors":
+        vectors = d / "nan.safetensors"
+        save_file({"v": torch.full((2, 64), float("nan"))}, str(vectors))
+    elif case == "wrong_dim":
+        adapter = Adapter(build_projection("scalar_affine", 32), {"model_name": str(tiny_model_dir)}).save(d / "a32.safetensors")
+    elif case == "model_mismatch":
+        adapter = Adapter(build_projection("scalar_affine", 64), {"model_name": "someone/else"}).save(d / "o.safetensors")
+    elif case == "bad_template":
+        extra = ["--template", "What is this?"]
+    elif case == "bad_token":
+        extra = ["--template", "What is <|nope|>?", "--injection-token", "<|nope|>"]
+    elif case == "missing_vectors":
+        vectors = d / "none.pt"
+    elif case == "mean_without_layer":
+        save_file({"layer_19": torch.zeros(64)}, str(d / "mean.safetensors"))
+        extra = ["--mean-vectors", d / "mean.safetensors", "--layer", 7]
+    code, _, err = run(capsys, "describe", "--model", tiny_model_dir, "--adapter", adapter, "--vectors", vectors,
+                       "--max-new-tokens", 2, "--out", out, *extra)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err.strip().splitlines()[-1]
+    assert err.count("error") == 1 and "Traceback" not in err
+    assert out.read_text() == before
+
+
+def test_malicious_pt_vectors_exit_2(files, tiny_model_dir, tmp_path, capsys):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open('PWNED', 'w').write('x')",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Boom()))
+    code, _, err = run(capsys, "describe", "--model", tiny_model_dir, "--vectors", evil, "--out", tmp_path / "o.jsonl")
+    assert code == 2 and "refusing to unpickle" in err
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_help_everywhere(capsys):
+    for cmd in ([], ["inspect"], ["describe"], ["extract"], ["mean"]):
+        code, out, _ = run(capsys, *cmd, "--help")
+        assert code == 0 and "Usage" in out
+    assert "Example" in run(capsys, "describe", "--help")[1]

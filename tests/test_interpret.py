@@ -1,0 +1,180 @@
+"""The SelfIE prompt, soft-token injection and generation on a tiny random Llama."""
+
+import pytest
+import torch
+
+from selfie_adapters import Adapter, Interpreter, PromptTemplate, SelfieError, build_projection, generate
+from selfie_adapters.inject import embed_with_soft_tokens, residual_overwrite
+from selfie_adapters.modeling import decoder_layers
+
+
+def test_template_sites(tokenizer):
+    ids, sites = PromptTemplate().encode(tokenizer)
+    assert len(ids) == 26 and sites == [11, 22]
+    assert ids[11] == ids[22] == 128002
+
+
+def test_template_errors(tokenizer):
+    with pytest.raises(SelfieError, match="does not contain the injection token"):
+        PromptTemplate("What is this?")
+    with pytest.raises(SelfieError, match="tokenizer has no token '<\\|nope\\|>'"):
+        PromptTemplate("What is <|nope|>?", injection_token="<|nope|>").encode(tokenizer)
+
+
+def test_injection_changes_only_positions_from_first_site(tiny_model, tokenizer):
+    ids, sites = PromptTemplate().encode(tokenizer)
+    input_ids = torch.tensor([ids])
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    mask[0, sites] = True
+    plain = tiny_model(input_ids=input_ids).logits
+    soft = torch.randn(1, 64) * 3
+    injected = tiny_model(inputs_embeds=embed_with_soft_tokens(tiny_model, input_ids, mask, soft)).logits
+    torch.testing.assert_close(injected[:, :11], plain[:, :11])
+    assert (injected[0, 11:] - plain[0, 11:]).abs().amax(-1).min() > 1e-4  # every later position moves
+
+
+def test_both_sites_receive_the_soft_token(tiny_model, tokenizer):
+    ids, sites = PromptTemplate().encode(tokenizer)
+    input_ids = torch.tensor([ids])
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    mask[0, sites] = True
+    soft = torch.randn(1, 64)
+    emb = embed_with_soft_tokens(tiny_model, input_ids, mask, soft)
+    torch.testing.assert_close(emb[0, 11], soft[0])
+    torch.testing.assert_close(emb[0, 22], soft[0])
+    torch.testing.assert_close(emb[0, 12], tiny_model.get_input_embeddings().weight[ids[12]])
+
+
+def test_layer_k_injection_equals_hand_made_hook(tiny_model, tokenizer):
+    ids, sites = PromptTemplate().encode(tokenizer)
+    input_ids = torch.tensor([ids])
+    vec = torch.randn(1, 64)
+
+    def hand_hook(module, args, kwargs):
+        hidden = args[0].clone() if args else kwargs["hidden_states"].clone()
+        hidden[0, sites] = vec[0]
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+    h = decoder_layers(tiny_model)[2].register_forward_pre_hook(hand_hook, with_kwargs=True)
+    try:
+        expected = tiny_model(input_ids=input_ids).logits
+    finally:
+        h.remove()
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    mask[0, sites] = True
+    with residual_overwrite(tiny_model, 2, mask, vec):
+        got = tiny_model(input_ids=input_ids).logits
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(tiny_model(input_ids=input_ids).logits, tiny_model(input_ids=input_ids).logits)
+    assert not torch.allclose(tiny_model(input_ids=input_ids).logits, expected)  # hook removed
+
+
+def test_layer_k_generation_matches_full_recompute(tiny_model, tokenizer):
+    """The KV cache carries the patch: each generated token equals a full hooked forward's argmax."""
+    interp = Interpreter(tiny_model, tokenizer, inject_layer=2)
+    vec = torch.randn(1, 64)
+    out = interp.describe(vec, scales=[4.0], max_new_tokens=5)[0]
+    soft = interp.soft_tokens(vec, 4.0)
+    seq = list(interp.prompt_ids)
+    mask = torch.zeros(1, 26, dtype=torch.bool)
+    mask[0, interp.sites] = True
+    toks = tokenizer(out.text, add_special_tokens=False)["input_ids"]
+    for t in toks[:3]:
+        full_mask = torch.cat([mask, torch.zeros(1, len(seq) - 26, dtype=torch.bool)], 1)
+        with residual_overwrite(tiny_model, 2, full_mask, soft):
+            nxt = tiny_model(input_ids=torch.tensor([seq])).logits[0, -1].argmax().item()
+        assert nxt == t
+        seq.append(t)
+
+
+def test_generate_matches_naive_greedy_loop(tiny_model, tokenizer):
+    interp = Interpreter(tiny_model, tokenizer)
+    vec = torch.randn(2, 64)
+    outs = interp.describe(vec, scales=[3.0], max_new_tokens=6)
+    for row, d in enumerate(outs):
+        soft = interp.soft_tokens(vec[row:row + 1], 3.0)
+        seq = torch.tensor([interp.prompt_ids])
+        mask = torch.zeros_like(seq, dtype=torch.bool)
+        mask[0, interp.sites] = True
+        emb = embed_with_soft_tokens(tiny_model, seq, mask, soft)
+        got = []
+        for _ in range(6):
+            nxt = tiny_model(inputs_embeds=emb).logits[0, -1].argmax()
+            got.append(nxt.item())
+            if nxt.item() in interp.stop_ids:
+                break
+            emb = torch.cat([emb, tiny_model.get_input_embeddings()(nxt)[None, None]], 1)
+        assert tokenizer.decode(got) == d.text
+
+
+def test_label_same_alone_and_in_padded_batch(tiny_model, tokenizer):
+    """A short prompt left-padded beside a longer one gives the same greedy continuation."""
+    ids, sites = PromptTemplate().encode(tokenizer)
+    long_ids = tokenizer("Please answer briefly.", add_special_tokens=False)["input_ids"] + ids
+    long_sites = [s + len(long_ids) - len(ids) for s in sites]
+    soft = torch.randn(2, 64) * 3
+    alone = generate(tiny_model, [ids], [sites], soft[1:], max_new_tokens=6)[0]
+    batch = generate(tiny_model, [long_ids, ids], [long_sites, sites], soft, max_new_tokens=6)
+    assert batch[1].tokens == alone.tokens
+    torch.testing.assert_close(torch.tensor(batch[1].logprobs), torch.tensor(alone.logprobs), atol=1e-4, rtol=0)
+
+
+def test_batching_does_not_change_labels(tiny_model, tokenizer):
+    interp = Interpreter(tiny_model, tokenizer)
+    vec = torch.randn(5, 64)
+    one = interp.describe(vec, scales=[2.0, 8.0], max_new_tokens=6, batch_size=1)
+    many = interp.describe(vec, scales=[2.0, 8.0], max_new_tokens=6, batch_size=7)
+    assert [d.text for d in one] == [d.text for d in many]
+
+
+def test_sampling_seeded_and_independent_of_batch(tiny_model, tokenizer):
+    interp = Interpreter(tiny_model, tokenizer)
+    vec = torch.randn(3, 64)
+    kw = dict(scales=[5.0], samples=2, max_new_tokens=6, temperature=1.0, top_p=0.9)
+    a = interp.describe(vec, seed=1, batch_size=2, **kw)
+    b = interp.describe(vec, seed=1, batch_size=6, **kw)
+    c = interp.describe(vec, seed=2, batch_size=6, **kw)
+    assert [d.text for d in a] == [d.text for d in b]
+    assert [d.text for d in a] != [d.text for d in c]
+    assert [d.key for d in a] == [(i, 5.0, k) for i in range(3) for k in range(2)]
+
+
+def test_stops_at_closing_quote_and_extracts_label(tiny_model, tokenizer):
+    """Force the model to emit `fruit."`: the label is the text before the quote."""
+    from selfie_adapters.interpret import stop_token_ids
+
+    quote_ids = stop_token_ids(tokenizer)
+    target = tokenizer(' a red fruit."', add_special_tokens=False)["input_ids"]
+    assert target[-1] in quote_ids
+    interp = Interpreter(tiny_model, tokenizer)
+    lm_head = tiny_model.lm_head.weight
+    step = {"i": 0}
+
+    def force(module, args, output):  # make the LM head prefer the next target token
+        logits = output.clone()
+        logits[:, -1, target[min(step["i"], len(target) - 1)]] += 1e4
+        step["i"] += 1
+        return logits
+
+    h = tiny_model.lm_head.register_forward_hook(force)
+    try:
+        d = interp.describe(torch.randn(1, 64), scales=[1.0], max_new_tokens=20)[0]
+    finally:
+        h.remove()
+    assert lm_head is tiny_model.lm_head.weight
+    assert d.text == ' a red fruit."' and d.label == "a red fruit." and d.closed
+    assert d.logprob == pytest.approx(0.0, abs=1e-3)
+
+
+def test_adapter_and_mean_feed_the_soft_token(tiny_model, tokenizer):
+    proj = build_projection("scalar_affine", 64, init_scale=2.0)
+    interp = Interpreter(tiny_model, tokenizer, Adapter(proj, {"model_name": "tiny-llama"}), mean=torch.ones(64))
+    v = torch.randn(2, 64)
+    expected = 2.0 * (v - 1) / (v - 1).norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(interp.soft_tokens(v), expected)
+    with pytest.raises(SelfieError, match="mean vector has shape"):
+        Interpreter(tiny_model, tokenizer, mean=torch.ones(3))
+    with pytest.raises(SelfieError, match=r"shape \(N, 64\)"):
+        interp.describe(torch.randn(2, 3))
+    with pytest.raises(SelfieError, match="NaN/Inf"):
+        interp.describe(torch.full((1, 64), float("nan")))

@@ -1,0 +1,98 @@
+"""Vector sources: extract, mean, files, SAE decoder rows."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from selfie_adapters import (SelfieError, decoder_rows, extract_hidden_states, load_vectors,
+                             mean_hidden_states)
+from selfie_adapters.modeling import decoder_layers
+from selfie_adapters.vectors import render_prompts
+
+PROMPTS = ["Tell me about Paris.", "Tell me about the moon and the stars at night.", "Hi"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_extract_equals_plain_forward_hidden_states(tiny_model, tokenizer, chat):
+    got = extract_hidden_states(tiny_model, tokenizer, PROMPTS, [1, 2], chat=chat, batch_size=2)
+    for i, ids in enumerate(render_prompts(tokenizer, PROMPTS, chat)):
+        hs = tiny_model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        for L in (1, 2):
+            torch.testing.assert_close(got[L][i], hs[L + 1][0, -1], atol=1e-5, rtol=1e-4)
+    assert got[1].dtype == torch.float32 and got[1].shape == (3, 64)
+
+
+def test_extract_chosen_positions(tiny_model, tokenizer):
+    got = extract_hidden_states(tiny_model, tokenizer, PROMPTS[:2], 0, positions=[0, -2])[0]
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    hs = tiny_model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
+    assert got.shape == (2, 2, 64)
+    torch.testing.assert_close(got[1, 0], hs[0, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1, 1], hs[0, -2], atol=1e-5, rtol=1e-4)
+
+
+def test_extract_runs_no_block_above_layer_and_no_head(tiny_model, tokenizer):
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(decoder_layers(tiny_model))]
+    hooks.append(tiny_model.lm_head.register_forward_hook(lambda m, a, o: ran.append("head")))
+    try:
+        extract_hidden_states(tiny_model, tokenizer, PROMPTS, 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(ran) == {0, 1}
+
+
+def test_mean_matches_mean_of_extracted(tiny_model, tokenizer):
+    means = mean_hidden_states(tiny_model, tokenizer, PROMPTS, [0, 2], batch_size=2)
+    full = extract_hidden_states(tiny_model, tokenizer, PROMPTS, [0, 2])
+    for L in (0, 2):
+        torch.testing.assert_close(means[L], full[L].mean(0), atol=1e-6, rtol=1e-5)
+
+
+def test_extract_errors(tiny_model, tokenizer):
+    with pytest.raises(SelfieError, match="out of range; this model has blocks 0..3"):
+        extract_hidden_states(tiny_model, tokenizer, PROMPTS, 4)
+    with pytest.raises(SelfieError, match="positions"):
+        extract_hidden_states(tiny_model, tokenizer, ["Hi"], 0, positions=[50])
+
+
+def test_load_vectors_formats(tmp_path):
+    v = torch.randn(4, 8)
+    save_file({"acts": v}, str(tmp_path / "a.safetensors"))
+    torch.save(v, tmp_path / "b.pt")
+    torch.save({"x": v, "y": v * 2}, tmp_path / "c.pt")
+    np.save(tmp_path / "d.npy", v.numpy())
+    torch.testing.assert_close(load_vectors(tmp_path / "a.safetensors"), v)
+    torch.testing.assert_close(load_vectors(tmp_path / "b.pt"), v)
+    torch.testing.assert_close(load_vectors(tmp_path / "c.pt", key="y"), v * 2)
+    torch.testing.assert_close(load_vectors(tmp_path / "d.npy"), v)
+    assert load_vectors(tmp_path / "a.safetensors").dtype == torch.float32
+
+
+def test_load_vectors_errors(tmp_path):
+    with pytest.raises(SelfieError, match="not found"):
+        load_vectors(tmp_path / "missing.pt")
+    torch.save({"x": torch.randn(2, 3), "y": torch.randn(2, 3)}, tmp_path / "two.pt")
+    with pytest.raises(SelfieError, match="several tensors.*--key"):
+        load_vectors(tmp_path / "two.pt")
+    with pytest.raises(SelfieError, match="no tensor 'z'"):
+        load_vectors(tmp_path / "two.pt", key="z")
+    save_file({"v": torch.tensor([[1.0, float("nan")]])}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(SelfieError, match="NaN/Inf"):
+        load_vectors(tmp_path / "nan.safetensors")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(SelfieError, match="not a plain numeric"):
+        load_vectors(tmp_path / "obj.npy")
+
+
+def test_decoder_rows_skip_dead_latents():
+    W = torch.randn(6, 8)
+    W[2] = 0
+    with pytest.warns(UserWarning, match="dead latent"):
+        rows, kept = decoder_rows(W, [0, 2, 5])
+    assert kept == [0, 5]
+    torch.testing.assert_close(rows, W[[0, 5]])
+    with pytest.raises(SelfieError, match="out of range; the SAE has 6"):
+        decoder_rows(W, [9])
