@@ -7,8 +7,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from selfie_adapters import (PROJECTIONS, Adapter, SelfieError, build_projection, load_adapter,
-                             load_mean_vectors, save_mean_vectors)
+from selfie_adapters import (
+    PROJECTIONS,
+    Adapter,
+    SelfieError,
+    build_projection,
+    load_adapter,
+    load_mean_vectors,
+    save_mean_vectors,
+)
 
 D = 32
 

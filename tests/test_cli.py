@@ -56,7 +56,8 @@ def test_describe_writes_rows_and_resumes(files, tiny_model_dir, tmp_path, capsy
     (tmp_path / "part.jsonl.settings.json").write_text((tmp_path / "full.jsonl.settings.json").read_text())
     assert run(capsys, *describe_args(files, tiny_model_dir, part, "--scale", 1, "--scale", 2))[0] == 0
     got = rows(part)
-    key = lambda r: (r["index"], r["scale"], r["sample"])  # noqa: E731
+    def key(r):
+        return (r["index"], r["scale"], r["sample"])
     assert sorted(map(key, got)) == sorted(map(key, ref)) and len(got) == 6
     assert {key(r): r["text"] for r in got} == {key(r): r["text"] for r in ref}
     assert run(capsys, *describe_args(files, tiny_model_dir, part, "--scale", 1, "--scale", 2))[0] == 0
@@ -131,9 +132,11 @@ def test_bad_input_is_one_line_exit_2(case, message, files, tiny_model_dir, tmp_
         vectors = d / "nan.safetensors"
         save_file({"v": torch.full((2, 64), float("nan"))}, str(vectors))
     elif case == "wrong_dim":
-        adapter = Adapter(build_projection("scalar_affine", 32), {"model_name": str(tiny_model_dir)}).save(d / "a32.safetensors")
+        small = Adapter(build_projection("scalar_affine", 32), {"model_name": str(tiny_model_dir)})
+        adapter = small.save(d / "a32.safetensors")
     elif case == "model_mismatch":
-        adapter = Adapter(build_projection("scalar_affine", 64), {"model_name": "someone/else"}).save(d / "o.safetensors")
+        other = Adapter(build_projection("scalar_affine", 64), {"model_name": "someone/else"})
+        adapter = other.save(d / "o.safetensors")
     elif case == "bad_template":
         extra = ["--template", "What is this?"]
     elif case == "bad_token":

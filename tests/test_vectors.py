@@ -5,8 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from selfie_adapters import (SelfieError, decoder_rows, extract_hidden_states, load_vectors,
-                             mean_hidden_states)
+from selfie_adapters import SelfieError, decoder_rows, extract_hidden_states, load_vectors, mean_hidden_states
 from selfie_adapters.modeling import decoder_layers
 from selfie_adapters.vectors import render_prompts
 
@@ -34,7 +33,8 @@ def test_extract_chosen_positions(tiny_model, tokenizer):
 
 def test_extract_runs_no_block_above_layer_and_no_head(tiny_model, tokenizer):
     ran = []
-    hooks = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(decoder_layers(tiny_model))]
+    blocks = decoder_layers(tiny_model)
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(blocks)]
     hooks.append(tiny_model.lm_head.register_forward_hook(lambda m, a, o: ran.append("head")))
     try:
         extract_hidden_states(tiny_model, tokenizer, PROMPTS, 1)

@@ -7,12 +7,11 @@ from .interpret import Description, Interpreter, generate
 from .modeling import load_model
 from .projections import PROJECTIONS, Projection, build_projection
 from .template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
-from .vectors import (decoder_rows, extract_hidden_states, load_vectors, mean_hidden_states,
-                      sae_decoder_vectors)
+from .vectors import decoder_rows, extract_hidden_states, load_vectors, mean_hidden_states, sae_decoder_vectors
 
 __all__ = [
-    "Adapter", "Description", "INJECTION_TOKEN", "Interpreter", "PROJECTIONS", "PromptTemplate",
-    "Projection", "SELFIE_TEMPLATE", "SelfieError", "build_projection", "check_model", "generate",
-    "decoder_rows", "extract_hidden_states", "load_adapter", "load_mean_vectors", "load_model", "load_vectors",
-    "mean_hidden_states", "sae_decoder_vectors", "save_mean_vectors",
+    "INJECTION_TOKEN", "PROJECTIONS", "SELFIE_TEMPLATE", "Adapter", "Description", "Interpreter", "Projection",
+    "PromptTemplate", "SelfieError", "build_projection", "check_model", "decoder_rows", "extract_hidden_states",
+    "generate", "load_adapter", "load_mean_vectors", "load_model", "load_vectors", "mean_hidden_states",
+    "sae_decoder_vectors", "save_mean_vectors",
 ]

@@ -187,7 +187,8 @@ def load_adapter(source: str | os.PathLike, device: torch.device | str | None = 
     ``source``: a local ``.safetensors`` or legacy ``.pt`` file, or a hub reference
     ``"owner/repo/file.safetensors"`` (downloaded through huggingface_hub's cache; offline mode honoured).
 
-    >>> adapter = load_adapter("keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors")
+    >>> repo = "keenanpepper/selfie-adapters-llama-3.1-8b-instruct"
+    >>> adapter = load_adapter(f"{repo}/goodfire-sae-scalar-affine.safetensors")
     """
     path = resolve_file(source)
     if path.suffix in (".pt", ".pth", ".bin"):
@@ -223,7 +224,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise SelfieError(f"{path.name} is not a readable safetensors file ({e})") from None
     return state, meta

@@ -186,10 +186,10 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]], soft: torc
         tok = pick_tokens(logits, temperature, top_p, gens)  # (b,)
         lp = torch.log_softmax(logits, dim=-1).gather(1, tok[:, None])[:, 0]
         finished = torch.isin(tok, stop)
-        for b, t, l, f in zip(active, tok.tolist(), lp.tolist(), finished.tolist()):
+        for b, t, logp, fin in zip(active, tok.tolist(), lp.tolist(), finished.tolist()):
             tokens[b].append(t)
-            logprobs[b].append(l)
-            closed[b] = f
+            logprobs[b].append(logp)
+            closed[b] = fin
         keep = ~finished
         if step == max_new_tokens - 1 or not keep.any():
             break

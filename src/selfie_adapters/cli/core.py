@@ -13,12 +13,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..adapter import load_adapter, load_mean_vectors, save_mean_vectors, save_tensors
 from ..errors import SelfieError
 from ..interpret import Interpreter
+from ..jsonl import JsonlLog
 from ..modeling import load_model
 from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
-from ..vectors import (extract_hidden_states, load_prompts, load_vectors, mean_hidden_states,
-                       sae_decoder_vectors)
+from ..vectors import (
+    extract_hidden_states,
+    load_prompts,
+    load_vectors,
+    mean_hidden_states,
+    sae_decoder_vectors,
+)
 from .app import app
-from ..jsonl import JsonlLog
 
 console = Console(stderr=True)
 
