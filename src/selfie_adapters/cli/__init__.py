@@ -8,8 +8,10 @@ import click
 import typer
 
 from ..errors import SelfieError
-from . import core  # noqa: F401  (registers commands)
-from . import evals  # noqa: F401
+from . import (
+    core,  # noqa: F401  (registers commands)
+    evals,  # noqa: F401
+)
 from .app import app, eval_app
 
 __all__ = ["app", "eval_app", "main"]

@@ -1,0 +1,185 @@
+"""`selfie eval retrieval | generation | bridge`: thin commands over ``selfie_adapters.evals``."""
+# ruff: noqa: B008  (typer declares options as call defaults)
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from ..errors import SelfieError
+from ..evals import bridge as bridge_mod
+from ..evals import generation as gen_mod
+from ..evals import retrieval as ret_mod
+from ..evals.report import print_table, read_jsonl, write_json
+from .app import eval_app
+
+
+def _emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+@eval_app.command()
+def retrieval(
+    labels: Path = typer.Option(..., help="Labels JSONL (e.g. `selfie describe` output): label + id or index."),
+    topics: Path = typer.Option(..., help="Topics JSONL: {\"id\", \"title\", \"labels\": [...]} per line."),
+    model: str = typer.Option(ret_mod.DEFAULT_MODEL, help="sentence-transformers model (default: offline "
+                              "all-MiniLM-L6-v2; the paper used thenlper/gte-large)."),
+    strategy: str = typer.Option("title", help=f"Topic index: {', '.join(ret_mod.STRATEGIES)}."),
+    out: Path | None = typer.Option(None, help="Write the JSON report here."),
+    cache_dir: Path | None = typer.Option(None, help="Topic-index cache (default ~/.cache/selfie-adapters)."),
+    device: str | None = typer.Option(None, help="Embedding device: cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Rank every topic for each label by embedding similarity; recall@k and MRR.
+
+    Example: selfie eval retrieval --labels labels.jsonl --topics topics.jsonl --out retrieval.json
+    """
+    if strategy not in ret_mod.STRATEGIES:
+        raise SelfieError(f"unknown --strategy {strategy!r}; choose one of {', '.join(ret_mod.STRATEGIES)}")
+    ts = ret_mod.load_topics(topics)
+    rows = ret_mod.load_labels(labels, ts)
+    report = ret_mod.retrieval_eval(rows, ts, model=model, strategy=strategy, cache_dir=cache_dir, device=device)
+    if out is not None:
+        write_json(out, report)
+    if as_json:
+        _emit_json(report)
+        return
+    cols, table = ret_mod.summary_rows(report)
+    print_table(f"topic retrieval — {report['n_labels']} labels, {report['n_topics']} topics, "
+                f"{model}, index {strategy}", cols, table)
+
+
+@eval_app.command()
+def generation(
+    model: str = typer.Option(..., help="Model folder or hub id (an instruct model with a chat template)."),
+    out: Path = typer.Option(..., help="Trial rows (JSONL); re-running with the same file resumes."),
+    sae_release: str | None = typer.Option(None, help="SAE release (sae-lens)."),
+    sae_id: str | None = typer.Option(None, help="SAE id within the release, e.g. layer_19."),
+    sae_file: Path | None = typer.Option(None, help="Local SAE .safetensors (W_enc, b_enc, b_dec[, threshold])."),
+    layer: int | None = typer.Option(None, help="Block whose output the SAE reads (default: from the SAE)."),
+    labels: Path | None = typer.Option(None, help="Labels JSONL with latent (or index) + label."),
+    adapter: str | None = typer.Option(None, help="Write labels on the fly with this adapter (needs --latents)."),
+    latents: str | None = typer.Option(None, help="Latents for --adapter, e.g. '0-99'."),
+    label_samples: int = typer.Option(1, min=1, help="Labels per latent written by --adapter."),
+    samples: int = typer.Option(4, min=1, help="Conversations per (latent, label)."),
+    prompt: str = typer.Option(gen_mod.DEFAULT_PROMPT, help="User message; {label} is replaced."),
+    system: str | None = typer.Option(None, help="Optional system message."),
+    max_new_tokens: int = typer.Option(64, min=1),
+    temperature: float = typer.Option(1.0, min=0.0),
+    top_p: float = typer.Option(0.95, min=0.0, max=1.0),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(8, min=1),
+    report: Path | None = typer.Option(None, help="JSON report (default: OUT with .report.json)."),
+    dtype: str = typer.Option("auto"),
+    device: str | None = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Generation scoring: conversations written about each label; hit = the latent fires on content.
+
+    Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
+      --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --labels labels.jsonl --out gen.jsonl
+    """
+    if (labels is None) == (adapter is None):
+        raise SelfieError("give exactly one label source: --labels FILE or --adapter PATH --latents 0-99")
+    if adapter is not None and latents is None:
+        raise SelfieError("--adapter writes labels for --latents; add e.g. --latents 0-99")
+    pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
+    sae = _load_sae(sae_release, sae_id, sae_file, layer)
+    from ..modeling import load_model
+
+    m, tok = load_model(model, dtype=dtype, device=device)
+    if pairs is None:
+        from ..adapter import load_adapter
+        from ..interpret import Interpreter
+        from .core import parse_indices
+
+        interp = Interpreter(m, tok, load_adapter(adapter))
+        pairs = gen_mod.labels_from_adapter(interp, sae, parse_indices(latents), samples=label_samples,
+                                            temperature=0.0 if label_samples == 1 else 1.0, seed=seed)
+    summary = gen_mod.generation_eval(m, tok, sae, pairs, out, layer=layer, samples=samples, prompt=prompt,
+                                      system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+                                      top_p=top_p, seed=seed, batch_size=batch_size)
+    write_json(report or out.with_suffix(".report.json"), summary)
+    if as_json:
+        _emit_json(summary)
+        return
+    lo, hi = summary["mean_hit_rate_ci95"]
+    print_table(f"generation scoring — {summary['n_latents']} latents, {summary['n_trials']} trials "
+                f"({summary['n_failed']} failed)", ["metric", "value"],
+                [["mean-max hit rate (best label per latent)", summary["mean_max_hit_rate"]],
+                 ["held-out best-label hit rate", summary["heldout_best_label_hit_rate"]],
+                 ["mean hit rate (all labels)", summary["mean_hit_rate"]],
+                 ["  95% bootstrap CI", f"{lo:.3f} – {hi:.3f}"]])
+
+
+def _load_sae(release: str | None, sae_id: str | None, sae_file: Path | None, layer: int | None):
+    if sae_file is not None:
+        if release or sae_id:
+            raise SelfieError("give either --sae-file or --sae-release/--sae-id, not both")
+        from ..evals.sae_probe import SimpleSAE
+
+        return SimpleSAE.load(sae_file, layer)
+    if not (release and sae_id):
+        raise SelfieError("which SAE? pass --sae-release R --sae-id ID (sae-lens) or --sae-file SAE.safetensors")
+    from ..vectors import load_sae
+
+    return load_sae(release, sae_id)
+
+
+@eval_app.command()
+def bridge(
+    model: str = typer.Option(..., help="Model folder or hub id."),
+    records: Path = typer.Option(..., help="TwoHopFact-style JSONL: question (or r1_template + e1_value), "
+                                 "e2_value, e2_aliases."),
+    out_dir: Path = typer.Option(Path("bridge"), help="Folder for RECORD.json + RECORD.png per question."),
+    adapter: str | None = typer.Option(None, help="Adapter file; none = untrained baseline."),
+    layers: str | None = typer.Option(None, help="Layers, e.g. '0-31' (default: all)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N records."),
+    samples: int = typer.Option(4, min=1, help="Descriptions per (layer, token) and scale."),
+    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s)."),
+    temperature: float = typer.Option(1.0, min=0.0),
+    max_new_tokens: int = typer.Option(24, min=1),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(64, min=1),
+    chat: bool = typer.Option(True, help="Render the question with the chat template."),
+    dtype: str = typer.Option("auto"),
+    device: str | None = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Bridge entities: describe every (layer, question token) state; heatmap of alias hits.
+
+    Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
+      --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
+    """
+    rows = read_jsonl(records, what="records")[:limit]
+    for r in rows:  # validate every record before loading the model
+        bridge_mod.question_of(r), bridge_mod.aliases_of(r)
+    from ..adapter import load_adapter
+    from ..interpret import Interpreter
+    from ..modeling import load_model
+    from .core import parse_indices
+
+    ad = load_adapter(adapter) if adapter else None
+    m, tok = load_model(model, dtype=dtype, device=device)
+    interp = Interpreter(m, tok, ad)
+    summary = []
+    for n, rec in enumerate(rows):
+        rep = bridge_mod.bridge_eval(interp, rec, layers=parse_indices(layers) if layers else None,
+                                     samples=samples, scales=scale, temperature=temperature,
+                                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat)
+        name = str(rec.get("id", f"record{n}"))
+        json_path, png = bridge_mod.write_bridge_report(rep, out_dir, name)
+        best = max(((s, L, t) for L, row in zip(rep["layers"], rep["scores"]) for s, t in zip(row, rep["tokens"])))
+        summary.append({"record": name, "question": rep["question"], "bridge": rep["aliases"][0],
+                        "max_score": best[0], "best_layer": best[1], "best_token": best[2],
+                        "json": str(json_path), "png": str(png)})
+    write_json(out_dir / "summary.json", {"records": summary})
+    if as_json:
+        _emit_json({"records": summary})
+        return
+    print_table("bridge entities", ["record", "bridge", "max cell", "layer", "token", "heatmap"],
+                [[s["record"], s["bridge"], s["max_score"], s["best_layer"], repr(s["best_token"]), s["png"]]
+                 for s in summary])
