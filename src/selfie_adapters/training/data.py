@@ -268,11 +268,13 @@ def load_vector_file(source: str) -> torch.Tensor:
             tensor = torch.load(str(path), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
             raise SelfieError(f"{path.name} is not a plain tensor file readable with weights_only=True "
-                              f"({str(e).splitlines()[0]}); save it with torch.save(tensor) or as .safetensors") from None
+                              f"({str(e).splitlines()[0]}); save it with torch.save(tensor) or as .safetensors"
+                              ) from None
         if not isinstance(tensor, torch.Tensor):
             raise SelfieError(f"{path.name} must hold one bare (N, d) tensor, got {type(tensor).__name__}")
     if tensor.dim() != 2 or not tensor.is_floating_point():
-        raise SelfieError(f"{path.name}: vectors must be a float (N, d) tensor, got {tuple(tensor.shape)} {tensor.dtype}")
+        raise SelfieError(f"{path.name}: vectors must be a float (N, d) tensor, "
+                          f"got {tuple(tensor.shape)} {tensor.dtype}")
     return tensor.float()
 
 

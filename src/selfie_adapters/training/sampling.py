@@ -49,7 +49,8 @@ def parse_ratios(spec, dataset_names: list[str], what: str = "data.train_dataset
         for pattern in patterns:
             hits = [i for i, n in enumerate(dataset_names) if n == pattern or n.startswith(f"{pattern}@l")]
             if not hits:
-                raise SelfieError(f"{what}: pattern {pattern!r} matches no dataset; datasets: {', '.join(dataset_names)}")
+                raise SelfieError(f"{what}: pattern {pattern!r} matches no dataset; "
+                                  f"datasets: {', '.join(dataset_names)}")
             for i in hits:
                 if i in taken and taken[i] != tuple(patterns):
                     raise SelfieError(f"{what}: dataset {dataset_names[i]!r} is in two groups")

@@ -1,0 +1,86 @@
+"""What a run writes: the adapter files (``best``/``final``, published format) and the training
+state that makes ``--resume`` continue exactly (tensors in safetensors, the rest in JSON; no pickle).
+
+The data order is a pure function of (seed, step), so the state is just: adapter tensors,
+optimizer tensors, the step counter and the best validation loss so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..adapter import Adapter, read_safetensors
+from ..errors import SelfieError
+from ..guard import model_signature
+from ..projections import Projection
+from .config import TrainConfig
+
+STATE_JSON, STATE_TENSORS = "training_state.json", "training_state.safetensors"
+STATE_FORMAT = 1
+
+
+def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *, global_step: int,
+                 best_val_loss: float | None) -> Path:
+    """The published single-file format with the full training config and the model signature."""
+    meta = {"model_name": cfg.model.name, "config_json": cfg.to_json()}
+    extra = {"global_step": str(global_step), "model_signature": json.dumps(model_signature(model))}
+    if best_val_loss is not None:
+        extra["best_val_loss"] = repr(float(best_val_loss))
+    return Adapter(projection, meta).save(path, **extra)
+
+
+def save_state(run_dir: Path, projection: Projection, optimizer: torch.optim.Optimizer, *, global_step: int,
+               best_val_loss: float | None, cfg: TrainConfig) -> Path:
+    """Write the resumable state atomically: tensors first, then the JSON that points at them."""
+    tensors = {f"projection.{k}": v.detach().cpu().contiguous() for k, v in projection.state_dict().items()}
+    for pid, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optimizer.{pid}.{key}"] = t.detach().cpu().contiguous()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (STATE_TENSORS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"global_step": str(global_step)})
+    os.replace(tmp, run_dir / STATE_TENSORS)
+    info = {"format": STATE_FORMAT, "global_step": global_step, "best_val_loss": best_val_loss,
+            "tensors": STATE_TENSORS, "config": cfg.to_dict()}
+    tmp_json = run_dir / (STATE_JSON + ".tmp")
+    tmp_json.write_text(json.dumps(info, indent=1))
+    os.replace(tmp_json, run_dir / STATE_JSON)
+    return run_dir / STATE_JSON
+
+
+def state_path(cfg: TrainConfig) -> Path:
+    """Where to resume from: ``training.resume_from_checkpoint`` (a run folder or its state JSON) or the run dir."""
+    src = cfg.training.resume_from_checkpoint
+    path = cfg.resolve(src) if src else cfg.run_dir
+    return path / STATE_JSON if path.is_dir() or not path.suffix else path
+
+
+def load_state(path: Path, projection: Projection, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore adapter + optimizer in place; return the JSON part (global_step, best_val_loss, ...)."""
+    if not path.is_file():
+        raise SelfieError(f"no training state at {path}; start without --resume, or point "
+                          "training.resume_from_checkpoint at a run folder that has one")
+    info = json.loads(path.read_text())
+    tensors, meta = read_safetensors(path.parent / info.get("tensors", STATE_TENSORS))
+    if info.get("format") != STATE_FORMAT or meta.get("global_step") != str(info.get("global_step")):
+        raise SelfieError(f"{path}: state JSON and tensors disagree (step {info.get('global_step')} vs "
+                          f"{meta.get('global_step')}); the run was interrupted while saving — delete both to restart")
+    proj_state = {k.removeprefix("projection."): v for k, v in tensors.items() if k.startswith("projection.")}
+    try:
+        projection.load_state_dict(proj_state, strict=True)
+    except RuntimeError as e:
+        raise SelfieError(f"{path}: saved adapter does not fit this config ({str(e).splitlines()[0]}); "
+                          "resume with the config the run was started with") from None
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": optimizer.state_dict()["param_groups"]})
+    return info

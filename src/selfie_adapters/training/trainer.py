@@ -1,0 +1,361 @@
+"""The training loop, top to bottom: data → adapter → optimiser → (schedule, step, clip, log, eval,
+checkpoint)*. Seeded and exactly resumable; the frozen LM may be spread with ``device_map`` or the
+batch split across DDP ranks (see ``ddp.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..adapter import Adapter
+from ..errors import SelfieError
+from ..modeling import load_model, model_device
+from ..projections import Projection, build_projection
+from ..template import PromptTemplate
+from . import ddp
+from .checkpoint import load_state, save_adapter, save_state, state_path
+from .config import TrainConfig
+from .data import LabelledData, Split, load_training_data
+from .loss import SelfieLoss
+from .sampling import EpochSampler, parse_ratios
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_path: Path | None
+    final_path: Path | None
+    global_step: int
+    best_val_loss: float | None
+    final_val_loss: float | None
+
+
+def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False, stop_at_step: int | None = None,
+          show_progress: bool = True) -> TrainResult:
+    """Train an adapter as ``cfg`` says; returns where the best and final adapters went.
+
+    ``model``/``tokenizer`` default to loading ``cfg.model.name``; ``resume`` continues from the run's
+    training state; ``stop_at_step`` ends early with a resumable state (e.g. to fit a job time limit).
+
+    >>> result = train(load_config("examples/goodfire-l19-scalar-affine.yaml"))
+    >>> load_adapter(result.best_path)
+    """
+    dist = ddp.setup_distributed()
+    if model is None or tokenizer is None:
+        model, tokenizer = _load_frozen_model(cfg, dist)
+    run = _Run(cfg, model, tokenizer, dist, show_progress)
+    try:
+        return run.fit(resume=resume, stop_at_step=stop_at_step)
+    finally:
+        run.close()
+
+
+def _load_frozen_model(cfg: TrainConfig, dist: ddp.DistInfo):
+    device_map = cfg.model.device_map if torch.cuda.is_available() and dist.world_size == 1 else None
+    device = str(dist.device) if dist.device is not None else ("cuda" if torch.cuda.is_available() else None)
+    if cfg.model.load_in_8bit:
+        raise SelfieError("model.load_in_8bit is not supported by this trainer; use dtype: bfloat16 (the adapter "
+                          "gradients flow through the LM, and 8-bit weights would change the published loss)")
+    return load_model(cfg.model.name, dtype=cfg.model.dtype, device=None if device_map else device,
+                      device_map=device_map)
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the base learning rates at optimizer step ``step`` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+
+def build_optimizer(projection: Projection, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD+momentum; own learning rates for log_scale and bias; no weight decay on log_scale."""
+    t = cfg.training
+    groups = []
+    for name, p in projection.named_parameters():
+        lr = {"log_scale": t.scale_learning_rate, "bias": t.bias_learning_rate}.get(name) or t.learning_rate
+        groups.append({"params": [p], "lr": lr, "base_lr": lr, "name": name,
+                       "weight_decay": 0.0 if name == "log_scale" else t.weight_decay})
+    if t.optimizer_type == "adamw":
+        return torch.optim.AdamW(groups, lr=t.learning_rate)
+    return torch.optim.SGD(groups, lr=t.learning_rate, momentum=t.momentum)
+
+
+def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
+                  dist: ddp.DistInfo | None = None) -> float:
+    """Validation loss: mean over batches of the batch-mean loss (REFERENCE.md "Loss")."""
+    dist = dist or ddp.DistInfo()
+    if len(split) == 0:
+        raise SelfieError("no examples to evaluate in this split")
+    batch_means = []
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            idx = dist.shard(torch.arange(start, min(start + batch_size, len(split))))
+            total = torch.zeros(1)
+            if len(idx):
+                per = loss_fn(soft_fn(data.vectors[split.rows[idx]]), split.targets[idx], split.lengths[idx])
+                total = per.sum().float().cpu().reshape(1)
+            ddp.all_reduce_sum([total], dist)
+            batch_means.append(total.item() / min(batch_size, len(split) - start))
+    return sum(batch_means) / len(batch_means)
+
+
+class _Run:
+    """State of one training run (kept in one place so that ``fit`` reads as the loop it is)."""
+
+    def __init__(self, cfg: TrainConfig, model, tokenizer, dist: ddp.DistInfo, show_progress: bool) -> None:
+        self.cfg, self.model, self.tokenizer, self.dist = cfg, model, tokenizer, dist
+        if dist.device is not None and model_device(model) != dist.device:
+            model.to(dist.device)
+        model.requires_grad_(False)
+        dim = model.config.hidden_size
+        self.data = load_training_data(cfg.data, tokenizer, dim, cfg.base_dir)
+        self.val = self._val_subset()
+        torch.manual_seed(cfg.seed)
+        p = cfg.projection
+        self.projection = build_projection(p.type, dim, normalize_input=p.normalize_input, init_scale=p.init_scale,
+                                           rank=p.low_rank_rank, init_factor=p.low_rank_init_factor)
+        self.projection.to(model_device(model)).train()
+        self.optimizer = build_optimizer(self.projection, cfg)
+        if cfg.model.enable_gradient_checkpointing:
+            # HF checkpointing drops KV caches inside checkpointed layers, so the prefix is recomputed instead.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+        template = PromptTemplate(cfg.soft_prompt.template, cfg.soft_prompt.reserved_token)
+        self.template = template
+        self.loss_fn = SelfieLoss(model, tokenizer, template, label_smoothing=cfg.training.label_smoothing,
+                                  max_loss=cfg.training.max_loss,
+                                  prefix_cache=not cfg.model.enable_gradient_checkpointing)
+        groups = parse_ratios(cfg.data.train_dataset_ratios, self.data.datasets)
+        self.sampler = EpochSampler(self.data.train.dataset_ids, groups, shuffle=cfg.data.shuffle, seed=cfg.seed,
+                                    resample_each_epoch=cfg.data.resample_each_epoch,
+                                    debug=cfg.data.debug_dataset_mixing)
+        self.batches_per_epoch = math.ceil(self.sampler.epoch_length() / cfg.data.batch_size)
+        accum = cfg.training.gradient_accumulation_steps
+        self.total_batches = cfg.training.num_epochs * self.batches_per_epoch
+        self.total_steps = cfg.training.max_steps or math.ceil(self.total_batches / accum)
+        self.run_dir = cfg.run_dir
+        self.best_val_loss: float | None = None
+        self._orders: dict[int, torch.Tensor] = {}
+        self.logger = _Logger(cfg, self.run_dir, dist, show_progress, self.total_steps)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool, stop_at_step: int | None) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.training
+        start = 0
+        if resume or t.resume_from_checkpoint:
+            info = load_state(state_path(cfg), self.projection, self.optimizer)
+            start, self.best_val_loss = int(info["global_step"]), info.get("best_val_loss")
+            log.info("resumed at step %d", start)
+        end = self.total_steps if stop_at_step is None else min(stop_at_step, self.total_steps)
+        val_loss = None
+        self.logger.start(start)
+        for step in range(start, end):
+            train_loss, grad_norm, lr = self._optimizer_step(step)  # schedule, forward/backward, clip, update
+            done = step + 1
+            self.logger.step(done, loss=train_loss, lr=lr, grad_norm=grad_norm, projection=self.projection)
+            if done % t.validation_every_n_steps == 0 or done == self.total_steps:
+                val_loss = self._validate(done)
+            if self.cfg.logging.log_sample_generations and done % cfg.logging.log_generations_every_n_steps == 0:
+                self.logger.samples(done, self._sample_descriptions())
+            if done % t.checkpoint_every_n_steps == 0 or done == end:
+                self._save_state(done)
+        return self._finish(end, val_loss)
+
+    def _optimizer_step(self, step: int) -> tuple[float, float, float]:
+        t = self.cfg.training
+        factor = lr_factor(step, self.total_steps, t.warmup_steps, t.scheduler_type)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        self.optimizer.zero_grad(set_to_none=True)
+        batches = self._batches_of_step(step)
+        loss_sum = torch.zeros(1)
+        for idx in batches:
+            # each rank: sum of its examples' losses / global batch size / micro-batches → all-reduce = mean
+            scale = 1.0 / (len(idx) * len(batches))
+            mine = self.dist.shard(idx)
+            if len(mine):
+                per = self._per_example_loss(self.data.train, mine)  # (b,)
+                (per.sum() * scale).backward()
+                loss_sum += per.detach().sum().float().cpu() * scale
+        params = list(self.projection.parameters())
+        ddp.all_reduce_grads(params, self.dist)
+        ddp.all_reduce_sum([loss_sum], self.dist)
+        max_norm = t.gradient_clip_norm if t.gradient_clip_norm else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        return loss_sum.item(), float(grad_norm), self.optimizer.param_groups[0]["lr"]
+
+    def _batches_of_step(self, step: int) -> list[torch.Tensor]:
+        """Global batches (example indices) of one optimizer step; a pure function of (seed, step)."""
+        accum = self.cfg.training.gradient_accumulation_steps
+        ks = range(step * accum, (step + 1) * accum)
+        if self.cfg.training.max_steps is None:
+            ks = [k for k in ks if k < self.total_batches]
+        return [self._batch(k) for k in ks]
+
+    def _batch(self, k: int) -> torch.Tensor:
+        epoch, j = divmod(k, self.batches_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: self.sampler.order(epoch)}  # keep one epoch's order
+        bs = self.cfg.data.batch_size
+        return self._orders[epoch][j * bs:(j + 1) * bs]
+
+    def _soft(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self.projection(vectors.to(next(self.projection.parameters()).device))  # (b, d)
+
+    def _per_example_loss(self, split: Split, idx: torch.Tensor) -> torch.Tensor:
+        soft = self._soft(self.data.vectors[split.rows[idx]])  # (b, d)
+        return self.loss_fn(soft, split.targets[idx], split.lengths[idx])
+
+    # ------------------------------------------------------------------ eval, samples, files
+
+    def _val_subset(self) -> Split | None:
+        val = self.data.val
+        if len(val) == 0:
+            warnings.warn("no 'val' examples: no validation, the best adapter is not tracked", stacklevel=3)
+            return None
+        n = max(1, math.ceil(self.cfg.training.val_fraction * len(val)))
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return val.subset(torch.randperm(len(val), generator=gen)[:n].sort().values)
+
+    def _validate(self, step: int) -> float | None:
+        if self.val is None:
+            return None
+        self.projection.eval()
+        loss = evaluate_loss(self.loss_fn, self._soft, self.data, self.val, self.cfg.data.batch_size, self.dist)
+        self.projection.train()
+        is_best = self.best_val_loss is None or loss < self.best_val_loss
+        if is_best:
+            self.best_val_loss = loss
+            if self.dist.is_main:
+                save_adapter(self.run_dir / "best.safetensors", self.projection, self.cfg, self.model,
+                             global_step=step, best_val_loss=loss)
+        self.logger.metrics({"step": step, "val_loss": loss, "best_val_loss": self.best_val_loss})
+        return loss
+
+    def _sample_descriptions(self) -> list[dict]:
+        split = self.val if self.val is not None else self.data.train
+        rows, labels = [], []
+        for r, label in zip(split.rows.tolist(), split.labels):
+            if r not in rows:
+                rows.append(r)
+                labels.append(label)
+            if len(rows) == self.cfg.logging.log_sample_generations:
+                break
+        from ..interpret import Interpreter
+
+        adapter = Adapter(self.projection, {"model_name": self.cfg.model.name})
+        interp = Interpreter(self.model, self.tokenizer, adapter, template=self.template, allow_model_mismatch=True)
+        descs = interp.describe(self.data.vectors[rows], max_new_tokens=32)
+        return [{"label": lab, "generated": d.label} for lab, d in zip(labels, descs)]
+
+    def _save_state(self, step: int) -> None:
+        if self.dist.is_main:
+            save_state(self.run_dir, self.projection, self.optimizer, global_step=step,
+                       best_val_loss=self.best_val_loss, cfg=self.cfg)
+        ddp.barrier(self.dist)
+
+    def _finish(self, step: int, val_loss: float | None) -> TrainResult:
+        final = None
+        finished = step == self.total_steps
+        if finished and self.cfg.training.save_final_checkpoint and self.dist.is_main:
+            final = save_adapter(self.run_dir / "final.safetensors", self.projection, self.cfg, self.model,
+                                 global_step=step, best_val_loss=self.best_val_loss)
+        best = self.run_dir / "best.safetensors"
+        ddp.barrier(self.dist)
+        return TrainResult(self.run_dir, best if best.exists() else None, final, step, self.best_val_loss,
+                           val_loss)
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+class _Logger:
+    """Progress bar, metrics JSONL in the run folder, optional wandb; only rank 0 writes."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: ddp.DistInfo, show_progress: bool, total: int) -> None:
+        self.cfg, self.active, self.total = cfg, dist.is_main, total
+        self.path = run_dir / "metrics.jsonl"
+        self.progress = self.task = self.wandb = None
+        self.show_progress = show_progress and self.active
+        self._t0, self._s0 = time.perf_counter(), 0
+        if self.active:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.wandb = _start_wandb(cfg) if cfg.logging.use_wandb else None
+
+    def start(self, step: int) -> None:
+        self._t0, self._s0 = time.perf_counter(), step
+        if self.show_progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.total, completed=step, info="")
+
+    def step(self, step: int, *, loss: float, lr: float, grad_norm: float, projection: Projection) -> None:
+        rate = (step - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} step/s")
+        if step % self.cfg.logging.log_every_n_steps == 0 or step == self.total:
+            row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "steps_per_s": rate}
+            row.update(_adapter_stats(projection, step, self.cfg.logging.log_singular_values_every_n_steps))
+            self.metrics(row)
+
+    def metrics(self, row: dict) -> None:
+        if not self.active:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        self.metrics({"step": step, "samples": rows})
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _start_wandb(cfg: TrainConfig):
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("logging.use_wandb is true but wandb is not installed; continuing without it "
+                      "(pip install wandb, or set logging.use_wandb: false)", stacklevel=4)
+        return None
+    lg = cfg.logging
+    return wandb.init(project=lg.wandb_project, entity=lg.wandb_entity, name=lg.wandb_run_name or cfg.run_name,
+                      config=cfg.to_dict())
+
+
+def _adapter_stats(projection: Projection, step: int, sv_every: int) -> dict:
+    """Scale, bias norm and (every ``sv_every`` steps) the top singular values of U·Vᵀ."""
+    out = {}
+    with torch.no_grad():
+        if hasattr(projection, "log_scale"):
+            out["scale"] = float(projection.log_scale.exp())
+        if hasattr(projection, "bias"):
+            out["bias_norm"] = float(projection.bias.norm())
+        if hasattr(projection, "U") and sv_every and step % sv_every == 0:
+            # singular values of U·Vᵀ (d×d) = those of R_U·R_Vᵀ (r×r), with U = Q_U·R_U, V = Q_V·R_V
+            r_u, r_v = torch.linalg.qr(projection.U.float())[1], torch.linalg.qr(projection.V.float())[1]
+            out["uv_singular_values"] = torch.linalg.svdvals(r_u @ r_v.T)[:8].tolist()
+    return out
