@@ -87,3 +87,11 @@ def test_unknown_kind_and_missing_rank():
         build_projection("bogus", 8)
     with pytest.raises(SelfieError, match="needs a positive low_rank_rank"):
         build_projection("low_rank_only", 8)
+
+
+def test_readme_documents_every_kind():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for kind in PROJECTIONS:
+        assert f"| `{kind}` |" in readme, f"README's adapter table lacks {kind}"
