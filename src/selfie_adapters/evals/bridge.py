@@ -56,7 +56,8 @@ def aliases_of(record: dict) -> list[str]:
         if isinstance(n, str) and n.strip() and n.strip().lower() not in {x.lower() for x in out}:
             out.append(n.strip())
     if not out:
-        raise SelfieError(f"the record names no bridge entity; expected e2_value or e2_aliases, got keys {sorted(record)}")
+        raise SelfieError("the record names no bridge entity; expected e2_value or e2_aliases, "
+                          f"got keys {sorted(record)}")
     return out
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -152,7 +152,7 @@ def generate_and_score(model, prompts: list[list[int]], probe: LatentProbe, laye
                     logits_to_keep=1, **cache_kw(model, cache))
         next_pos = position[:, -1] + 1
         for step in range(max_new_tokens):
-            tok = pick_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (B,)
+            tok = sample_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (B,)
             tok = torch.where(live, tok, torch.full_like(tok, pad_id))
             counts = live & ~torch.isin(tok, skip)  # content: a live row's non-special token
             live = live & ~torch.isin(tok, stop)
@@ -160,11 +160,9 @@ def generate_and_score(model, prompts: list[list[int]], probe: LatentProbe, laye
             attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
             last = step == max_new_tokens - 1 or not live.any()
             store["stop"] = last  # the final feed only needs block `layer`
-            try:
+            with suppress(_StopAtLayer):
                 out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
                             use_cache=not last, logits_to_keep=1, **cache_kw(model, cache))
-            except _StopAtLayer:
-                pass
             act = probe.activations(store["h"])[:, -1]  # (B,)
             act = torch.where(counts, act, torch.zeros_like(act))
             max_act = torch.maximum(max_act, act)
@@ -176,6 +174,21 @@ def generate_and_score(model, prompts: list[list[int]], probe: LatentProbe, laye
     rows = tokens.tolist()
     return [Scored(_trim(rows[b], stop_ids), bool(first_hit[b] >= 0), float(max_act[b]), int(n_content[b]),
                    None if first_hit[b] < 0 else int(first_hit[b])) for b in range(B)]
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                  generators: list[torch.Generator] | None) -> torch.Tensor:
+    """(B, V) logits → (B,) tokens. Without nucleus truncation, sample by the Gumbel-max trick
+    (argmax of logits/T + Gumbel noise is an exact softmax sample) — much cheaper than multinomial
+    over a 128k vocabulary on CPU; otherwise defer to the interpreter's sampler."""
+    if temperature <= 0 or top_p < 1.0:
+        return pick_tokens(logits, temperature, top_p, generators)
+    if generators is None:
+        u = torch.rand_like(logits)
+    else:
+        u = torch.stack([torch.rand(logits.shape[1], generator=g, device=logits.device) for g in generators])
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    return (logits / temperature + gumbel).argmax(dim=-1)
 
 
 def _trim(seq: list[int], stop_ids: set[int]) -> list[int]:
@@ -203,12 +216,9 @@ def score_conversations(model, tokenizer, sae, latent: int, conversations: Seque
             mask[b, T - len(i):] = torch.tensor(m, dtype=torch.bool)
         device = model_device(model)
         store = {"stop": True}
-        with capture_layer(model, layer, store):
-            try:
-                model.model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                            position_ids=(attn.cumsum(-1) - 1).clamp_min(0).to(device), use_cache=False)
-            except _StopAtLayer:
-                pass
+        with capture_layer(model, layer, store), suppress(_StopAtLayer):
+            model.model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                        position_ids=(attn.cumsum(-1) - 1).clamp_min(0).to(device), use_cache=False)
         probe = latent_probe(sae, [latent] * len(chunk), device)
         acts = probe.activations(store["h"]).cpu() * mask  # (B, T), zero outside content
         for b, (i, m) in enumerate(encoded):
