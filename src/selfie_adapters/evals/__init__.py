@@ -1,5 +1,15 @@
 """Evaluations: topic retrieval, generation scoring of SAE latents, bridge-entity heatmaps."""
 
+from .bridge import bridge_eval, write_bridge_report
+from .generation import (
+    DEFAULT_PROMPT,
+    content_token_mask,
+    generate_and_score,
+    generation_eval,
+    labels_from_adapter,
+    score_conversations,
+    summarize,
+)
 from .retrieval import (
     DEFAULT_MODEL,
     STRATEGIES,
@@ -10,8 +20,11 @@ from .retrieval import (
     retrieval_eval,
     sentence_embedder,
 )
+from .sae_probe import LatentProbe, SimpleSAE, latent_probe, sae_layer
 
 __all__ = [
-    "DEFAULT_MODEL", "STRATEGIES", "LabelRow", "Topic", "load_labels", "load_topics", "retrieval_eval",
-    "sentence_embedder",
+    "DEFAULT_MODEL", "DEFAULT_PROMPT", "STRATEGIES", "LabelRow", "LatentProbe", "SimpleSAE", "Topic",
+    "bridge_eval", "content_token_mask", "generate_and_score", "generation_eval", "labels_from_adapter",
+    "latent_probe", "load_labels", "load_topics", "retrieval_eval", "sae_layer", "score_conversations",
+    "sentence_embedder", "summarize", "write_bridge_report",
 ]
