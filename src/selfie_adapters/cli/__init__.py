@@ -11,6 +11,7 @@ from ..errors import SelfieError
 from . import (
     core,  # noqa: F401  (registers commands)
     evals,  # noqa: F401
+    train,  # noqa: F401
 )
 from .app import app, eval_app
 

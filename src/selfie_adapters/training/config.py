@@ -168,11 +168,26 @@ def config_from_dict(raw: dict[str, Any] | None, base_dir: str | os.PathLike = "
         for key in values:
             if key not in valid:
                 raise SelfieError(f"unknown config key {name}.{key!r}; valid keys in {name}: {', '.join(valid)}")
-        sections[name] = cls(**values)
+        types = {f.name: str(f.type) for f in fields(cls)}
+        sections[name] = cls(**{k: _coerce(f"{name}.{k}", types[k], v) for k, v in values.items()})
     cfg = TrainConfig(seed=raw.get("seed", 42), experiment_name=raw.get("experiment_name"),
                       base_dir=str(base_dir), **sections)
     validate(cfg)
     return cfg
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: turn numeric strings into the field's number type."""
+    if value is None or isinstance(value, bool) or annotation.startswith(("str", "dict")):
+        return value
+    try:
+        if annotation.startswith("float") and isinstance(value, (int, str)):
+            return float(value)
+        if annotation.startswith("int") and isinstance(value, str):
+            return int(value)
+    except ValueError:
+        raise SelfieError(f"{key} must be a number, got {value!r}") from None
+    return value
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -23,7 +23,8 @@ from ..template import PromptTemplate
 from . import ddp
 from .checkpoint import load_state, save_adapter, save_state, state_path
 from .config import TrainConfig
-from .data import LabelledData, Split, load_training_data
+from .data import Split, load_training_data
+from .evaluate import evaluate_loss
 from .loss import SelfieLoss
 from .sampling import EpochSampler, parse_ratios
 
@@ -91,25 +92,6 @@ def build_optimizer(projection: Projection, cfg: TrainConfig) -> torch.optim.Opt
     if t.optimizer_type == "adamw":
         return torch.optim.AdamW(groups, lr=t.learning_rate)
     return torch.optim.SGD(groups, lr=t.learning_rate, momentum=t.momentum)
-
-
-def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
-                  dist: ddp.DistInfo | None = None) -> float:
-    """Validation loss: mean over batches of the batch-mean loss (REFERENCE.md "Loss")."""
-    dist = dist or ddp.DistInfo()
-    if len(split) == 0:
-        raise SelfieError("no examples to evaluate in this split")
-    batch_means = []
-    with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            idx = dist.shard(torch.arange(start, min(start + batch_size, len(split))))
-            total = torch.zeros(1)
-            if len(idx):
-                per = loss_fn(soft_fn(data.vectors[split.rows[idx]]), split.targets[idx], split.lengths[idx])
-                total = per.sum().float().cpu().reshape(1)
-            ddp.all_reduce_sum([total], dist)
-            batch_means.append(total.item() / min(batch_size, len(split) - start))
-    return sum(batch_means) / len(batch_means)
 
 
 class _Run:

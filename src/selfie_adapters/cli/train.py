@@ -1,0 +1,77 @@
+"""`selfie train CONFIG` and `selfie eval loss`: thin commands over ``selfie_adapters.training``."""
+# ruff: noqa: B008  (typer declares options as call defaults)
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from ..adapter import load_adapter
+from ..errors import SelfieError
+from ..modeling import load_model
+from ..training.config import load_config
+from ..training.evaluate import adapter_loss
+from ..training.trainer import train as run_training
+from .app import app, eval_app
+
+
+@app.command("train")
+def train_command(
+    config: Path = typer.Argument(..., help="Training config (YAML: model, data, projection, soft_prompt, "
+                                  "training, logging)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: section.key=value (value parsed as "
+                                   "YAML); repeatable, e.g. --set training.max_steps=100."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its training state (exactly)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train a SelfIE adapter; prints where the best and final adapters were written.
+
+    Example: selfie train examples/goodfire-l19-scalar-affine.yaml --set training.max_steps=200
+    """
+    cfg = load_config(config, set_)
+    result = run_training(cfg, resume=resume, show_progress=progress)
+    if result.best_path is None and result.final_path is None:
+        print(f"stopped at step {result.global_step}; no adapter written (resume with --resume)")
+        return
+    if result.best_val_loss is not None:
+        print(f"best val loss: {result.best_val_loss:.4f}")
+    print(f"best:  {result.best_path or '(no validation split)'}")
+    print(f"final: {result.final_path or '(save_final_checkpoint is false)'}")
+
+
+@eval_app.command("loss")
+def loss_command(
+    model: str = typer.Option(..., help="Model folder or hub id (the adapter's model)."),
+    labels: Path = typer.Option(..., help="Labels file (.json[.gz] sections or .jsonl), see docs/training.md."),
+    adapter: str | None = typer.Option(None, help="Adapter file or hub reference; omit for the untrained "
+                                       "baseline (identity + L2 normalisation) at --scale values."),
+    scale: list[float] = typer.Option([], help="Soft token = scale · adapter(x); repeatable (one loss each)."),
+    vectors: str | None = typer.Option(None, help="Vectors file when the labels file names none "
+                                       "(.pt, .safetensors[#key], or sae-lens:<release>/<sae_id>)."),
+    split: str = typer.Option("val", help="train or val."),
+    batch_size: int = typer.Option(80, help="Examples per forward pass (the loss is a mean over batches)."),
+    dtype: str = typer.Option("auto", help="Model dtype: auto, bfloat16, float32, ..."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per scale: loss, num_examples."),
+) -> None:
+    """The published "val loss" of an adapter, or of untrained SelfIE at each --scale.
+
+    Example: selfie eval loss --model meta-llama/Llama-3.1-8B-Instruct --labels labels.json.gz
+    --vectors w_dec.pt --scale 2.5 --scale 10
+    """
+    if adapter is None and not scale:
+        raise SelfieError("give --adapter FILE, or --scale S (repeatable) for the untrained baseline")
+    if batch_size < 1:
+        raise SelfieError(f"--batch-size must be positive, got {batch_size}")
+    lm, tok = load_model(model, dtype=dtype, device=device)
+    ad = load_adapter(adapter) if adapter is not None else None
+    rows = adapter_loss(lm, tok, ad, str(labels), vectors_file=vectors, split=split, batch_size=batch_size,
+                        scales=scale or [1.0])
+    for row in rows:
+        if as_json:
+            sys.stdout.write(json.dumps(row) + "\n")
+        else:
+            print(f"scale {row['scale']:g}: {row['split']} loss {row['loss']:.4f} ({row['num_examples']} examples)")

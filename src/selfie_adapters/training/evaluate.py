@@ -1,0 +1,84 @@
+"""Loss of an adapter (or of the untrained baseline at given scales) on a labelled split."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+
+from ..adapter import Adapter
+from ..errors import SelfieError
+from ..modeling import model_device
+from ..template import PromptTemplate
+from . import ddp
+from .config import DataConfig, SoftPromptConfig
+from .data import LabelledData, Split, load_training_data
+from .loss import SelfieLoss
+
+
+def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
+                  dist: ddp.DistInfo | None = None) -> float:
+    """Validation loss: mean over batches of the batch-mean loss (REFERENCE.md "Loss")."""
+    dist = dist or ddp.DistInfo()
+    if len(split) == 0:
+        raise SelfieError("no examples to evaluate in this split")
+    batch_means = []
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            idx = dist.shard(torch.arange(start, min(start + batch_size, len(split))))
+            total = torch.zeros(1)
+            if len(idx):
+                per = loss_fn(soft_fn(data.vectors[split.rows[idx]]), split.targets[idx], split.lengths[idx])
+                total = per.sum().float().cpu().reshape(1)
+            ddp.all_reduce_sum([total], dist)
+            batch_means.append(total.item() / min(batch_size, len(split) - start))
+    return sum(batch_means) / len(batch_means)
+
+
+def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *, vectors_file: str | None = None,
+                 split: str = "val", batch_size: int = 80, scales: Sequence[float] = (1.0,),
+                 strip_labels: bool | None = None) -> list[dict]:
+    """The published val loss of ``adapter`` (None → identity with L2 normalisation, the untrained
+    baseline) at each scale: soft token = scale · adapter(x). Template, eos and label stripping come
+    from the adapter's training config when it has one.
+
+    >>> adapter_loss(model, tok, None, "labels.json.gz", vectors_file="w_dec.pt", scales=[2.5, 10])
+    [{'scale': 2.5, 'loss': ..., 'num_examples': 4541, 'split': 'val'}, ...]
+    """
+    dim = model.config.hidden_size
+    trained = _training_config(adapter)
+    data_cfg = DataConfig(labels_file=labels_file, vectors_file=vectors_file, batch_size=batch_size,
+                          **{k: v for k, v in trained.get("data", {}).items() if k in ("eos_token", "strip_labels")})
+    if strip_labels is not None:
+        data_cfg.strip_labels = strip_labels
+    sp = SoftPromptConfig(**{k: v for k, v in trained.get("soft_prompt", {}).items()
+                             if k in ("template", "reserved_token")})
+    data = load_training_data(data_cfg, tokenizer, dim)
+    part = data.split(split)
+    if len(part) == 0:
+        raise SelfieError(f"{labels_file} has no examples with split {split!r}; try --split train")
+    adapter = adapter if adapter is not None else Adapter.identity(dim, normalize_input=True)
+    adapter.to(model_device(model))
+    loss_fn = SelfieLoss(model, tokenizer, PromptTemplate(sp.template, sp.reserved_token))
+    out = []
+    for scale in scales:
+        def soft(v: torch.Tensor, s: float = float(scale)) -> torch.Tensor:
+            return s * adapter.transform(v.float()).float()
+
+        loss = evaluate_loss(loss_fn, soft, data, part, batch_size)
+        out.append({"scale": float(scale), "loss": loss, "num_examples": len(part), "split": split})
+    return out
+
+
+def _training_config(adapter: Adapter | None) -> dict:
+    if adapter is None or "config_json" not in adapter.metadata:
+        return {}
+    try:
+        cfg = json.loads(adapter.metadata["config_json"])
+    except json.JSONDecodeError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+__all__ = ["adapter_loss", "evaluate_loss"]

@@ -1,0 +1,134 @@
+"""Config parsing/overrides/errors; data reading, checks and dataset mixing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+from test_training_utils import toy_tokenizer, write_toy_data
+
+from selfie_adapters.errors import SelfieError
+from selfie_adapters.training.config import config_from_dict, load_config
+from selfie_adapters.training.data import DataConfig, load_training_data
+from selfie_adapters.training.sampling import EpochSampler, parse_ratios
+
+
+def test_defaults_match_reference():
+    cfg = config_from_dict({})
+    assert (cfg.data.batch_size, cfg.training.learning_rate, cfg.training.warmup_steps) == (80, 0.01, 10)
+    t = cfg.training
+    assert (cfg.projection.init_scale, t.gradient_clip_norm, t.scheduler_type) == (30.0, 0.5, "cosine")
+    assert cfg.logging.wandb_project == "selfie-adapter-training" and cfg.seed == 42
+
+
+def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
+    (tmp_path / "c.yaml").write_text("training:\n  learning_rat: 0.1\n")
+    with pytest.raises(SelfieError, match=r"training\.'learning_rat'.*valid keys in training: learning_rate"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(SelfieError, match="unknown config key 'trainer' at the top level"):
+        config_from_dict({"trainer": {}})
+
+
+def test_set_overrides_parse_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text("projection:\n  type: scale_only\n")
+    cfg = load_config(tmp_path / "c.yaml", ["training.max_steps=7", "training.learning_rate=1e-3",
+                                            "projection.low_rank_rank=null", "seed=3", "logging.use_wandb=false"])
+    assert (cfg.training.max_steps, cfg.training.learning_rate, cfg.seed, cfg.logging.use_wandb) == (7, 1e-3, 3, False)
+    assert cfg.projection.type == "scale_only"
+    with pytest.raises(SelfieError, match="section.key=value"):
+        load_config(tmp_path / "c.yaml", ["training.max_steps"])
+    with pytest.raises(SelfieError, match="projection.type 'identity' is not trainable"):
+        load_config(tmp_path / "c.yaml", ["projection.type=identity"])
+
+
+def _write(path, sections, gz=False):
+    text = json.dumps(sections)
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return str(path)
+
+
+def _section(name, entries, filename="v.pt", layer=0):
+    return {"metadata": {"dataset_name": name, "filename": filename, "layer": layer}, "vectors": entries}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return toy_tokenizer()
+
+
+def test_sections_gz_every_label_its_example_and_strip(tmp_path, tok):
+    torch.save(torch.randn(5, 32), tmp_path / "v.pt")
+    f = _write(tmp_path / "l.json.gz", [
+        _section("a", [{"index": 0, "labels": [" a red fruit ", "a blue stone"], "split": "train"},
+                       {"index": 4, "labels": ["a big tree"], "split": "val"}]),
+        _section("b", [{"index": 1, "labels": ["a green bird"], "split": "train"}], layer=3)], gz=True)
+    data = load_training_data(DataConfig(labels_file=f, strip_labels=True), tok, 32)
+    assert data.datasets == ["a@l0", "b@l3"]
+    assert data.train.labels == ["a red fruit", "a blue stone", "a green bird"]
+    assert data.train.rows.tolist() == [0, 0, 1] and data.val.rows.tolist() == [4]
+    assert data.train.lengths.tolist() == [5, 5, 5]  # a, red, fruit, ", eot
+
+
+def test_jsonl_inline_and_indexed(tmp_path, tok):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"vector": [0.5] * 32, "label": "a red fruit"}) + "\n"
+                                      + json.dumps({"vector": [1.0] * 32, "label": "a tree", "split": "val"}))
+    data = load_training_data(DataConfig(labels_file=str(tmp_path / "a.jsonl")), tok, 32)
+    assert len(data.train) == 1 and len(data.val) == 1 and data.vectors.shape == (2, 32)
+    torch.save(torch.randn(3, 32), tmp_path / "w.pt")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"index": 2, "labels": ["a bird", "a stone"]}))
+    data = load_training_data(DataConfig(labels_file=str(tmp_path / "b.jsonl"), vectors_file=str(tmp_path / "w.pt")),
+                              tok, 32)
+    assert data.train.rows.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d.update(labels_file="nope.json"), "labels file not found"),
+    (lambda d: d.update(vectors_file="missing.pt"), "vectors file not found"),
+    (lambda d: d.update(labels_file="bad_index.json"), "vector index 9 out of range; the vectors file has 5 rows"),
+    (lambda d: d.update(labels_file="empty.json"), "empty label"),
+    (lambda d: d.update(labels_file="nofile.json"), "--set data.vectors_file=FILE"),
+    (lambda d: d.update(vectors_file="wide.pt"), "hidden size is 32"),
+    (lambda d: d.update(vectors_file="nan.pt"), "NaN"),
+])
+def test_bad_data_is_one_clear_error(tmp_path, tok, mutate, message):
+    torch.save(torch.randn(5, 32), tmp_path / "v.pt")
+    torch.save(torch.randn(5, 48), tmp_path / "wide.pt")
+    torch.save(torch.full((5, 32), float("nan")), tmp_path / "nan.pt")
+    ok = [{"index": 1, "labels": ["a tree"], "split": "train"}]
+    _write(tmp_path / "ok.json", [_section("a", ok)])
+    _write(tmp_path / "bad_index.json", [_section("a", ok + [{"index": 9, "labels": ["x"]}])])
+    _write(tmp_path / "empty.json", [_section("a", ok + [{"index": 2, "labels": ["  "]}])])
+    _write(tmp_path / "nofile.json", [{"metadata": {"dataset_name": "sae"}, "vectors": ok}])
+    kw = {"labels_file": "ok.json", "strip_labels": True}
+    mutate(kw)
+    if kw.get("vectors_file"):
+        kw["vectors_file"] = str(tmp_path / kw["vectors_file"])
+    with pytest.raises(SelfieError, match=message):
+        load_training_data(DataConfig(**kw), tok, 32, base_dir=tmp_path)
+
+
+def test_mixing_ratios_epoch_is_smallest_group():
+    names = ["wiki@l19", "sae@l19", "sae@l20"]
+    ids = torch.tensor([0] * 100 + [1] * 30 + [2] * 10)
+    groups = parse_ratios({"wiki": 2, "sae": 1}, names)
+    s = EpochSampler(ids, groups, shuffle=True, seed=0)
+    assert s.epoch_length() == 120  # sae has 40 = 1 unit → wiki contributes 80 of its 100
+    a, b = s.order(0), s.order(1)
+    assert (ids[a] == 0).sum() == 80 and not torch.equal(a.sort().values, b.sort().values)
+    fixed = EpochSampler(ids, groups, shuffle=True, seed=0, resample_each_epoch=False)
+    assert torch.equal(fixed.order(0).sort().values, fixed.order(1).sort().values)
+    listed = parse_ratios([{"datasets": ["sae@l20", "wiki"], "ratio": 1}, {"datasets": "sae@l19", "ratio": 1}], names)
+    assert [g.datasets for g in listed] == [(2, 0), (1,)]
+    with pytest.raises(SelfieError, match="matches no dataset"):
+        parse_ratios({"books": 1}, names)
+
+
+def test_toy_data_helper_round_trips(tmp_path, tok):
+    data = load_training_data(DataConfig(labels_file=str(write_toy_data(tmp_path))), tok, 32)
+    assert len(data.train) == 36 and len(data.val) == 12
