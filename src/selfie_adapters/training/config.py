@@ -139,7 +139,7 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        return self.resolve(self.training.checkpoint_dir) / self.run_name
+        return Path(self.training.checkpoint_dir).expanduser() / self.run_name  # relative to the working dir
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """A path from the config, relative to the config file's folder."""

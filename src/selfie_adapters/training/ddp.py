@@ -1,7 +1,7 @@
 """Data-parallel training across processes (torchrun): each rank takes a slice of the global batch,
 only the adapter's gradients are all-reduced (the LM is frozen, the adapter tiny).
 
-Launch: ``torchrun --nproc_per_node 8 -m selfie_adapters.cli train config.yaml`` (NCCL on GPUs,
+Launch: ``torchrun --nproc_per_node 8 "$(which selfie)" train config.yaml`` (NCCL on GPUs,
 gloo on CPU). ``data.batch_size`` stays the *global* batch, so results match one process.
 """
 

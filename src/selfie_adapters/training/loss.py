@@ -24,7 +24,7 @@ from ..inject import embed_with_soft_tokens
 from ..modeling import base_model, cache_kw, model_device
 from ..template import PromptTemplate
 
-MAX_LOGIT_ELEMENTS = 1 << 26  # per chunk: 64M fp32 logits = 256 MiB
+MAX_LOGIT_ELEMENTS = 1 << 24  # per chunk: 16M fp32 logits = 64 MiB (130 tokens at vocab 128k)
 
 
 class SelfieLoss:
