@@ -1,0 +1,7 @@
+"""`python -m selfie_adapters.cli ...` (handy under torchrun)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
