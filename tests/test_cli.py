@@ -173,3 +173,30 @@ def test_help_everywhere(capsys):
         code, out, _ = run(capsys, *cmd, "--help")
         assert code == 0 and "Usage" in out
     assert "Example" in run(capsys, "describe", "--help")[1]
+
+
+def test_extract_resumes_from_finished_chunks(files, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import selfie_adapters.cli.core as core
+
+    out = tmp_path / "v.safetensors"
+    args = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt", "--chunk", 1,
+            "--out", out)
+    real, calls = core.extract_hidden_states, []
+
+    def dies_on_third_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(core, "extract_hidden_states", dies_on_third_chunk)
+    assert run(capsys, *args)[0] == 130 and not out.exists()
+    assert len(list((tmp_path / "v.safetensors.parts").glob("*.safetensors"))) == 2
+    calls.clear()
+    monkeypatch.setattr(core, "extract_hidden_states", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    assert run(capsys, *args)[0] == 0
+    assert len(calls) == 1  # only the unfinished chunk ran again
+    assert not (tmp_path / "v.safetensors.parts").exists()
+    full = tmp_path / "full.safetensors"
+    assert run(capsys, *args[:-1], full)[0] == 0
+    torch.testing.assert_close(load_file(str(out))["layer_1"], load_file(str(full))["layer_1"])

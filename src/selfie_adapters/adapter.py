@@ -268,11 +268,11 @@ def load_mean_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: dict[str, str] | None = None) -> Path:
-    """Write fp32 contiguous tensors to a safetensors file atomically (no half-written file on a kill)."""
+                 metadata: dict[str, str] | None = None, dtype: torch.dtype | None = torch.float32) -> Path:
+    """Write contiguous tensors (as ``dtype``; None keeps theirs) to a safetensors file atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+    save_file({k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
     os.replace(tmp, path)
     return path

@@ -51,18 +51,7 @@ class JsonlLog:
         return rows
 
     def _check_settings(self, settings: dict | None) -> None:
-        if settings is None:
-            return
-        settings = json.loads(json.dumps(settings))  # normalise tuples etc.
-        if self.settings_path.exists() and self.rows:
-            old = json.loads(self.settings_path.read_text())
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            if diff:
-                raise SelfieError(f"{self.path} was written with other settings ({', '.join(diff)} differ); "
-                                  "use another output file or delete it to start over")
-        tmp = self.settings_path.with_name(self.settings_path.name + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
-        os.replace(tmp, self.settings_path)
+        check_settings(self.settings_path, settings, bool(self.rows), self.path)
 
     def done_keys(self, key: Callable[[dict], Hashable]) -> set:
         return {key(r) for r in self.rows}
@@ -76,3 +65,19 @@ class JsonlLog:
             f.flush()
             os.fsync(f.fileno())
         self.rows.extend(rows)
+
+
+def check_settings(settings_path: Path, settings: dict | None, has_results: bool, what: Path) -> None:
+    """Refuse to resume ``what`` with settings other than those it was started with; record them."""
+    if settings is None:
+        return
+    settings = json.loads(json.dumps(settings))  # normalise tuples etc.
+    if settings_path.exists() and has_results:
+        old = json.loads(settings_path.read_text())
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise SelfieError(f"{what} was written with other settings ({', '.join(diff)} differ); "
+                              "use another output file or delete it to start over")
+    tmp = settings_path.with_name(settings_path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1))
+    os.replace(tmp, settings_path)

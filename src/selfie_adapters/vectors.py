@@ -115,6 +115,22 @@ def extract_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int 
     return {L: (v[:, 0] if single else v) for L, v in out.items()}
 
 
+def sum_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
+                      chat: bool = False, batch_size: int = 8,
+                      progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
+    """fp64 sums of the last-token state over prompts, streamed batch by batch: {L: (d,)}."""
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    sums: dict[int, torch.Tensor] = {}
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        for L, v in extract_hidden_states(model, tokenizer, chunk, layers, chat=chat, batch_size=batch_size).items():
+            check_finite(v, f"layer {L} hidden states")
+            sums[L] = sums.get(L, torch.zeros(v.shape[-1], dtype=torch.float64)) + v.double().sum(0)
+        if progress is not None:
+            progress(len(chunk))
+    return sums
+
+
 def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
                        chat: bool = False, batch_size: int = 8,
                        progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
@@ -122,21 +138,10 @@ def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | S
 
     Sums accumulate in fp64, so the mean does not depend on the model's dtype or the batch size.
     """
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    sums: dict[int, torch.Tensor] = {}
-    count = 0
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        vecs = extract_hidden_states(model, tokenizer, chunk, layers, chat=chat, batch_size=batch_size)
-        for L, v in vecs.items():
-            check_finite(v, f"layer {L} hidden states")
-            sums[L] = sums.get(L, torch.zeros(v.shape[-1], dtype=torch.float64)) + v.double().sum(0)
-        count += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    if count == 0:
+    if not prompts:
         raise SelfieError("no prompts given; the prompts file is empty")
-    return {L: (s / count).float() for L, s in sums.items()}
+    sums = sum_hidden_states(model, tokenizer, prompts, layers, chat=chat, batch_size=batch_size, progress=progress)
+    return {L: (s / len(prompts)).float() for L, s in sums.items()}
 
 
 def load_prompts(path: str | os.PathLike) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..adapter import load_adapter, load_mean_vectors, save_mean_vectors, save_tensors
+from ..chunks import ChunkStore
 from ..errors import SelfieError
 from ..interpret import Interpreter
 from ..jsonl import JsonlLog
@@ -20,8 +22,8 @@ from ..vectors import (
     extract_hidden_states,
     load_prompts,
     load_vectors,
-    mean_hidden_states,
     sae_decoder_vectors,
+    sum_hidden_states,
 )
 from .app import app
 
@@ -168,6 +170,21 @@ def _prompt_options(prompts: Path, model: str, layer: list[int], dtype: str, dev
     return texts, m, tok
 
 
+def _chunked(name: str, out: Path, texts: list[str], model: str, layers: list[int], chat: bool, chunk: int,
+             compute) -> tuple[list[dict[str, torch.Tensor]], ChunkStore]:
+    """Run ``compute(start, stop)`` over prompt chunks, resumably (see ChunkStore)."""
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    store = ChunkStore(out, {"command": name, "model": model, "layers": sorted(layers), "chat": chat,
+                             "prompts_sha256": digest, "chunk": chunk})
+    with progress_bar() as bar:
+        task = bar.add_task(name, total=len(texts))
+        parts = store.run(len(texts), chunk, compute, progress=lambda n: bar.advance(task, n))
+    return parts, store
+
+
+CHUNK_HELP = "Prompts per resumable chunk (a killed run restarts at the last unfinished chunk)."
+
+
 @app.command()
 def extract(
     model: str = typer.Option(..., help="Model folder or hub id."),
@@ -176,6 +193,7 @@ def extract(
     out: Path = typer.Option(..., help="Output .safetensors with one (N, d) fp32 tensor per layer_{L}."),
     chat: bool = typer.Option(False, help="Wrap each prompt in the chat template with generation prompt."),
     batch_size: int = typer.Option(8, min=1),
+    chunk: int = typer.Option(1024, min=1, help=CHUNK_HELP),
     dtype: str = typer.Option("auto"),
     device: str | None = typer.Option(None),
 ) -> None:
@@ -185,12 +203,15 @@ def extract(
       --out vectors.safetensors
     """
     texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
-    with progress_bar() as bar:
-        task = bar.add_task("extracting", total=len(texts))
-        vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size,
-                                     progress=lambda n: bar.advance(task, n))
-    save_tensors({f"layer_{L}": v for L, v in vecs.items()}, out,
+
+    def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
+        vecs = extract_hidden_states(m, tok, texts[start:stop], layer, chat=chat, batch_size=batch_size)
+        return {f"layer_{L}": v for L, v in vecs.items()}
+
+    parts, store = _chunked("extracting", out, texts, model, layer, chat, chunk, compute)
+    save_tensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, out,
                  {"model_name": model, "chat": str(chat).lower(), "num_prompts": str(len(texts))})
+    store.finish()
     console.print(f"wrote {out}", highlight=False)
 
 
@@ -202,6 +223,7 @@ def mean(
     out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
     chat: bool = typer.Option(False, help="Wrap each prompt in the chat template with generation prompt."),
     batch_size: int = typer.Option(8, min=1),
+    chunk: int = typer.Option(1024, min=1, help=CHUNK_HELP),
     dtype: str = typer.Option("auto"),
     device: str | None = typer.Option(None),
 ) -> None:
@@ -211,10 +233,13 @@ def mean(
       --chat --out mean-vectors.safetensors
     """
     texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
-    with progress_bar() as bar:
-        task = bar.add_task("averaging", total=len(texts))
-        means = mean_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size,
-                                   progress=lambda n: bar.advance(task, n))
-    save_mean_vectors(means, out, model_name=model, num_prompts=str(len(texts)))
-    console.print(f"wrote {out}", highlight=False)
 
+    def compute(start: int, stop: int) -> dict[str, torch.Tensor]:  # fp64 sums per chunk
+        sums = sum_hidden_states(m, tok, texts[start:stop], layer, chat=chat, batch_size=batch_size)
+        return {f"layer_{L}": s for L, s in sums.items()}
+
+    parts, store = _chunked("averaging", out, texts, model, layer, chat, chunk, compute)
+    means = {L: (sum(p[f"layer_{L}"] for p in parts) / len(texts)).float() for L in sorted(set(layer))}
+    save_mean_vectors(means, out, model_name=model, num_prompts=str(len(texts)))
+    store.finish()
+    console.print(f"wrote {out}", highlight=False)
