@@ -31,7 +31,7 @@ class TrainConfig:
     n_concepts: int = 500
     world_seed: int = 0
     seed: int = 0
-    steps: int = 2500
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
