@@ -1,14 +1,17 @@
 """Generation scoring on a tiny Llama wired so that what it writes and where a latent fires are known.
 
-All block outputs are zeroed (o_proj, down_proj = 0), so the residual after any block equals the
-token embedding. Orthonormal embeddings u1..u5 then make the greedy continuation of the assistant
-header ("\\n\\n") exactly  "hello" " world" <|eot_id|>, and an SAE column equal to u_k fires on
-exactly one token id.
+Block outputs are zeroed (o_proj, down_proj = 0), so the residual after any block equals the token
+embedding. Orthonormal embeddings u0..u4 then make the greedy continuation of the assistant header
+("\\n\\n") exactly  "hello" " world" <|eot_id|>, and an SAE column equal to u_k fires on exactly one
+token id. One leak path is left open on purpose: block 0 attends uniformly (q = k = 0) and copies the
+u6 direction, which only " elephant" carries — so in a context that contains " elephant" every later
+state has a u6 component, and the "label" latent (column u6) fires there.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,32 +19,45 @@ from conftest import make_tiny_llama
 
 from selfie_adapters.errors import SelfieError
 from selfie_adapters.evals.generation import (
+    DEFAULT_PROMPT,
     content_token_mask,
+    generate_conversations,
     generation_eval,
+    parse_conversation,
+    render_chat,
+    sample_tokens,
     score_conversations,
     summarize,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
+from selfie_adapters.vectors import hidden_states_batch
 
 NL2, HELLO, WORLD, EOT, CUT = 271, 15339, 1917, 128009, 38766  # "\n\n" "hello" " world" eot "Cut"(ting)
-LAT = {"hello": 0, "world": 1, "eot": 2, "cut": 3, "never": 4}
+ELEPHANT = 46840  # " elephant"
+LAT = {"hello": 0, "world": 1, "eot": 2, "cut": 3, "never": 4, "label": 5}
 
 
 @pytest.fixture(scope="module")
 def wired():
     model = make_tiny_llama(layers=2)
     d = model.config.hidden_size
-    u = torch.linalg.qr(torch.randn(d, 6, generator=torch.Generator().manual_seed(1)))[0].T  # (6, d)
+    u = torch.linalg.qr(torch.randn(d, 7, generator=torch.Generator().manual_seed(1)))[0].T  # (7, d)
     for block in model.model.layers:
         block.self_attn.o_proj.weight.zero_()
         block.mlp.down_proj.weight.zero_()
     E, W = model.model.embed_tokens.weight, model.lm_head.weight
+    E -= (E @ u[6])[:, None] * u[6]  # no token but " elephant" carries u6
     for src, dst, k in [(NL2, HELLO, 0), (HELLO, WORLD, 1), (WORLD, EOT, 2)]:
         E[src] = u[k]
         W[dst] = 10 * u[k]
-    E[EOT], E[CUT] = u[3], u[4]
-    W_enc = torch.stack([u[1], u[2], u[3], u[4], u[5]], dim=1)  # fires on hello, world, eot, Cut, nothing
-    sae = SimpleSAE(W_enc, torch.full((5,), -0.5), torch.zeros(d), layer=1)
+    E[EOT], E[CUT], E[ELEPHANT] = u[3], u[4], u[6]
+    attn = model.model.layers[0].self_attn  # uniform attention that copies u6 forward
+    attn.q_proj.weight.zero_()
+    attn.k_proj.weight.zero_()
+    attn.v_proj.weight[0] = u[6]
+    attn.o_proj.weight[:, 0] = 20 * u[6]
+    W_enc = torch.stack([u[1], u[2], u[3], u[4], u[5], u[6]], dim=1)  # hello, world, eot, Cut, nothing, u6
+    sae = SimpleSAE(W_enc, torch.full((6,), -0.5), torch.zeros(d), layer=1)
     return model, sae
 
 
@@ -61,11 +77,61 @@ def test_hits_count_only_generated_content_tokens(wired, tokenizer, tmp_path):
     assert by[LAT["hello"]]["hit"] and by[LAT["hello"]]["first_hit"] == 0
     assert by[LAT["world"]]["hit"] and by[LAT["world"]]["first_hit"] == 1
     assert by[LAT["world"]]["max_act"] == pytest.approx(0.5, abs=1e-4)
-    for k in ("eot", "cut", "never"):  # EOT is special; "Cut" only appears in the prompt
+    for k in ("eot", "cut", "never", "label"):  # EOT is special; "Cut" only appears in the prompt
         assert not by[LAT[k]]["hit"] and by[LAT[k]]["max_act"] == 0.0
-    assert rep["n_trials"] == 10 and rep["n_failed"] == 0
+    assert rep["n_trials"] == 12 and rep["n_failed"] == 0
     assert rep["per_latent"]["1"]["best_label_hit_rate"] == 1.0
-    assert rep["mean_max_hit_rate"] == pytest.approx(2 / 5)
+    assert rep["mean_max_hit_rate"] == pytest.approx(2 / 6)
+
+
+def test_label_named_only_in_the_instruction_does_not_leak(wired, tokenizer, tmp_path):
+    model, sae = wired
+    _, rows = run(model, tokenizer, sae, tmp_path, [(LAT["label"], "elephant")], samples=1)
+    assert rows[0]["text"] == "hello world" and not rows[0]["hit"] and rows[0]["max_act"] == 0.0
+    # control: read in the writing context (instruction + what was written), the latent does fire on
+    # the written tokens — that was the leak
+    prompt = render_chat(tokenizer, [{"role": "user", "content": DEFAULT_PROMPT.replace("{label}", "elephant")}],
+                         generation_prompt=True)[1]
+    assert ELEPHANT in prompt
+    h = hidden_states_batch(model, [prompt + [HELLO, WORLD]], [1], 0)[1]  # (1, T, d)
+    in_context = latent_probe(sae, [LAT["label"]]).activations(h)[0, -2:]
+    assert (in_context > 0).all()
+    # and on a conversation that does contain the word, it fires
+    hit = score_conversations(model, tokenizer, sae, LAT["label"], [[{"role": "user", "content": "an elephant"}]])
+    assert hit[0].hit and hit[0].first_hit == 1
+
+
+def test_gumbel_sampler_matches_softmax_and_is_seeded():
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, math.log(3.0), -30.0]]).repeat(4000, 1)  # p = 1/4, 3/4, ~0
+    picks = sample_tokens(logits, 1.0, 1.0, None)
+    assert (picks == 1).float().mean().item() == pytest.approx(0.75, abs=0.03) and not (picks == 2).any()
+    gens = [torch.Generator().manual_seed(k) for k in (1, 2)]
+    again = [torch.Generator().manual_seed(k) for k in (1, 2)]
+    wide = torch.randn(2, 1000)
+    assert torch.equal(sample_tokens(wide, 1.0, 1.0, gens), sample_tokens(wide, 1.0, 1.0, again))
+
+
+def test_parse_conversation():
+    text = "Sure! Here it is:\n\n**User:** Hi there\nhow are you?\n**Assistant:** Fine.\nUser:\nAI: ok"
+    assert parse_conversation(text) == [{"role": "user", "content": "Hi there\nhow are you?"},
+                                        {"role": "assistant", "content": "Fine."},
+                                        {"role": "assistant", "content": "ok"}]
+    assert parse_conversation("just words") == [{"role": "user", "content": "just words"}]
+    assert parse_conversation("  ") == []
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others():
+    model = make_tiny_llama(layers=2, vocab=512)  # real attention, so a misaligned cache would show
+    prompts = [[1, 79, 68, 31], [1, 96], [1, 40, 93, 11, 18, 64]]
+    solo = [generate_conversations(model, [p], max_new_tokens=8, temperature=0.0)[0] for p in prompts]
+    stop = {solo[0][1], solo[2][4]}  # rows end at different steps
+
+    def cut(seq):
+        return next((seq[:i + 1] for i, t in enumerate(seq) if t in stop), seq)
+
+    batched = generate_conversations(model, prompts, max_new_tokens=8, temperature=0.0, stop_ids=stop)
+    assert batched == [cut(s) for s in solo] and len({len(b) for b in batched}) > 1
 
 
 def test_rescore_masks_system_block_and_headers(wired, tokenizer):
@@ -74,7 +140,7 @@ def test_rescore_masks_system_block_and_headers(wired, tokenizer):
     ids, mask = content_token_mask(tokenizer, conv)
     assert CUT in ids and [t for t, m in zip(ids, mask) if m] == [HELLO, WORLD]
     hits = {k: score_conversations(model, tokenizer, sae, LAT[k], [conv])[0].hit for k in LAT}
-    assert hits == {"hello": True, "world": True, "eot": False, "cut": False, "never": False}
+    assert hits == {"hello": True, "world": True, "eot": False, "cut": False, "never": False, "label": False}
 
 
 def test_single_latent_probe_matches_full_encode():
@@ -86,6 +152,8 @@ def test_single_latent_probe_matches_full_encode():
     probe = latent_probe(sae, latents)
     full = sae.encode(x)  # (3, 7, m)
     torch.testing.assert_close(probe.activations(x), torch.stack([full[b, :, j] for b, j in enumerate(latents)]))
+    torch.testing.assert_close(probe.select([2, 0]).activations(x[[2, 0]]), full[[2, 0]][:, :, [299, 5]].diagonal(
+        dim1=0, dim2=2).T)
 
 
 def test_resume_writes_no_duplicates_and_failures_are_recorded(wired, tokenizer, tmp_path):

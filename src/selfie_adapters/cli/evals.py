@@ -64,7 +64,7 @@ def generation(
     adapter: str | None = typer.Option(None, help="Write labels on the fly with this adapter (needs --latents)."),
     latents: str | None = typer.Option(None, help="Latents for --adapter, e.g. '0-99'."),
     label_samples: int = typer.Option(1, min=1, help="Labels per latent written by --adapter."),
-    samples: int = typer.Option(4, min=1, help="Conversations per (latent, label)."),
+    samples: int = typer.Option(4, min=1, help="Conversations written per (latent, label)."),
     prompt: str = typer.Option(gen_mod.DEFAULT_PROMPT, help="User message; {label} is replaced."),
     system: str | None = typer.Option(None, help="Optional system message."),
     max_new_tokens: int = typer.Option(64, min=1),
@@ -78,6 +78,9 @@ def generation(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Generation scoring: conversations written about each label; hit = the latent fires on content.
+
+    The latent is read on the written conversation alone (rendered with the chat template), not in the
+    context of the instruction that named the label.
 
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --labels labels.jsonl --out gen.jsonl

@@ -1,11 +1,16 @@
 """Generation scoring of SAE latents: does a conversation written *about* a label make the latent fire?
 
-For each (latent, label) the model writes ``samples`` short conversations (chat template, sampled).
-The latent is read at the SAE's layer (residual stream after block L = output of
-``decoder_layers(model)[L]``) from the hidden states of the *same* generation run — a forward hook on
-block L — so no second forward and no full SAE encode are needed. A trial *hits* when the latent is
-> 0 on any content token. Content = tokens the model wrote that are not special tokens (EOS, headers);
-the prompt (BOS, system block, instruction, role headers) is context and never counts.
+For each (latent, label) the model writes ``samples`` short conversations (chat template, sampled,
+one seeded generator per trial). Two phases per batch of trials:
+
+1. *Generate*: batched sampling with a KV cache; rows that emit EOS leave the batch
+   (``cache.batch_select_indices``), so the batch shrinks as conversations end.
+2. *Score*: the written text is parsed into user/assistant turns (``parse_conversation``) and rendered
+   with the chat template **on its own** — the instruction that named the label is not part of it, so a
+   latent about the label cannot fire just because the instruction mentioned it. One batched forward
+   stops right after block L (``vectors.hidden_states_batch``: no upper blocks, no LM head) and only the
+   target latent is encoded (one encoder column for ReLU/JumpReLU). A trial *hits* when the latent is
+   > 0 on any content token (``content_token_mask``: BOS, system block, role headers, EOS never count).
 
 Scores: per latent, the hit rate of its best label (``best_label_hit_rate``); ``mean_max_hit_rate`` =
 mean over latents of that (biased upwards: the max of noisy rates); ``mean_hit_rate`` = mean over
@@ -18,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +35,7 @@ from ..errors import SelfieError
 from ..interpret import pick_tokens
 from ..jsonl import JsonlLog
 from ..modeling import cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
+from ..vectors import hidden_states_batch
 from .sae_probe import LatentProbe, latent_probe, sae_layer, sae_size
 
 log = logging.getLogger(__name__)
@@ -51,15 +57,16 @@ class Trial:
 
 @dataclass(frozen=True)
 class Scored:
-    tokens: list[int]
+    tokens: list[int]  # the rendered conversation that was scored (chat template included)
     hit: bool
     max_act: float  # max activation over content tokens (0.0 if none)
     n_content: int
-    first_hit: int | None  # index into tokens of the first content token where the latent fired
+    first_hit: int | None  # index among the content tokens of the first one where the latent fired
 
 
-class _StopAtLayer(Exception):
-    pass
+# A turn marker at the start of a line: "User:", "**Assistant:**", "> Human:", "AI:" ...
+_TURN = re.compile(r"^[ \t>#*_-]*(user|human|assistant|ai)[ \t*_]*:[ \t*_]*", re.IGNORECASE | re.MULTILINE)
+_ROLE = {"user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
 
 
 def special_token_ids(tokenizer, model=None) -> set[int]:
@@ -79,13 +86,33 @@ def render_chat(tokenizer, messages: list[dict], *, generation_prompt: bool) -> 
     return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def parse_conversation(text: str) -> list[dict]:
+    """The chat messages of a written conversation.
+
+    Lines starting with a turn marker ("User:", "Assistant:", "Human:", "AI:", also bold/quoted) open a
+    turn; the marker itself becomes the template's role header. Text before the first marker ("Sure,
+    here is a conversation:") is not part of the conversation. Without any marker the whole text is one
+    user turn. Empty turns are dropped.
+
+    >>> parse_conversation("User: hi\\n**Assistant:** hello")
+    [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}]
+    """
+    marks = list(_TURN.finditer(text))
+    if not marks:
+        return [{"role": "user", "content": text.strip()}] if text.strip() else []
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    turns = [{"role": _ROLE[m.group(1).lower()], "content": text[m.end():e].strip()} for m, e in zip(marks, ends)]
+    return [t for t in turns if t["content"]]
+
+
 def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] = ("user", "assistant"),
-                       model=None) -> tuple[list[int], list[bool]]:
+                       model=None, special: set[int] | None = None) -> tuple[list[int], list[bool]]:
     """Token ids of a rendered chat and a mask of its content tokens (the ``roles``' message text).
 
     Each message's text is located in the rendered template string and mapped to tokens through
     the tokenizer's offsets; special tokens, role headers, BOS and the system block (including a
-    default one the template inserts) fall outside every counted span.
+    default one the template inserts) fall outside every counted span. ``special``: precomputed
+    ``special_token_ids`` (it reads the whole vocabulary; pass it when masking many chats).
     """
     text, _ = render_chat(tokenizer, messages, generation_prompt=False)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -98,41 +125,26 @@ def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] 
         cursor = at + len(content)
         if m["role"] in roles:
             spans.append((at, cursor))
-    special = special_token_ids(tokenizer, model)
+    special = special_token_ids(tokenizer, model) if special is None else special
     mask = [tid not in special and e > s and any(a <= s and e <= b for a, b in spans)
             for tid, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])]
     return list(enc["input_ids"]), mask
 
 
-@contextmanager
-def capture_layer(model, layer: int, store: dict):
-    """Keep the output of block ``layer`` in ``store['h']``; raise _StopAtLayer when ``store['stop']``."""
-    def hook(module, args, output):
-        store["h"] = output[0] if isinstance(output, tuple) else output
-        if store.get("stop"):
-            raise _StopAtLayer
-
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
 @torch.inference_mode()
-def generate_and_score(model, prompts: list[list[int]], probe: LatentProbe, layer: int, *,
-                       max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-                       generators: list[torch.Generator] | None = None, stop_ids: set[int] = frozenset(),
-                       non_content: set[int] = frozenset(), pad_id: int = 0) -> list[Scored]:
-    """Sample a continuation of each prompt and read row b's latent on every token it writes, one run.
+def generate_conversations(model, prompts: list[list[int]], *, max_new_tokens: int = 64,
+                           temperature: float = 1.0, top_p: float = 1.0,
+                           generators: list[torch.Generator] | None = None,
+                           stop_ids: set[int] = frozenset(), pad_id: int = 0) -> list[list[int]]:
+    """Sample a continuation of each (token-id) prompt; row b's tokens up to and including its stop token.
 
-    Each sampled token's block-``layer`` state is computed when the token is fed back; the very last
-    token is fed once more with the forward stopped right after block ``layer`` (no LM head).
+    Left-padded batch with a KV cache; a row that emits a stop token leaves the batch (its cache rows,
+    mask, position and generator are dropped), so later steps only run the rows still writing.
     """
     device = model_device(model)
     B, T = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attn = torch.zeros(B, T, dtype=torch.long)
+    attn = torch.zeros_like(ids)
     for b, p in enumerate(prompts):  # left padding
         ids[b, T - len(p):] = torch.tensor(p)
         attn[b, T - len(p):] = 1
@@ -140,40 +152,29 @@ def generate_and_score(model, prompts: list[list[int]], probe: LatentProbe, laye
     position = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T)
     cache = DynamicCache(config=model.config)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    skip = torch.tensor(sorted(non_content | stop_ids), dtype=torch.long, device=device)
-    store: dict = {}
-    tokens = torch.empty(B, 0, dtype=torch.long, device=device)
-    live = torch.ones(B, dtype=torch.bool, device=device)  # row has not yet emitted a stop token
-    max_act = torch.zeros(B, device=device)
-    n_content = torch.zeros(B, dtype=torch.long, device=device)
-    first_hit = torch.full((B,), -1, dtype=torch.long, device=device)
-    with capture_layer(model, layer, store):
-        out = model(input_ids=ids, attention_mask=attn, position_ids=position, use_cache=True,
+    written: list[list[int]] = [[] for _ in range(B)]
+    rows = list(range(B))  # original index of each row still in the batch
+    out = model(input_ids=ids, attention_mask=attn, position_ids=position, use_cache=True, logits_to_keep=1,
+                **cache_kw(model, cache))
+    next_pos = position[:, -1:] + 1  # (b, 1)
+    for step in range(max_new_tokens):
+        tok = sample_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (b,)
+        for r, t in zip(rows, tok.tolist()):
+            written[r].append(t)
+        done = torch.isin(tok, stop)  # (b,)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):  # finished rows leave the batch
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            tok, attn, next_pos = tok[keep], attn[keep], next_pos[keep]
+            rows = [rows[i] for i in keep.tolist()]
+            generators = None if generators is None else [generators[i] for i in keep.tolist()]
+        attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
                     logits_to_keep=1, **cache_kw(model, cache))
-        next_pos = position[:, -1] + 1
-        for step in range(max_new_tokens):
-            tok = sample_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (B,)
-            tok = torch.where(live, tok, torch.full_like(tok, pad_id))
-            counts = live & ~torch.isin(tok, skip)  # content: a live row's non-special token
-            live = live & ~torch.isin(tok, stop)
-            tokens = torch.cat([tokens, tok[:, None]], dim=1)
-            attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
-            last = step == max_new_tokens - 1 or not live.any()
-            store["stop"] = last  # the final feed only needs block `layer`
-            with suppress(_StopAtLayer):
-                out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                            use_cache=not last, logits_to_keep=1, **cache_kw(model, cache))
-            act = probe.activations(store["h"])[:, -1]  # (B,)
-            act = torch.where(counts, act, torch.zeros_like(act))
-            max_act = torch.maximum(max_act, act)
-            n_content += counts.long()
-            first_hit = torch.where((first_hit < 0) & (act > 0), torch.full_like(first_hit, step), first_hit)
-            next_pos = next_pos + 1
-            if last:
-                break
-    rows = tokens.tolist()
-    return [Scored(_trim(rows[b], stop_ids), bool(first_hit[b] >= 0), float(max_act[b]), int(n_content[b]),
-                   None if first_hit[b] < 0 else int(first_hit[b])) for b in range(B)]
+        next_pos = next_pos + 1
+    return written
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -187,45 +188,69 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
         u = torch.rand_like(logits)
     else:
         u = torch.stack([torch.rand(logits.shape[1], generator=g, device=logits.device) for g in generators])
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    expo = -torch.log(u.clamp_min(1e-20))  # Exp(1) noise, > 0
+    gumbel = -torch.log(expo.clamp_min(1e-20))  # (B, V)
     return (logits / temperature + gumbel).argmax(dim=-1)
 
 
-def _trim(seq: list[int], stop_ids: set[int]) -> list[int]:
-    for i, t in enumerate(seq):
-        if t in stop_ids:
-            return seq[:i + 1]
-    return seq
-
-
 @torch.inference_mode()
+def score_token_rows(model, encoded: Sequence[tuple[list[int], list[bool]]], probe: LatentProbe, layer: int,
+                     pad_id: int) -> list[Scored]:
+    """Row b = (token ids, content mask) of one rendered conversation; read probe row b's latent on it.
+
+    One left-padded forward stopped right after block ``layer``; rows without content tokens are not run.
+    """
+    scored = [Scored(list(ids), False, 0.0, 0, None) for ids, _ in encoded]
+    live = [i for i, (_, m) in enumerate(encoded) if any(m)]
+    if not live:
+        return scored
+    h = hidden_states_batch(model, [list(encoded[i][0]) for i in live], [layer], pad_id)[layer]  # (b, T, d)
+    T = h.shape[1]
+    mask = torch.zeros(len(live), T, dtype=torch.bool)
+    for b, i in enumerate(live):
+        m = encoded[i][1]
+        mask[b, T - len(m):] = torch.tensor(m, dtype=torch.bool)
+    acts = probe.select(live).activations(h).cpu()  # (b, T)
+    for b, i in enumerate(live):
+        a = acts[b][mask[b]]  # (n_content,) in token order
+        fired = (a > 0).nonzero()
+        scored[i] = Scored(list(encoded[i][0]), bool(len(fired)), float(a.max().clamp_min(0)), len(a),
+                           int(fired[0, 0]) if len(fired) else None)
+    return scored
+
+
+def generate_and_score(model, tokenizer, prompts: list[list[int]], probe: LatentProbe, layer: int, *,
+                       max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+                       generators: list[torch.Generator] | None = None, stop_ids: set[int] | None = None,
+                       special: set[int] | None = None) -> list[tuple[str, Scored]]:
+    """Write one conversation per prompt, then score it on its own: [(written text, Scored)] per row.
+
+    The prompt (which names the label) is only used to write; the latent is read on the parsed
+    conversation rendered with the chat template (see ``parse_conversation``, ``content_token_mask``).
+    ``stop_ids``/``special`` default to ``eos_token_ids``/``special_token_ids`` (precompute them for many calls).
+    """
+    stop = eos_token_ids(tokenizer, model) if stop_ids is None else stop_ids
+    special = special_token_ids(tokenizer, model) if special is None else special
+    written = generate_conversations(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                     top_p=top_p, generators=generators, stop_ids=stop,
+                                     pad_id=pad_token_id(tokenizer))
+    texts = [tokenizer.decode([t for t in w if t not in special]) for w in written]
+    convs = [parse_conversation(t) for t in texts]
+    encoded = [content_token_mask(tokenizer, c, special=special) if c else ([], []) for c in convs]
+    return list(zip(texts, score_token_rows(model, encoded, probe, layer, pad_token_id(tokenizer))))
+
+
 def score_conversations(model, tokenizer, sae, latent: int, conversations: Sequence[list[dict]], *,
                         layer: int | None = None, batch_size: int = 8) -> list[Scored]:
     """Score already-written conversations (chat message lists): one forward per batch, stopped after
     block ``layer``, latent read on content tokens only (see ``content_token_mask``)."""
     layer = resolve_layer(model, sae, layer)
-    out = []
+    special, out = special_token_ids(tokenizer, model), []
     for s in range(0, len(conversations), batch_size):
         chunk = conversations[s:s + batch_size]
-        encoded = [content_token_mask(tokenizer, list(c), model=model) for c in chunk]
-        T = max(len(i) for i, _ in encoded)
-        ids = torch.full((len(chunk), T), pad_token_id(tokenizer), dtype=torch.long)
-        attn, mask = torch.zeros_like(ids), torch.zeros(len(chunk), T, dtype=torch.bool)
-        for b, (i, m) in enumerate(encoded):
-            ids[b, T - len(i):], attn[b, T - len(i):] = torch.tensor(i), 1
-            mask[b, T - len(i):] = torch.tensor(m, dtype=torch.bool)
-        device = model_device(model)
-        store = {"stop": True}
-        with capture_layer(model, layer, store), suppress(_StopAtLayer):
-            model.model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                        position_ids=(attn.cumsum(-1) - 1).clamp_min(0).to(device), use_cache=False)
-        probe = latent_probe(sae, [latent] * len(chunk), device)
-        acts = probe.activations(store["h"]).cpu() * mask  # (B, T), zero outside content
-        for b, (i, m) in enumerate(encoded):
-            a = acts[b, T - len(i):]
-            fired = (a > 0).nonzero()
-            out.append(Scored(i, bool(len(fired)), float(a.max()) if len(i) else 0.0, int(sum(m)),
-                              int(fired[0, 0]) if len(fired) else None))
+        encoded = [content_token_mask(tokenizer, list(c), special=special) if c else ([], []) for c in chunk]
+        probe = latent_probe(sae, [latent] * len(chunk), model_device(model))
+        out += score_token_rows(model, encoded, probe, layer, pad_token_id(tokenizer))
     return out
 
 
@@ -283,8 +308,9 @@ def generation_eval(model, tokenizer, sae, labels: Sequence[tuple[int, str]] | S
     if "{label}" not in prompt:
         raise SelfieError(f"the prompt must contain {{label}} where the label goes; got {prompt!r:.80}")
     pairs = labels if all(isinstance(x, tuple) for x in labels) else parse_label_rows(list(labels))
-    settings = {"layer": layer, "prompt": prompt, "system": system, "max_new_tokens": max_new_tokens,
-                "temperature": temperature, "top_p": top_p, "seed": seed}
+    # "read_on" marks rows scored on the conversation alone: files of the old in-context scorer won't resume
+    settings = {"read_on": "conversation", "layer": layer, "prompt": prompt, "system": system,
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     jlog = JsonlLog(out, settings)
     done = jlog.done_keys(lambda r: (r["latent"], r["label"], r["sample"]))
     trials = [Trial(lat, lab, k) for lat, lab in pairs for k in range(samples) if (lat, lab, k) not in done]
@@ -305,9 +331,8 @@ class _RunContext:
     def __init__(self, model, tokenizer, sae, layer, prompt, system, max_new_tokens, temperature, top_p, seed):
         self.model, self.tokenizer, self.sae, self.layer = model, tokenizer, sae, layer
         self.prompt, self.system, self.seed = prompt, system, seed
-        self.gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-        self.stop_ids = eos_token_ids(tokenizer, model)
-        self.non_content = special_token_ids(tokenizer, model)
+        self.gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                       "stop_ids": eos_token_ids(tokenizer, model), "special": special_token_ids(tokenizer, model)}
 
     def messages(self, label: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -325,16 +350,14 @@ class _RunContext:
 
     def _run(self, batch: list[Trial]) -> list[dict]:
         device = model_device(self.model)
+        probe = latent_probe(self.sae, [t.latent for t in batch], device)  # bad latents fail before writing
         prompts = [render_chat(self.tokenizer, self.messages(t.label), generation_prompt=True)[1] for t in batch]
         gens = [torch.Generator(device=device).manual_seed(_trial_seed(self.seed, t)) for t in batch]
-        probe = latent_probe(self.sae, [t.latent for t in batch], device)
-        scored = generate_and_score(self.model, prompts, probe, self.layer, generators=gens,
-                                    stop_ids=self.stop_ids, non_content=self.non_content,
-                                    pad_id=pad_token_id(self.tokenizer), **self.gen_kw)
+        scored = generate_and_score(self.model, self.tokenizer, prompts, probe, self.layer, generators=gens,
+                                    **self.gen_kw)
         return [{"latent": t.latent, "label": t.label, "sample": t.sample, "status": "ok", "hit": s.hit,
-                 "max_act": s.max_act, "n_content": s.n_content, "first_hit": s.first_hit,
-                 "text": self.tokenizer.decode([x for x in s.tokens if x not in self.non_content])}
-                for t, s in zip(batch, scored)]
+                 "max_act": s.max_act, "n_content": s.n_content, "first_hit": s.first_hit, "text": text}
+                for t, (text, s) in zip(batch, scored)]
 
 
 def _trial_seed(seed: int, t: Trial) -> int:

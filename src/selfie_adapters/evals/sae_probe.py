@@ -40,6 +40,12 @@ class LatentProbe:
         pre = torch.einsum("btd,bd->bt", x.float() - self.b_dec, self.w) + self.b[:, None]  # (B, T)
         return torch.where(pre > self.threshold[:, None], pre, torch.zeros_like(pre)).clamp_min(0)
 
+    def select(self, rows: list[int]) -> LatentProbe:
+        """The probe for a subset of batch rows (e.g. the conversations that have content tokens)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.w.device)
+        return LatentProbe(self.w[idx], self.b[idx], self.b_dec, self.threshold[idx], self.sae,
+                           tuple(self.latents[i] for i in rows))
+
 
 def sae_architecture(sae) -> str:
     cfg = getattr(sae, "cfg", None)
