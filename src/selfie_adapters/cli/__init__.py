@@ -10,6 +10,7 @@ import typer
 from ..errors import SelfieError
 from . import (
     core,  # noqa: F401  (registers commands)
+    demo,  # noqa: F401
     evals,  # noqa: F401
     train,  # noqa: F401
 )
