@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not (TOY_DIR / "world.json").exists(), reason="t
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--kind", "full_rank", "--kind", "scalar_affine", "--steps", "60", "--seed", "0",
+    code = main(["demo", "--kind", "full_rank", "--kind", "scalar_affine", "--steps", "100", "--seed", "0",
                  "--out", str(out)])
     return code, out
 
@@ -34,7 +34,7 @@ def test_demo_writes_report_and_figure(demo_run):
 def test_trained_adapter_beats_untrained_baseline_on_heldout(demo_run):
     _, out = demo_run
     report = json.loads((out / "report.json").read_text())
-    assert report["kinds"]["full_rank"]["heldout_recall_at_1"] >= 0.6  # measured 0.9+ at 60 steps
+    assert report["kinds"]["full_rank"]["heldout_recall_at_1"] >= 0.6  # measured 0.91 at 100 steps, 0.96 at 200
     assert report["baseline"]["heldout_recall_at_1"] <= 0.2  # measured 0.00
     assert report["kinds"]["full_rank"]["attribute_accuracy"] > report["baseline"]["attribute_accuracy"] + 0.3
 
