@@ -70,7 +70,7 @@ def plot_report(report: dict, path: Path) -> Path:
     names = ["untrained"] + short
     recalls = [report["baseline"]["heldout_recall_at_1"]] + [report["kinds"][k]["heldout_recall_at_1"] for k in kinds]
     ax2.bar_label(ax2.bar(names, recalls, color=["#999999"] + ["#55A868"] * len(kinds)), fmt="%.2f")
-    ax2.set_ylim(0, 1)
+    ax2.set_ylim(0, 1.1)
     ax2.set_title("held-out recall@1 (label names the concept)")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=30)
