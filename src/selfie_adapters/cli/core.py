@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import typer
@@ -182,20 +183,24 @@ def _chunked(name: str, out: Path, texts: list[str], model: str, layers: list[in
     return parts, store
 
 
-CHUNK_HELP = "Prompts per resumable chunk (a killed run restarts at the last unfinished chunk)."
+# Options shared by `extract` and `mean`.
+ModelOpt = Annotated[str, typer.Option(help="Model folder or hub id.")]
+LayersOpt = Annotated[list[int], typer.Option("--layer", help="Residual stream after block L; repeat for several.")]
+PromptsOpt = Annotated[Path, typer.Option(help="One prompt per line, or JSONL with \"prompt\".")]
+ChatOpt = Annotated[bool, typer.Option(help="Wrap each prompt in the chat template with generation prompt.")]
+BatchOpt = Annotated[int, typer.Option(min=1)]
+ChunkOpt = Annotated[int, typer.Option(min=1, help="Prompts per resumable chunk (a killed run restarts at the "
+                                                   "last unfinished chunk).")]
+DtypeOpt = Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: model's).")]
 
 
 @app.command()
 def extract(
-    model: str = typer.Option(..., help="Model folder or hub id."),
-    layer: list[int] = typer.Option(..., help="Residual stream after block L; repeat for several."),
-    prompts: Path = typer.Option(..., help="One prompt per line, or JSONL with \"prompt\"."),
+    model: ModelOpt, layer: LayersOpt, prompts: PromptsOpt,
     out: Path = typer.Option(..., help="Output .safetensors with one (N, d) fp32 tensor per layer_{L}."),
-    chat: bool = typer.Option(False, help="Wrap each prompt in the chat template with generation prompt."),
-    batch_size: int = typer.Option(8, min=1),
-    chunk: int = typer.Option(1024, min=1, help=CHUNK_HELP),
-    dtype: str = typer.Option("auto"),
-    device: str | None = typer.Option(None),
+    chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Hidden states at the last token of each prompt (blocks above L and the LM head never run).
 
@@ -217,15 +222,10 @@ def extract(
 
 @app.command()
 def mean(
-    model: str = typer.Option(..., help="Model folder or hub id."),
-    layer: list[int] = typer.Option(..., help="Residual stream after block L; repeat for several."),
-    prompts: Path = typer.Option(..., help="One prompt per line, or JSONL with \"prompt\"."),
+    model: ModelOpt, layer: LayersOpt, prompts: PromptsOpt,
     out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
-    chat: bool = typer.Option(False, help="Wrap each prompt in the chat template with generation prompt."),
-    batch_size: int = typer.Option(8, min=1),
-    chunk: int = typer.Option(1024, min=1, help=CHUNK_HELP),
-    dtype: str = typer.Option("auto"),
-    device: str | None = typer.Option(None),
+    chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Mean last-token state over a prompt set, for contrastive vectors (vector − mean).
 
