@@ -96,3 +96,41 @@ def test_decoder_rows_skip_dead_latents():
     torch.testing.assert_close(rows, W[[0, 5]])
     with pytest.raises(SelfieError, match="out of range; the SAE has 6"):
         decoder_rows(W, [9])
+
+
+def test_sae_decoder_vectors_through_sae_lens_api(monkeypatch):
+    """The sae-lens path: SAE.from_pretrained(release, sae_id, device) → W_dec rows (new and old return types)."""
+    import sys
+    import types
+
+    from selfie_adapters import sae_decoder_vectors
+
+    W = torch.randn(10, 8)
+    W[3] = 0
+    calls = []
+
+    class FakeSAE:
+        W_dec = W
+
+        @classmethod
+        def from_pretrained(cls, release, sae_id, device="cpu"):
+            calls.append((release, sae_id, device))
+            return (cls(), {}, None) if release == "old" else cls()
+
+    monkeypatch.setitem(sys.modules, "sae_lens", types.SimpleNamespace(SAE=FakeSAE))
+    for release in ("goodfire-llama-3.1-8b-instruct", "old"):
+        with pytest.warns(UserWarning, match="dead latent"):
+            rows, kept = sae_decoder_vectors(release, "layer_19", [1, 3, 9])
+        assert kept == [1, 9]
+        torch.testing.assert_close(rows, W[[1, 9]])
+    assert calls[0] == ("goodfire-llama-3.1-8b-instruct", "layer_19", "cpu")
+
+
+def test_missing_sae_lens_is_a_clear_error(monkeypatch):
+    import sys
+
+    from selfie_adapters import sae_decoder_vectors
+
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # import fails
+    with pytest.raises(SelfieError, match=r"pip install 'selfie-adapters\[sae\]'"):
+        sae_decoder_vectors("r", "i", [0])
