@@ -3,9 +3,10 @@
 1. extract: our early-stopping extraction vs a full forward with output_hidden_states=True
    (tiny Llama with 24 blocks, layer 19). Target: >= 1.5x.
 2. describe: Interpreter (shared prefix, rows leave when done) vs a plain batched
-   ``generate(inputs_embeds=...)`` with the same stop ids, batch 32, 30 new tokens, at equal
-   outputs. Target: >= 1.5x. Uses the toy model (whose descriptions really close the quote)
-   when it is there, else a random tiny Llama.
+   ``generate(inputs_embeds=...)`` (stopping at EOS, then cut at the quote), and vs generate told to
+   stop at every quote token too; batch 32, up to 30 new tokens, greedy, equal outputs checked.
+   Target: >= 1.5x. On the toy model (descriptions close the quote at different lengths) and on a
+   random Llama with the full 128k vocabulary (never closes it).
 
 Run: python benchmarks/bench_core.py
 """
@@ -57,53 +58,57 @@ def bench_extract() -> None:
           f"(target >= 1.5x)")
 
 
-def describe_setup():
-    try:
-        from selfie_adapters.toy import load_toy_model
+def describe_setups():
+    """(name, model, tokenizer, vectors, scale): the toy model (real descriptions that close the
+    quote at different lengths) and a random Llama with the full 128k vocabulary (never closes)."""
+    from conftest import make_llama3_tokenizer, make_tiny_llama
 
-        model, tok, world = load_toy_model()
-        from selfie_adapters.vectors import extract_hidden_states
+    from selfie_adapters.toy import load_toy_model
+    from selfie_adapters.vectors import extract_hidden_states
 
-        names = [c.name for c in world.concepts[:32]]
-        vecs = extract_hidden_states(model, tok, [f"Tell me about {n}." for n in names], 1, chat=True)[1]
-        vecs = vecs - vecs.mean(0)
-        return "toy model", model, tok, vecs, None
-    except Exception as e:  # noqa: BLE001 - fall back to a random model
-        from conftest import make_llama3_tokenizer, make_tiny_llama
-
-        print(f"(toy model unavailable: {type(e).__name__}; using a random tiny Llama)")
-        return "random tiny Llama", make_tiny_llama(layers=4, hidden=128), make_llama3_tokenizer(), \
-            torch.randn(32, 128), 8.0
+    model, tok, world = load_toy_model()
+    names = [c.name for c in world.concepts[:32]]
+    vecs = extract_hidden_states(model, tok, [f"Tell me about {n}." for n in names], 1, chat=True)[1]
+    yield "toy model (d=128, 4 blocks)", model, tok, vecs - vecs.mean(0), 1.0
+    torch.manual_seed(0)
+    yield ("random Llama (d=256, 8 blocks, 128k vocab)", make_tiny_llama(layers=8, hidden=256),
+           make_llama3_tokenizer(), torch.randn(32, 256), 8.0)
 
 
 def bench_describe() -> None:
+    for setup in describe_setups():
+        bench_describe_one(*setup)
+
+
+def bench_describe_one(name: str, model, tok, vecs: torch.Tensor, scale: float) -> None:
     from selfie_adapters import Interpreter
     from selfie_adapters.inject import embed_with_soft_tokens
 
-    name, model, tok, vecs, scale = describe_setup()
     interp = Interpreter(model, tok)
-    scale = scale or 1.0
     soft = interp.soft_tokens(vecs, scale)
     ids = torch.tensor([interp.prompt_ids] * len(vecs))
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[:, interp.sites] = True
-    out_ours: list = []
-    out_base: list = []
+    results: dict[str, list] = {}
 
-    def baseline():
+    def baseline(stop: list[int], key: str):
         with torch.inference_mode():
             emb = embed_with_soft_tokens(model, ids, mask, soft)
             gen = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids), max_new_tokens=30,
-                                 do_sample=False, eos_token_id=list(interp.stop_ids), pad_token_id=0)
-        out_base[:] = [_cut(g.tolist(), interp.stop_ids, interp.eos_ids) for g in gen]
+                                 do_sample=False, eos_token_id=stop, pad_token_id=0)
+        results[key] = [tok.decode(_cut(g.tolist(), interp.stop_ids, interp.eos_ids)) for g in gen]
 
     def ours():
-        out_ours[:] = [d.text for d in interp.describe(vecs, scales=[scale], max_new_tokens=30, batch_size=32)]
+        results["ours"] = [d.text for d in interp.describe(vecs, scales=[scale], max_new_tokens=30,
+                                                           batch_size=32)]
 
-    b, o = best_of(baseline), best_of(ours)
-    same = [tok.decode(t) for t in out_base] == out_ours
-    print(f"describe {name}, batch 32, 30 new tokens: generate {b:.3f}s | ours {o:.3f}s | "
-          f"speed-up {b / o:.2f}x (target >= 1.5x); equal outputs: {same}")
+    plain = best_of(lambda: baseline(sorted(interp.eos_ids), "plain"))
+    stops = best_of(lambda: baseline(interp.stop_ids, "stops"))
+    o = best_of(ours)
+    same = results["plain"] == results["ours"] == results["stops"]
+    print(f"describe {name}, batch 32, <= 30 new tokens: generate {plain:.3f}s | generate stopping at the "
+          f"quote {stops:.3f}s | ours {o:.3f}s | speed-up {plain / o:.2f}x / {stops / o:.2f}x "
+          f"(target >= 1.5x); equal outputs: {same}")
 
 
 def _cut(tokens: list[int], stop: list[int], eos: set[int]) -> list[int]:

@@ -112,9 +112,14 @@ class Interpreter:
         done = set(skip)
         jobs = [(row, indices[row], s, k) for row in range(len(vectors)) for s in scales
                 for k in range(samples) if (indices[row], s, k) not in done]
+        todo = sorted({row for row, _, _, _ in jobs})
+        where = {row: u for u, row in enumerate(todo)}
+        base = self.soft_tokens(vectors[todo], 1.0) if jobs else None  # (U, d), one adapter call for all
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start + batch_size]
-            soft = torch.cat([self.soft_tokens(vectors[row:row + 1], s) for row, _, s, _ in batch])
+            rows = torch.tensor([where[row] for row, _, _, _ in batch])
+            scale = torch.tensor([s for _, _, s, _ in batch], dtype=torch.float32, device=base.device)
+            soft = scale[:, None] * base[rows.to(base.device)]  # (b, d): scale · adapter(v − mean)
             gens = None
             if temperature > 0:
                 device = model_device(self.model)
