@@ -111,25 +111,32 @@ class _TokenCrossEntropy(torch.autograd.Function):
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad = torch.empty(n, hidden.shape[1], dtype=torch.float32, device=hidden.device) if need_grad else None
         chunk = max(1, MAX_LOGIT_ELEMENTS // V)
+        w_sum = weight.float().sum(0) if (need_grad and smoothing) else None  # (d,)
         for s in range(0, n, chunk):
             h, y = hidden[s:s + chunk], targets[s:s + chunk]  # (c, d), (c,)
             z = (h.to(weight.dtype) @ weight.T).float()  # (c, V) logits in fp32
             if bias is not None:
                 z += bias.float()
-            lse = torch.logsumexp(z, dim=-1)  # (c,)
-            loss = lse - z.gather(1, y[:, None])[:, 0]
+            z_y = z.gather(1, y[:, None])[:, 0]  # (c,)
+            z_mean = z.mean(dim=-1) if smoothing else None
+            # log-sum-exp by hand: torch.logsumexp is several times slower on CPU, and the
+            # exponentials are reused for the gradient (no second pass over the logits)
+            m = z.amax(dim=-1)  # (c,)
+            e = z.sub_(m[:, None]).exp_()  # (c, V) = exp(z − m), in place
+            total = e.sum(dim=-1)  # (c,)
+            lse = m + total.log()
+            loss = lse - z_y
             if smoothing:
-                loss = (1 - smoothing) * loss + smoothing * (lse - z.mean(dim=-1))
-            keep = loss <= max_loss if max_loss is not None else None
+                loss = (1 - smoothing) * loss + smoothing * (lse - z_mean)
             losses[s:s + chunk] = loss if max_loss is None else loss.clamp(max=max_loss)
-            if need_grad:  # d loss / d z = softmax − (1−ε)·onehot − ε/V, zero where clamped
-                p = z.sub_(lse[:, None]).exp_()
-                p[torch.arange(len(y), device=p.device), y] -= 1 - smoothing
+            if need_grad:  # d loss / d h = (softmax − (1−ε)·onehot − ε/V) · W, zero where clamped
+                g = (e.to(weight.dtype) @ weight).float() / total[:, None]  # softmax · W
+                g -= (1 - smoothing) * weight[y].float()
                 if smoothing:
-                    p -= smoothing / V
-                if keep is not None:
-                    p *= keep[:, None]
-                grad[s:s + chunk] = (p.to(weight.dtype) @ weight).float()  # (c, d)
+                    g -= (smoothing / V) * w_sum
+                if max_loss is not None:
+                    g *= (loss <= max_loss)[:, None]
+                grad[s:s + chunk] = g  # (c, d)
         ctx.save_for_backward(grad)
         ctx.hidden_dtype = hidden.dtype
         return losses
