@@ -132,3 +132,18 @@ def test_mixing_ratios_epoch_is_smallest_group():
 def test_toy_data_helper_round_trips(tmp_path, tok):
     data = load_training_data(DataConfig(labels_file=str(write_toy_data(tmp_path))), tok, 32)
     assert len(data.train) == 36 and len(data.val) == 12
+
+
+def test_validation_subset_mixes_by_val_dataset_ratios():
+    from selfie_adapters.training.data import Split
+    from selfie_adapters.training.sampling import validation_subset
+
+    ids = torch.tensor([0] * 60 + [1] * 20)  # dataset a: 60 val examples, b: 20
+    val = Split(torch.arange(80), torch.ones(80, 2, dtype=torch.long), torch.ones(80, dtype=torch.long), ids,
+                [str(i) for i in range(80)])
+    mixed = validation_subset(val, ["a", "b"], {"a": 1, "b": 1}, 1.0, seed=0)
+    assert mixed.dataset_ids.tolist().count(0) == 20 and mixed.dataset_ids.tolist().count(1) == 20
+    again = validation_subset(val, ["a", "b"], {"a": 1, "b": 1}, 1.0, seed=0)
+    assert mixed.rows.tolist() == again.rows.tolist()  # a fixed subset
+    half = validation_subset(val, ["a", "b"], None, 0.5, seed=0)
+    assert len(half) == 40 and set(half.rows.tolist()) <= set(range(80))

@@ -10,6 +10,7 @@ to its ratio; larger groups are subsampled (afresh each epoch if ``resample_each
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,3 +96,15 @@ class EpochSampler:
         if self.shuffle:
             chosen = chosen[torch.randperm(len(chosen), generator=gen)]
         return chosen
+
+
+def validation_subset(val, dataset_names: list[str], ratios, fraction: float, seed: int):
+    """The fixed validation examples: mixed by ``val_dataset_ratios`` (one fixed draw), then a seeded
+    ``val_fraction`` of them. ``val`` is a ``data.Split``."""
+    if ratios is not None:
+        groups = parse_ratios(ratios, dataset_names, "data.val_dataset_ratios")
+        mixed = EpochSampler(val.dataset_ids, groups, shuffle=False, seed=seed, resample_each_epoch=False)
+        val = val.subset(mixed.order(0))
+    n = max(1, math.ceil(fraction * len(val)))
+    gen = torch.Generator().manual_seed(seed)
+    return val.subset(torch.randperm(len(val), generator=gen)[:n].sort().values)

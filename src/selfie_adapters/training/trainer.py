@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .data import Split, load_training_data
 from .evaluate import evaluate_loss
 from .loss import SelfieLoss
-from .sampling import EpochSampler, parse_ratios
+from .sampling import EpochSampler, parse_ratios, validation_subset
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +210,8 @@ class _Run:
         if len(val) == 0:
             warnings.warn("no 'val' examples: no validation, the best adapter is not tracked", stacklevel=3)
             return None
-        n = max(1, math.ceil(self.cfg.training.val_fraction * len(val)))
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        return val.subset(torch.randperm(len(val), generator=gen)[:n].sort().values)
+        return validation_subset(val, self.data.datasets, self.cfg.data.val_dataset_ratios,
+                                 self.cfg.training.val_fraction, self.cfg.seed)
 
     def _validate(self, step: int) -> float | None:
         if self.val is None:
