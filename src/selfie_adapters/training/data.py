@@ -18,14 +18,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..adapter import read_safetensors
 from ..errors import SelfieError
+from ..vectors import load_vectors
 from .config import DataConfig
 
 SPLITS = ("train", "val")
@@ -244,38 +243,12 @@ def _read_jsonl(path: Path, override: str | None) -> tuple[torch.Tensor, list[st
 
 
 def load_vector_file(source: str) -> torch.Tensor:
-    """An (N, d) tensor from ``file.pt`` (a bare tensor), ``file.safetensors`` (its single tensor, or
-    ``file.safetensors#key``) or ``sae-lens:<release>/<sae_id>`` (the SAE's decoder rows, ``sae`` extra)."""
+    """An (N, d) tensor from ``file.pt`` / ``file.safetensors`` / ``file.npy`` (``file#key`` picks a
+    tensor) or ``sae-lens:<release>/<sae_id>`` (the SAE's decoder rows, ``sae`` extra)."""
     if source.startswith(SAE_PREFIX):
         return _sae_decoder(source[len(SAE_PREFIX):])
-    path_str, _, key = source.partition("#") if not Path(source).exists() else (source, "", "")
-    path = Path(path_str)
-    if not path.is_file():
-        raise SelfieError(f"vectors file not found: {path}")
-    if path.suffix == ".safetensors":
-        state, _ = read_safetensors(path)
-        if key:
-            if key not in state:
-                raise SelfieError(f"{path.name} has no tensor {key!r}; keys: {sorted(state)}")
-            tensor = state[key]
-        elif len(state) == 1:
-            tensor = next(iter(state.values()))
-        else:
-            raise SelfieError(f"{path.name} holds {len(state)} tensors {sorted(state)}; pick one with "
-                              f"data.vectors_file={path}#KEY")
-    else:
-        try:
-            tensor = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
-            raise SelfieError(f"{path.name} is not a plain tensor file readable with weights_only=True "
-                              f"({str(e).splitlines()[0]}); save it with torch.save(tensor) or as .safetensors"
-                              ) from None
-        if not isinstance(tensor, torch.Tensor):
-            raise SelfieError(f"{path.name} must hold one bare (N, d) tensor, got {type(tensor).__name__}")
-    if tensor.dim() != 2 or not tensor.is_floating_point():
-        raise SelfieError(f"{path.name}: vectors must be a float (N, d) tensor, "
-                          f"got {tuple(tensor.shape)} {tensor.dtype}")
-    return tensor.float()
+    path, _, key = source.partition("#") if not Path(source).exists() else (source, "", "")
+    return load_vectors(path, key or None)
 
 
 def _sae_decoder(spec: str) -> torch.Tensor:
