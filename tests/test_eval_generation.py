@@ -25,11 +25,11 @@ from selfie_adapters.evals.generation import (
     generation_eval,
     parse_conversation,
     render_chat,
-    sample_tokens,
     score_conversations,
     summarize,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
+from selfie_adapters.interpret import pick_tokens
 from selfie_adapters.vectors import hidden_states_batch
 
 NL2, HELLO, WORLD, EOT, CUT = 271, 15339, 1917, 128009, 38766  # "\n\n" "hello" " world" eot "Cut"(ting)
@@ -104,12 +104,12 @@ def test_label_named_only_in_the_instruction_does_not_leak(wired, tokenizer, tmp
 def test_gumbel_sampler_matches_softmax_and_is_seeded():
     torch.manual_seed(0)
     logits = torch.tensor([[0.0, math.log(3.0), -30.0]]).repeat(4000, 1)  # p = 1/4, 3/4, ~0
-    picks = sample_tokens(logits, 1.0, 1.0, None)
+    picks = pick_tokens(logits, 1.0, 1.0, None)
     assert (picks == 1).float().mean().item() == pytest.approx(0.75, abs=0.03) and not (picks == 2).any()
     gens = [torch.Generator().manual_seed(k) for k in (1, 2)]
     again = [torch.Generator().manual_seed(k) for k in (1, 2)]
     wide = torch.randn(2, 1000)
-    assert torch.equal(sample_tokens(wide, 1.0, 1.0, gens), sample_tokens(wide, 1.0, 1.0, again))
+    assert torch.equal(pick_tokens(wide, 1.0, 1.0, gens), pick_tokens(wide, 1.0, 1.0, again))
 
 
 def test_parse_conversation():

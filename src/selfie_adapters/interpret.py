@@ -215,15 +215,24 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]], soft: torc
 
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
                 generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Greedy (temperature 0) or nucleus sampling with one generator per row. logits: (B, V)."""
+    """Greedy (temperature 0) or sampling with one generator per row. logits: (B, V) → (B,).
+
+    Without nucleus truncation, sampling is the Gumbel-max trick (argmax of logits/T plus Gumbel
+    noise is an exact softmax sample), much cheaper on CPU than multinomial over a 128k vocabulary.
+    """
     if temperature <= 0:
         return logits.argmax(dim=-1)
+    if top_p >= 1.0:
+        if generators is None:
+            u = torch.rand_like(logits)
+        else:
+            u = torch.stack([torch.rand(logits.shape[1], generator=g, device=logits.device) for g in generators])
+        gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))  # (B, V)
+        return (logits / temperature + gumbel).argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+    probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     if generators is None:
         return torch.multinomial(probs, 1)[:, 0]
     return torch.stack([torch.multinomial(probs[b], 1, generator=g)[0] for b, g in enumerate(generators)])

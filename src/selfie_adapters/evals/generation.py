@@ -158,7 +158,7 @@ def generate_conversations(model, prompts: list[list[int]], *, max_new_tokens: i
                 **cache_kw(model, cache))
     next_pos = position[:, -1:] + 1  # (b, 1)
     for step in range(max_new_tokens):
-        tok = sample_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (b,)
+        tok = pick_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (b,)
         for r, t in zip(rows, tok.tolist()):
             written[r].append(t)
         done = torch.isin(tok, stop)  # (b,)
@@ -175,22 +175,6 @@ def generate_conversations(model, prompts: list[list[int]], *, max_new_tokens: i
                     logits_to_keep=1, **cache_kw(model, cache))
         next_pos = next_pos + 1
     return written
-
-
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  generators: list[torch.Generator] | None) -> torch.Tensor:
-    """(B, V) logits → (B,) tokens. Without nucleus truncation, sample by the Gumbel-max trick
-    (argmax of logits/T + Gumbel noise is an exact softmax sample) — much cheaper than multinomial
-    over a 128k vocabulary on CPU; otherwise defer to the interpreter's sampler."""
-    if temperature <= 0 or top_p < 1.0:
-        return pick_tokens(logits, temperature, top_p, generators)
-    if generators is None:
-        u = torch.rand_like(logits)
-    else:
-        u = torch.stack([torch.rand(logits.shape[1], generator=g, device=logits.device) for g in generators])
-    expo = -torch.log(u.clamp_min(1e-20))  # Exp(1) noise, > 0
-    gumbel = -torch.log(expo.clamp_min(1e-20))  # (B, V)
-    return (logits / temperature + gumbel).argmax(dim=-1)
 
 
 @torch.inference_mode()
