@@ -142,15 +142,17 @@ class Interpreter:
 
 
 @torch.inference_mode()
-def generate(model, prompts: list[list[int]], sites: list[list[int]], soft: torch.Tensor, *,
-             inject_layer: int | None = None, max_new_tokens: int = 40, temperature: float = 0.0,
-             top_p: float = 1.0, generators: list[torch.Generator] | None = None,
+def generate(model, prompts: list[list[int]], sites: list[list[int]] | None = None,
+             soft: torch.Tensor | None = None, *, inject_layer: int | None = None, max_new_tokens: int = 40,
+             temperature: float = 0.0, top_p: float = 1.0, generators: list[torch.Generator] | None = None,
              stop_ids: Sequence[int] = (), pad_id: int = 0) -> list[Generated]:
-    """Generate after each prompt with row b's soft token at ``sites[b]``; rows stop at a stop id.
+    """Generate after each prompt with row b's soft token at ``sites[b]`` (none: plain prompts);
+    each row stops at its first stop id and leaves the batch.
 
     Prompts of different lengths are left-padded (attention mask and position ids follow); equal
-    prompts share one prefix pass.
+    prompts share one prefix pass (up to the first site, or all but the last token).
     """
+    sites = sites if soft is not None and sites is not None else [[] for _ in prompts]
     device = model_device(model)
     B, T = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -164,14 +166,16 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]], soft: torc
     position = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T)
     cache = DynamicCache(config=model.config)
     shared = all(p == prompts[0] and s == sites[0] for p, s in zip(prompts, sites))
-    start = min(sites[0]) if shared else 0
+    start = (min(sites[0]) if sites[0] else len(prompts[0]) - 1) if shared else 0
     if start > 0:  # run the common prefix once, then copy its cache to every row
         base_model(model)(input_ids=ids[:1, :start], position_ids=position[:1, :start], use_cache=True,
                           **cache_kw(model, cache))
         cache.batch_repeat_interleave(B)
     mask = None if shared else attn
     chunk_ids, chunk_sites = ids[:, start:], site_mask[:, start:]
-    if inject_layer is None:
+    if soft is None:
+        embeds, ctx = model.get_input_embeddings()(chunk_ids), nullcontext()
+    elif inject_layer is None:
         embeds, ctx = embed_with_soft_tokens(model, chunk_ids, chunk_sites, soft), nullcontext()
     else:
         embeds = model.get_input_embeddings()(chunk_ids)

@@ -29,12 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from ..errors import SelfieError
-from ..interpret import pick_tokens
+from ..interpret import generate
 from ..jsonl import JsonlLog
-from ..modeling import cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
+from ..modeling import decoder_layers, eos_token_ids, model_device, pad_token_id
 from ..vectors import hidden_states_batch
 from .sae_probe import LatentProbe, latent_probe, sae_layer, sae_size
 
@@ -138,43 +137,12 @@ def generate_conversations(model, prompts: list[list[int]], *, max_new_tokens: i
                            stop_ids: set[int] = frozenset(), pad_id: int = 0) -> list[list[int]]:
     """Sample a continuation of each (token-id) prompt; row b's tokens up to and including its stop token.
 
-    Left-padded batch with a KV cache; a row that emits a stop token leaves the batch (its cache rows,
-    mask, position and generator are dropped), so later steps only run the rows still writing.
+    The interpreter's decoding loop without soft tokens: left-padded batch with a KV cache, equal
+    prompts share one prefix pass, and a row that emits a stop token leaves the batch.
     """
-    device = model_device(model)
-    B, T = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):  # left padding
-        ids[b, T - len(p):] = torch.tensor(p)
-        attn[b, T - len(p):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    position = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T)
-    cache = DynamicCache(config=model.config)
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    written: list[list[int]] = [[] for _ in range(B)]
-    rows = list(range(B))  # original index of each row still in the batch
-    out = model(input_ids=ids, attention_mask=attn, position_ids=position, use_cache=True, logits_to_keep=1,
-                **cache_kw(model, cache))
-    next_pos = position[:, -1:] + 1  # (b, 1)
-    for step in range(max_new_tokens):
-        tok = pick_tokens(out.logits[:, -1].float(), temperature, top_p, generators)  # (b,)
-        for r, t in zip(rows, tok.tolist()):
-            written[r].append(t)
-        done = torch.isin(tok, stop)  # (b,)
-        if step == max_new_tokens - 1 or bool(done.all()):
-            break
-        if bool(done.any()):  # finished rows leave the batch
-            keep = (~done).nonzero()[:, 0]
-            cache.batch_select_indices(keep)
-            tok, attn, next_pos = tok[keep], attn[keep], next_pos[keep]
-            rows = [rows[i] for i in keep.tolist()]
-            generators = None if generators is None else [generators[i] for i in keep.tolist()]
-        attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
-                    logits_to_keep=1, **cache_kw(model, cache))
-        next_pos = next_pos + 1
-    return written
+    outs = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    generators=generators, stop_ids=sorted(stop_ids), pad_id=pad_id)
+    return [g.tokens for g in outs]
 
 
 @torch.inference_mode()
