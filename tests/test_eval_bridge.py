@@ -49,3 +49,32 @@ def test_heatmap_mechanics(tiny_model, tokenizer, tmp_path):
     assert json_path.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SelfieError, match="out of range"):
         bridge_eval(interp, rec, layers=[9])
+
+
+def test_bridge_cli_resumes_finished_records(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    import selfie_adapters.modeling as modeling
+    from selfie_adapters.cli import main
+
+    records = tmp_path / "twohop.jsonl"
+    records.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "q1", "question": "Who is the mother of the singer of Thriller?", "e2_value": "Michael Jackson"},
+        {"id": "q2", "r1_template": "The capital of {} is", "e1_value": "France", "e2_value": "Paris"}]) + "\n")
+    out = tmp_path / "bridge"
+    args = ["eval", "bridge", "--model", str(tiny_model_dir), "--records", str(records), "--layers", "0-1",
+            "--samples", "1", "--max-new-tokens", "2", "--no-chat", "--out-dir", str(out), "--json"]
+    assert main(args) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert [r["record"] for r in first["records"]] == ["q1", "q2"]
+    assert (out / "q1.png").exists() and (out / "q2.json").exists()
+
+    def no_model(*a, **k):
+        raise AssertionError("finished records must not be recomputed")
+
+    monkeypatch.setattr(modeling, "load_model", no_model)
+    assert main(args) == 0  # both records done: nothing loads, the summary is rebuilt
+    assert json.loads((out / "summary.json").read_text()) == first
+    capsys.readouterr()
+    assert main(args[:-3] + ["--samples", "2", "--out-dir", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err

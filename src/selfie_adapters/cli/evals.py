@@ -162,18 +162,30 @@ def bridge(
         bridge_mod.question_of(r), bridge_mod.aliases_of(r)
     from ..adapter import load_adapter
     from ..interpret import Interpreter
+    from ..jsonl import check_settings
     from ..modeling import load_model
     from .core import parse_indices
 
     ad = load_adapter(adapter) if adapter else None
-    m, tok = load_model(model, dtype=dtype, device=device)
-    interp = Interpreter(m, tok, ad)
+    settings = {"model": model, "adapter": adapter, "layers": layers, "samples": samples, "scale": scale,
+                "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "chat": chat}
+    names = [str(rec.get("id", f"record{n}")) for n, rec in enumerate(rows)]
+    out_dir.mkdir(parents=True, exist_ok=True)  # a rerun keeps finished records (same settings only)
+    check_settings(out_dir / "settings.json", settings, any((out_dir / f"{x}.json").exists() for x in names),
+                   out_dir)
+    interp = None
     summary = []
-    for n, rec in enumerate(rows):
-        rep = bridge_mod.bridge_eval(interp, rec, layers=parse_indices(layers) if layers else None,
-                                     samples=samples, scales=scale, temperature=temperature,
-                                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat)
-        name = str(rec.get("id", f"record{n}"))
+    for name, rec in zip(names, rows):
+        if (out_dir / f"{name}.json").exists():
+            rep = json.loads((out_dir / f"{name}.json").read_text())
+        else:
+            if interp is None:
+                m, tok = load_model(model, dtype=dtype, device=device)
+                interp = Interpreter(m, tok, ad)
+            rep = bridge_mod.bridge_eval(interp, rec, layers=parse_indices(layers) if layers else None,
+                                         samples=samples, scales=scale, temperature=temperature,
+                                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                                         chat=chat)
         json_path, png = bridge_mod.write_bridge_report(rep, out_dir, name)
         best = max(((s, L, t) for L, row in zip(rep["layers"], rep["scores"]) for s, t in zip(row, rep["tokens"])))
         summary.append({"record": name, "question": rep["question"], "bridge": rep["aliases"][0],
