@@ -18,7 +18,7 @@ from .adapter import Adapter, check_finite
 from .errors import SelfieError
 from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
-from .modeling import base_model, cache_kw, eos_token_ids, model_device, pad_token_id
+from .modeling import base_model, cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
 from .template import PromptTemplate
 
 BASELINE_SCALES = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
@@ -67,6 +67,11 @@ class Interpreter:
         self.adapter = adapter if adapter is not None else Adapter.identity(dim)
         if adapter is not None:
             check_model(adapter, model, allow_model_mismatch)
+            adapter.to(model_device(model))  # the transform runs where the model runs
+        n_blocks = len(decoder_layers(model))
+        if inject_layer is not None and not 0 <= inject_layer < n_blocks:
+            raise SelfieError(f"inject_layer {inject_layer} out of range; the model has blocks 0..{n_blocks - 1} "
+                              "(None = replace the input embeddings)")
         if isinstance(template, str):
             template = PromptTemplate(template)
         self.template = template or PromptTemplate()
