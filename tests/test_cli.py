@@ -200,3 +200,19 @@ def test_extract_resumes_from_finished_chunks(files, tiny_model_dir, tmp_path, c
     full = tmp_path / "full.safetensors"
     assert run(capsys, *args[:-1], full)[0] == 0
     torch.testing.assert_close(load_file(str(out))["layer_1"], load_file(str(full))["layer_1"])
+
+
+def test_describe_prompts_equals_extract_then_describe(files, tiny_model_dir, tmp_path, capsys):
+    vecs = tmp_path / "v.safetensors"
+    assert run(capsys, "extract", "--model", tiny_model_dir, "--layer", 2, "--prompts", files / "prompts.txt",
+               "--chat", "--out", vecs)[0] == 0
+    common = ("describe", "--model", tiny_model_dir, "--scale", 3, "--max-new-tokens", 3)
+    assert run(capsys, *common, "--vectors", vecs, "--key", "layer_2", "--out", tmp_path / "a.jsonl")[0] == 0
+    assert run(capsys, *common, "--prompts", files / "prompts.txt", "--layer", 2, "--chat",
+               "--out", tmp_path / "b.jsonl")[0] == 0
+    assert [r["text"] for r in rows(tmp_path / "a.jsonl")] == [r["text"] for r in rows(tmp_path / "b.jsonl")]
+    code, _, err = run(capsys, *common, "--prompts", files / "prompts.txt", "--out", tmp_path / "c.jsonl")
+    assert code == 2 and "--prompts needs --layer" in err
+    code, _, err = run(capsys, *common, "--prompts", files / "prompts.txt", "--vectors", vecs, "--layer", 2,
+                       "--out", tmp_path / "c.jsonl")
+    assert code == 2 and "exactly one vector source" in err

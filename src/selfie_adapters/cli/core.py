@@ -75,8 +75,11 @@ def describe(
     sae_release: str | None = typer.Option(None, help="SAE release (sae-lens) for --features."),
     sae_id: str | None = typer.Option(None, help="SAE id within the release, e.g. layer_19."),
     features: str | None = typer.Option(None, help="SAE latent indices, e.g. '0,5,10-20'."),
+    prompts: Path | None = typer.Option(None, help="Describe the state after block --layer at the last token of "
+                                        "each prompt (one per line, or JSONL with \"prompt\")."),
+    chat: bool = typer.Option(False, help="With --prompts: wrap each prompt in the chat template."),
     mean_vectors: Path | None = typer.Option(None, help="mean-vectors.safetensors to subtract (contrastive)."),
-    layer: int | None = typer.Option(None, help="Which layer_{L} of --mean-vectors to subtract."),
+    layer: int | None = typer.Option(None, help="Layer L of --prompts and of the layer_{L} mean to subtract."),
     samples: int = typer.Option(1, min=1, help="Descriptions per vector and scale."),
     max_new_tokens: int = typer.Option(40, min=1),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
@@ -96,18 +99,29 @@ def describe(
     Example: selfie describe --model meta-llama/Llama-3.1-8B-Instruct
       --adapter keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors
       --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --features 0-99 --out labels.jsonl
+
+    Vectors come from exactly one of --vectors FILE, --sae-release/--sae-id/--features, or
+    --prompts FILE --layer L [--chat] (with --mean-vectors for contrastive adapters).
     """
     # Everything that can be checked without the model is checked first.
     prompt = PromptTemplate(template or SELFIE_TEMPLATE, injection_token)
     ad = load_adapter(adapter) if adapter else None
-    vecs, indices = _vectors_from_options(vectors, key, sae_release, sae_id, features)
+    if sum(x is not None for x in (vectors, sae_release, prompts)) != 1:
+        raise SelfieError("give exactly one vector source: --vectors FILE, --prompts FILE --layer L, or "
+                          "--sae-release/--sae-id/--features")
+    texts = _prompts_from_options(prompts, layer) if prompts is not None else None
+    vecs, indices = (None, None) if texts is not None else _vectors_from_options(vectors, key, sae_release,
+                                                                                 sae_id, features)
     mean = _mean_from_options(mean_vectors, layer)
     settings = {"model": model, "adapter": adapter, "template": prompt.text, "injection_token": injection_token,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
                 "inject_layer": inject_layer, "mean_vectors": str(mean_vectors) if mean_vectors else None,
-                "layer": layer, "vectors": str(vectors or f"{sae_release}/{sae_id}")}
+                "layer": layer, "vectors": str(vectors or prompts or f"{sae_release}/{sae_id}"), "chat": chat}
     log = JsonlLog(out, settings)
     m, tok = load_model(model, dtype=dtype, device=device)
+    if texts is not None:  # hidden states of the prompts, after block `layer`, last token
+        vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size)[layer]
+        indices = list(range(len(texts)))
     interp = Interpreter(m, tok, ad, template=prompt, inject_layer=inject_layer, mean=mean,
                          allow_model_mismatch=allow_model_mismatch)
     scales = tuple(scale) if scale else interp.default_scales
@@ -123,9 +137,13 @@ def describe(
     console.print(f"wrote {out}", highlight=False)
 
 
+def _prompts_from_options(prompts: Path, layer: int | None) -> list[str]:
+    if layer is None:
+        raise SelfieError("--prompts needs --layer L: the residual stream after block L is described")
+    return load_prompts(prompts)
+
+
 def _vectors_from_options(vectors, key, sae_release, sae_id, features) -> tuple[torch.Tensor, list[int]]:
-    if (vectors is None) == (sae_release is None):
-        raise SelfieError("give exactly one vector source: --vectors FILE, or --sae-release/--sae-id/--features")
     if vectors is not None:
         v = load_vectors(vectors, key)
         return v, list(range(len(v)))
