@@ -82,8 +82,8 @@ class Interpreter:
                 raise SelfieError(f"mean vector has shape {tuple(mean.shape)}, expected ({dim},)")
             check_finite(mean, "mean vector")
         self.mean = None if mean is None else mean.float()
-        self.stop_ids = sorted(stop_token_ids(tokenizer, self.template.closing) | eos_token_ids(tokenizer, model))
         self.eos_ids = eos_token_ids(tokenizer, model)
+        self.stop_ids = sorted(stop_token_ids(tokenizer, self.template.closing) | self.eos_ids)
 
     @property
     def default_scales(self) -> tuple[float, ...]:
