@@ -147,3 +147,27 @@ def test_validation_subset_mixes_by_val_dataset_ratios():
     assert mixed.rows.tolist() == again.rows.tolist()  # a fixed subset
     half = validation_subset(val, ["a", "b"], None, 0.5, seed=0)
     assert len(half) == 40 and set(half.rows.tolist()) <= set(range(80))
+
+
+def test_sources_checked_before_any_model_loads(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from selfie_adapters.errors import SelfieError
+    from selfie_adapters.training.config import config_from_dict
+    from selfie_adapters.training.trainer import train
+
+    labels = tmp_path / "labels.json"
+    labels.write_text("[]")
+
+    def cfg(**data):
+        return config_from_dict({"model": {"name": "no/such-model"}, "data": data}, base_dir=tmp_path)
+
+    with pytest.raises(SelfieError, match="labels file not found: nope.json"):
+        train(cfg(labels_file="nope.json"))  # would otherwise try to download no/such-model first
+    with pytest.raises(SelfieError, match="vectors file not found: w.pt"):
+        train(cfg(labels_file="labels.json", vectors_file="w.pt#W"))
+    monkeypatch.setitem(sys.modules, "sae_lens", None)
+    with pytest.raises(SelfieError, match=r"needs sae-lens: pip install 'selfie-adapters\[sae\]'"):
+        train(cfg(labels_file="labels.json", vectors_file="sae-lens:r/layer_19"))

@@ -133,6 +133,24 @@ def _trim(targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- reading
 
 
+def check_sources(cfg: DataConfig, base_dir: str | os.PathLike = ".") -> None:
+    """Cheap checks that need no model: the labels file, a vectors file, sae-lens when asked for.
+    Run before loading a big model so a typo fails in a second, not after minutes of loading."""
+    if not _resolve(cfg.labels_file, base_dir).is_file():
+        raise SelfieError(f"labels file not found: {cfg.labels_file} (data.labels_file)")
+    source = cfg.vectors_file
+    if source and source.startswith(SAE_PREFIX):
+        try:
+            import sae_lens  # noqa: F401
+        except ImportError:
+            raise SelfieError(f"data.vectors_file={source} needs sae-lens: pip install 'selfie-adapters[sae]'"
+                              ) from None
+    elif source:
+        path = source if Path(source).exists() else source.partition("#")[0]
+        if not _resolve(path, base_dir).is_file():
+            raise SelfieError(f"vectors file not found: {path} (data.vectors_file)")
+
+
 def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() or p.exists() else Path(base_dir) / p

@@ -23,7 +23,7 @@ from ..template import PromptTemplate
 from . import ddp
 from .checkpoint import load_state, save_adapter, save_state, state_path
 from .config import TrainConfig
-from .data import Split, load_training_data
+from .data import Split, check_sources, load_training_data
 from .evaluate import evaluate_loss
 from .loss import SelfieLoss
 from .sampling import EpochSampler, parse_ratios, validation_subset
@@ -51,6 +51,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     >>> result = train(load_config("examples/goodfire-l19-scalar-affine.yaml"))
     >>> load_adapter(result.best_path)
     """
+    check_sources(cfg.data, cfg.base_dir)
     dist = ddp.setup_distributed()
     if model is None or tokenizer is None:
         model, tokenizer = _load_frozen_model(cfg, dist)
