@@ -183,3 +183,12 @@ def test_adapter_and_mean_feed_the_soft_token(tiny_model, tokenizer):
 def test_inject_layer_out_of_range_is_refused_up_front(tiny_model, tokenizer):
     with pytest.raises(SelfieError, match="inject_layer 4 out of range; the model has blocks 0..3"):
         Interpreter(tiny_model, tokenizer, inject_layer=4)
+
+
+def test_generate_plain_prompts_shares_prefix_and_matches_naive_loop(tiny_model, tokenizer):
+    ids = tokenizer("Tell me about the moon", add_special_tokens=False)["input_ids"]
+    outs = generate(tiny_model, [ids, ids, ids], max_new_tokens=5)  # no soft tokens: plain prompts
+    seq = list(ids)
+    for _ in range(5):
+        seq.append(tiny_model(input_ids=torch.tensor([seq])).logits[0, -1].argmax().item())
+    assert all(o.tokens == seq[len(ids):] for o in outs)
