@@ -216,3 +216,10 @@ def test_describe_prompts_equals_extract_then_describe(files, tiny_model_dir, tm
     code, _, err = run(capsys, *common, "--prompts", files / "prompts.txt", "--vectors", vecs, "--layer", 2,
                        "--out", tmp_path / "c.jsonl")
     assert code == 2 and "exactly one vector source" in err
+
+
+def test_describe_relevancy_rows(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "rel.jsonl"
+    assert run(capsys, *describe_args(files, tiny_model_dir, out, "--relevancy"))[0] == 0
+    for r in rows(out):
+        assert r["relevancy"] and all(isinstance(tok, str) and score >= 0 for tok, score in r["relevancy"])

@@ -192,3 +192,33 @@ def test_generate_plain_prompts_shares_prefix_and_matches_naive_loop(tiny_model,
     for _ in range(5):
         seq.append(tiny_model(input_ids=torch.tensor([seq])).logits[0, -1].argmax().item())
     assert all(o.tokens == seq[len(ids):] for o in outs)
+
+
+def test_relevancy_is_zero_when_the_soft_token_is_the_placeholder_itself(tiny_model, tokenizer):
+    interp = Interpreter(tiny_model, tokenizer)  # identity + L2 normalisation, so soft = scale · v / ‖v‖
+    emb = tiny_model.get_input_embeddings().weight[128002]
+    d = interp.describe(emb[None], scales=[emb.norm().item()], max_new_tokens=4, relevancy=True)[0]
+    # a random model's token probabilities are ~1e-5, so the bound is far below them
+    assert d.relevancy and max(r for _, r in d.relevancy) < 1e-10
+    assert "relevancy" in d.to_row() and "relevancy" not in interp.describe(emb[None], max_new_tokens=2)[0].to_row()
+
+
+def test_relevancy_matches_hand_computed_probabilities(tiny_model, tokenizer):
+    interp = Interpreter(tiny_model, tokenizer)
+    torch.manual_seed(3)
+    vec = torch.randn(2, 64)
+    for d, v in zip(interp.describe(vec, scales=[6.0], max_new_tokens=4, relevancy=True), vec):
+        soft = interp.soft_tokens(v[None], 6.0)
+        toks = generate(tiny_model, [interp.prompt_ids], [interp.sites], soft, max_new_tokens=4,
+                        stop_ids=interp.stop_ids)[0].tokens  # the ids behind d.text
+        seq = torch.tensor([interp.prompt_ids + toks])
+        mask = torch.zeros_like(seq, dtype=torch.bool)
+        mask[0, interp.sites] = True
+        patched = tiny_model(inputs_embeds=embed_with_soft_tokens(tiny_model, seq, mask, soft)).logits[0].softmax(-1)
+        plain = tiny_model(input_ids=seq).logits[0].softmax(-1)
+        P = len(interp.prompt_ids)
+        want = [abs(patched[P - 1 + i, t] - plain[P - 1 + i, t]).item() for i, t in enumerate(toks)]
+        assert [tokenizer.decode([t]) for t in toks] == [tok for tok, _ in d.relevancy]
+        got = torch.tensor([r for _, r in d.relevancy], dtype=torch.float64)
+        assert (got > 0).all()  # probabilities are ~1e-5 here: compare relatively
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=2e-3)

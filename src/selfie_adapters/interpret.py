@@ -7,6 +7,7 @@ once and its KV cache shared by the batch; rows leave the batch as soon as they 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -35,9 +36,14 @@ class Description:
     text: str
     logprob: float  # mean log-prob of the generated tokens up to and including the closing one
     closed: bool  # the quote (or EOS) came within max_new_tokens
+    # SelfIE's relevancy, per generated token: (token, |p(token | patched) − p(token | unpatched)|)
+    relevancy: tuple[tuple[str, float], ...] | None = None
 
     def to_row(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        if self.relevancy is None:
+            del row["relevancy"]
+        return row
 
     @property
     def key(self) -> tuple[int, float, int]:
@@ -103,13 +109,14 @@ class Interpreter:
     def iter_describe(self, vectors: torch.Tensor, *, scales: Sequence[float] | None = None, samples: int = 1,
                       max_new_tokens: int = 40, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                       batch_size: int = 32, skip: Iterable[tuple[int, float, int]] = (),
-                      indices: Sequence[int] | None = None,
+                      indices: Sequence[int] | None = None, relevancy: bool = False,
                       progress: Callable[[int], None] | None = None) -> Iterator[list[Description]]:
         """Yield one list of descriptions per batch (vectors × scales × samples), for incremental writing.
 
         ``temperature`` 0 is greedy; sampling is seeded per (index, scale, sample), so results do not
         depend on batch size or on what was skipped. ``skip`` holds keys already done (resume);
-        ``indices`` names the rows (default 0..N-1).
+        ``indices`` names the rows (default 0..N-1). ``relevancy`` adds SelfIE's per-token relevancy
+        (one extra teacher-forced pass over the unpatched prompt per batch).
         """
         vectors = _as_matrix(vectors, self.model.config.hidden_size)
         indices = list(range(len(vectors))) if indices is None else list(indices)
@@ -133,17 +140,40 @@ class Interpreter:
                             inject_layer=self.inject_layer, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, generators=gens,
                             stop_ids=self.stop_ids, pad_id=pad_token_id(self.tokenizer))
-            yield [self._describe_one(job, out) for job, out in zip(batch, outs)]
+            rel = self._relevancy(outs) if relevancy else [None] * len(outs)
+            yield [self._describe_one(job, out, r) for job, out, r in zip(batch, outs, rel)]
             if progress is not None:
                 progress(len(batch))
 
-    def _describe_one(self, job, out: Generated) -> Description:
+    def _describe_one(self, job, out: Generated, relevancy=None) -> Description:
         _, index, scale, sample = job
         text_ids = [t for t in out.tokens if t not in self.eos_ids]
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         label = text.split(self.template.closing)[0].strip()
         lp = sum(out.logprobs) / max(len(out.logprobs), 1)
-        return Description(index, scale, sample, label, text, lp, out.closed)
+        return Description(index, scale, sample, label, text, lp, out.closed, relevancy)
+
+    @torch.inference_mode()
+    def _relevancy(self, outs: list[Generated]) -> list[tuple[tuple[str, float], ...]]:
+        """|p(t | patched) − p(t | unpatched)| per generated token t; the unpatched run is the same
+        prompt with the injection token's own embedding, teacher-forced on the generated tokens."""
+        P, device = len(self.prompt_ids), model_device(self.model)
+        L = max(len(o.tokens) for o in outs)
+        ids = torch.full((len(outs), P + L), pad_token_id(self.tokenizer), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, o in enumerate(outs):  # right padding: causal attention keeps real tokens exact
+            ids[b, :P + len(o.tokens)] = torch.tensor(self.prompt_ids + o.tokens)
+            mask[b, :P + len(o.tokens)] = 1
+        hidden = base_model(self.model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        head = self.model.get_output_embeddings()
+        result = []
+        for b, o in enumerate(outs):  # logits only where a generated token is predicted: (n, V) per row
+            n = len(o.tokens)
+            probs = head(hidden[b, P - 1:P - 1 + n]).float().softmax(-1)
+            unpatched = probs.gather(1, torch.tensor(o.tokens, device=probs.device)[:, None])[:, 0].tolist()
+            result.append(tuple((self.tokenizer.decode([t]), abs(math.exp(lp) - q))
+                                for t, lp, q in zip(o.tokens, o.logprobs, unpatched)))
+        return result
 
 
 @torch.inference_mode()

@@ -91,6 +91,7 @@ def describe(
     template: str | None = typer.Option(None, help="Prompt template (default: the SelfIE template)."),
     injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
     allow_model_mismatch: bool = typer.Option(False, help="Use the adapter on a model it was not trained for."),
+    relevancy: bool = typer.Option(False, help="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: model's)."),
 ) -> None:
@@ -116,7 +117,8 @@ def describe(
     settings = {"model": model, "adapter": adapter, "template": prompt.text, "injection_token": injection_token,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
                 "inject_layer": inject_layer, "mean_vectors": str(mean_vectors) if mean_vectors else None,
-                "layer": layer, "vectors": str(vectors or prompts or f"{sae_release}/{sae_id}"), "chat": chat}
+                "layer": layer, "vectors": str(vectors or prompts or f"{sae_release}/{sae_id}"), "chat": chat,
+                "relevancy": relevancy}
     log = JsonlLog(out, settings)
     m, tok = load_model(model, dtype=dtype, device=device)
     if texts is not None:  # hidden states of the prompts, after block `layer`, last token
@@ -131,7 +133,7 @@ def describe(
         task = bar.add_task("describing", total=total, completed=min(len(done), total))
         for batch in interp.iter_describe(vecs, scales=scales, samples=samples, max_new_tokens=max_new_tokens,
                                           temperature=temperature, top_p=top_p, seed=seed,
-                                          batch_size=batch_size, skip=done, indices=indices,
+                                          batch_size=batch_size, skip=done, indices=indices, relevancy=relevancy,
                                           progress=lambda n: bar.advance(task, n)):
             log.append([d.to_row() for d in batch])
     console.print(f"wrote {out}", highlight=False)
