@@ -227,8 +227,12 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]] | None = No
     closed = [False] * B
     for step in range(max_new_tokens):
         gens = None if generators is None else [generators[b] for b in active]
-        tok = pick_tokens(logits, temperature, top_p, gens)  # (b,)
-        lp = torch.log_softmax(logits, dim=-1).gather(1, tok[:, None])[:, 0]
+        if temperature <= 0:  # one pass gives the greedy token and the max for the log-sum-exp
+            top, tok = logits.max(dim=-1)  # (b,), (b,)
+        else:
+            tok, top = pick_tokens(logits, temperature, top_p, gens), logits.amax(dim=-1)
+        # log p(tok) = z_tok − logsumexp(z), by hand: torch's log_softmax is ~2x slower on CPU
+        lp = logits.gather(1, tok[:, None])[:, 0] - top - (logits - top[:, None]).exp_().sum(-1).log()
         finished = torch.isin(tok, stop)
         for b, t, logp, fin in zip(active, tok.tolist(), lp.tolist(), finished.tolist()):
             tokens[b].append(t)
