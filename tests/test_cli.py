@@ -223,3 +223,17 @@ def test_describe_relevancy_rows(files, tiny_model_dir, tmp_path, capsys):
     assert run(capsys, *describe_args(files, tiny_model_dir, out, "--relevancy"))[0] == 0
     for r in rows(out):
         assert r["relevancy"] and all(isinstance(tok, str) and score >= 0 for tok, score in r["relevancy"])
+
+
+def test_extract_positions(files, tiny_model_dir, tmp_path, capsys):
+    base = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt")
+    assert run(capsys, *base, "--out", tmp_path / "last.safetensors")[0] == 0
+    assert run(capsys, *base, "--position", 0, "--position", -1, "--out", tmp_path / "two.safetensors")[0] == 0
+    assert run(capsys, *base, "--position", 0, "--out", tmp_path / "first.safetensors")[0] == 0
+    last, two = load_file(str(tmp_path / "last.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    first = load_file(str(tmp_path / "first.safetensors"))
+    assert two["layer_1"].shape == (3, 2, 64) and first["layer_1"].shape == (3, 64)
+    torch.testing.assert_close(two["layer_1"][:, 1], last["layer_1"])
+    torch.testing.assert_close(two["layer_1"][:, 0], first["layer_1"])
+    code, _, err = run(capsys, *base, "--position", 40, "--out", tmp_path / "bad.safetensors")
+    assert code == 2 and "positions [40] do not fit" in err

@@ -192,11 +192,11 @@ def _prompt_options(prompts: Path, model: str, layer: list[int], dtype: str, dev
 
 
 def _chunked(name: str, out: Path, texts: list[str], model: str, layers: list[int], chat: bool, chunk: int,
-             compute) -> tuple[list[dict[str, torch.Tensor]], ChunkStore]:
+             compute, positions: int | list[int] = -1) -> tuple[list[dict[str, torch.Tensor]], ChunkStore]:
     """Run ``compute(start, stop)`` over prompt chunks, resumably (see ChunkStore)."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     store = ChunkStore(out, {"command": name, "model": model, "layers": sorted(layers), "chat": chat,
-                             "prompts_sha256": digest, "chunk": chunk})
+                             "prompts_sha256": digest, "chunk": chunk, "positions": positions})
     with progress_bar() as bar:
         task = bar.add_task(name, total=len(texts))
         parts = store.run(len(texts), chunk, compute, progress=lambda n: bar.advance(task, n))
@@ -221,21 +221,26 @@ def extract(
     out: Path = typer.Option(..., help="Output .safetensors with one (N, d) fp32 tensor per layer_{L}."),
     chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    position: list[int] | None = typer.Option(None, help="Token position(s) to read (negative = from the end; "
+                                              "default: the last token). Several give (N, P, d)."),
 ) -> None:
-    """Hidden states at the last token of each prompt (blocks above L and the LM head never run).
+    """Hidden states at the last token (or --position) of each prompt; blocks above L and the LM head never run.
 
     Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
       --out vectors.safetensors
     """
     texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
+    positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
 
     def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
-        vecs = extract_hidden_states(m, tok, texts[start:stop], layer, chat=chat, batch_size=batch_size)
+        vecs = extract_hidden_states(m, tok, texts[start:stop], layer, positions=positions, chat=chat,
+                                     batch_size=batch_size)
         return {f"layer_{L}": v for L, v in vecs.items()}
 
-    parts, store = _chunked("extracting", out, texts, model, layer, chat, chunk, compute)
+    parts, store = _chunked("extracting", out, texts, model, layer, chat, chunk, compute, positions)
     save_tensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, out,
-                 {"model_name": model, "chat": str(chat).lower(), "num_prompts": str(len(texts))})
+                 {"model_name": model, "chat": str(chat).lower(), "num_prompts": str(len(texts)),
+                  "positions": json.dumps(positions)})
     store.finish()
     console.print(f"wrote {out}", highlight=False)
 
