@@ -237,3 +237,16 @@ def test_extract_positions(files, tiny_model_dir, tmp_path, capsys):
     torch.testing.assert_close(two["layer_1"][:, 0], first["layer_1"])
     code, _, err = run(capsys, *base, "--position", 40, "--out", tmp_path / "bad.safetensors")
     assert code == 2 and "positions [40] do not fit" in err
+
+
+def test_scale_takes_several_values_after_one_flag(files, tiny_model_dir, tmp_path, capsys):
+    from selfie_adapters.cli import expand_multi_values
+
+    got = expand_multi_values(["--scale", "1", "2.5", "--out", "x"])
+    assert got == ["--scale", "1", "--scale", "2.5", "--out", "x"]
+    assert expand_multi_values(["--scale", "1", "--scale", "2"]) == ["--scale", "1", "--scale", "2"]
+    assert expand_multi_values(["--scale"]) == ["--scale"] and expand_multi_values(["--scale", "x"]) == ["--scale", "x"]
+    out = tmp_path / "s.jsonl"
+    assert run(capsys, "describe", "--model", tiny_model_dir, "--vectors", files / "vecs.safetensors", "--scale", 1, 3,
+               "--max-new-tokens", 2, "--out", out)[0] == 0
+    assert sorted({r["scale"] for r in rows(out)}) == [1.0, 3.0]

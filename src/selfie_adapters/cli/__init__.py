@@ -19,9 +19,37 @@ from .app import app, eval_app
 __all__ = ["app", "eval_app", "main"]
 
 
+MULTI_VALUE_FLAGS = ("--scale",)  # `--scale 1 2 3` means `--scale 1 --scale 2 --scale 3`
+
+
+def expand_multi_values(argv: list[str]) -> list[str]:
+    """Let a repeatable numeric option take several values after one flag, as in ``--scale 1 2 3``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        j = i + 1
+        while argv[i] in MULTI_VALUE_FLAGS and j < len(argv) and _is_number(argv[j]):
+            j += 1
+        if j > i + 1:  # flag + numbers → one flag per number
+            out += [x for value in argv[i + 1:j] for x in (argv[i], value)]
+        else:
+            out.append(argv[i])
+        i = j
+    return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input → one line on stderr and exit code 2, never a traceback."""
     command = typer.main.get_command(app)
+    argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
     try:
         result = command.main(args=argv, prog_name="selfie", standalone_mode=False)
     except SelfieError as e:
