@@ -102,9 +102,16 @@ def generation(
         interp = Interpreter(m, tok, load_adapter(adapter))
         pairs = gen_mod.labels_from_adapter(interp, sae, parse_indices(latents), samples=label_samples,
                                             temperature=0.0 if label_samples == 1 else 1.0, seed=seed)
-    summary = gen_mod.generation_eval(m, tok, sae, pairs, out, layer=layer, samples=samples, prompt=prompt,
-                                      system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-                                      top_p=top_p, seed=seed, batch_size=batch_size)
+    from .core import progress_bar
+
+    total = len(pairs) * samples
+    done = min(total, sum(1 for line in out.open() if line.strip())) if out.is_file() else 0  # resumed trials
+    with progress_bar() as bar:
+        task = bar.add_task("scoring", total=total, completed=done)
+        summary = gen_mod.generation_eval(m, tok, sae, pairs, out, layer=layer, samples=samples, prompt=prompt,
+                                          system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+                                          top_p=top_p, seed=seed, batch_size=batch_size,
+                                          progress=lambda n: bar.advance(task, n))
     write_json(report or out.with_suffix(".report.json"), summary)
     if as_json:
         _emit_json(summary)
