@@ -20,16 +20,20 @@ class _StopForward(Exception):
     """Raised by the hook on the deepest requested block: nothing above it runs."""
 
 
+def chat_text(tokenizer, question: str, fix: str = "drop --chat or use the model's own tokenizer") -> str:
+    """One user turn rendered by the tokenizer's chat template, ending with the assistant header."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SelfieError(f"the tokenizer has no chat template; {fix}")
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def render_prompts(tokenizer, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
     """Token ids per prompt; with ``chat`` through the tokenizer's chat template + generation prompt."""
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise SelfieError("the tokenizer has no chat template; drop --chat or use the model's own tokenizer")
     out = []
     for p in prompts:
         if chat:
-            p = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                              add_generation_prompt=True)
-            out.append(tokenizer(p, add_special_tokens=False)["input_ids"])
+            out.append(tokenizer(chat_text(tokenizer, p), add_special_tokens=False)["input_ids"])
         else:
             out.append(tokenizer(p)["input_ids"])
     if any(len(ids) == 0 for ids in out):

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import SelfieError
 from ..modeling import decoder_layers, pad_token_id
-from ..vectors import hidden_states_batch
+from ..vectors import chat_text, hidden_states_batch
 from .report import save_heatmap, write_json
 
 QUESTION_FIELDS = ("question", "prompt", "query")
@@ -70,10 +70,7 @@ def alias_pattern(aliases: Sequence[str]) -> re.Pattern:
 def question_tokens(tokenizer, question: str, *, chat: bool = True) -> tuple[list[int], list[int], list[str]]:
     """(prompt ids, positions of the question's tokens, their strings) for the rendered prompt."""
     if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise SelfieError("the tokenizer has no chat template; pass --no-chat to use the raw question")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = chat_text(tokenizer, question, fix="pass --no-chat to use the raw question")
     else:
         bos = getattr(tokenizer, "bos_token", None) or ""
         text = bos + question

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from ..vectors import chat_text
 from .world import World, load_world
 
 TOY_DIR = Path(__file__).resolve().parent / "weights"
@@ -45,8 +46,7 @@ def load_toy_model(path: str | Path | None = None) -> tuple[LlamaForCausalLM, Pr
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
     """The chat-format prefix for one user question, ending with the assistant header."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    return chat_text(tokenizer, question)
 
 
 @torch.no_grad()
