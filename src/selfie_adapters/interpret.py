@@ -135,7 +135,7 @@ class Interpreter:
             gens = None
             if temperature > 0:
                 device = model_device(self.model)
-                gens = [torch.Generator(device=device).manual_seed(_job_seed(seed, i, s, k)) for _, i, s, k in batch]
+                gens = [torch.Generator(device=device).manual_seed(derived_seed(seed, i, s, k)) for _, i, s, k in batch]
             outs = generate(self.model, [self.prompt_ids] * len(batch), [self.sites] * len(batch), soft,
                             inject_layer=self.inject_layer, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, generators=gens,
@@ -291,8 +291,9 @@ def stop_token_ids(tokenizer, closing: str = '"') -> set[int]:
     return ids
 
 
-def _job_seed(seed: int, index: int, scale: float, sample: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{index}:{scale!r}:{sample}".encode()).digest()
+def derived_seed(*parts) -> int:
+    """A stable 56-bit seed from (seed, item keys...), so sampling never depends on batching or order."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:7], "little")
 
 

@@ -20,7 +20,6 @@ latents of the mean over their labels (unbiased, with a bootstrap CI over latent
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SelfieError
-from ..interpret import generate
+from ..interpret import derived_seed, generate
 from ..jsonl import JsonlLog
 from ..modeling import decoder_layers, eos_token_ids, model_device, pad_token_id
 from ..vectors import hidden_states_batch
@@ -304,17 +303,13 @@ class _RunContext:
         device = model_device(self.model)
         probe = latent_probe(self.sae, [t.latent for t in batch], device)  # bad latents fail before writing
         prompts = [render_chat(self.tokenizer, self.messages(t.label), generation_prompt=True)[1] for t in batch]
-        gens = [torch.Generator(device=device).manual_seed(_trial_seed(self.seed, t)) for t in batch]
+        gens = [torch.Generator(device=device).manual_seed(derived_seed(self.seed, t.latent, t.label, t.sample))
+                for t in batch]
         scored = generate_and_score(self.model, self.tokenizer, prompts, probe, self.layer, generators=gens,
                                     **self.gen_kw)
         return [{"latent": t.latent, "label": t.label, "sample": t.sample, "status": "ok", "hit": s.hit,
                  "max_act": s.max_act, "n_content": s.n_content, "first_hit": s.first_hit, "text": text}
                 for t, (text, s) in zip(batch, scored)]
-
-
-def _trial_seed(seed: int, t: Trial) -> int:
-    digest = hashlib.sha256(f"{seed}:{t.latent}:{t.label}:{t.sample}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
 
 
 def summarize(rows: Sequence[dict], *, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import SelfieError
@@ -33,24 +33,19 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "rows") -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise SelfieError(f"{what} file not found: {path}")
-    return list(iter_jsonl(path, what=what))
-
-
-def iter_jsonl(path: Path, *, what: str = "rows", tolerate_torn_tail: bool = False) -> Iterator[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            if tolerate_torn_tail and n == len(lines):  # a run killed mid-write leaves half a line
-                return
             raise SelfieError(f"{path}:{n}: not valid JSON ({e.msg}); each line of the {what} file "
                               "must be one JSON object") from None
         if not isinstance(row, dict):
             raise SelfieError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        yield row
+        rows.append(row)
+    return rows
 
 
 def _finite(obj):
