@@ -13,13 +13,12 @@ Run: python benchmarks/bench_core.py
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama
+
 torch.set_num_threads(2)
 
 
@@ -34,8 +33,6 @@ def best_of(fn, repeats: int = 3) -> float:
 
 
 def bench_extract() -> None:
-    from conftest import make_llama3_tokenizer, make_tiny_llama
-
     from selfie_adapters import extract_hidden_states
     from selfie_adapters.vectors import render_prompts
 
@@ -61,8 +58,6 @@ def bench_extract() -> None:
 def describe_setups():
     """(name, model, tokenizer, vectors, scale): the toy model (real descriptions that close the
     quote at different lengths) and a random Llama with the full 128k vocabulary (never closes)."""
-    from conftest import make_llama3_tokenizer, make_tiny_llama
-
     from selfie_adapters.toy import load_toy_model
     from selfie_adapters.vectors import extract_hidden_states
 

@@ -22,16 +22,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_llama3_tokenizer, make_tiny_llama  # noqa: E402
-
-from selfie_adapters.evals.generation import (  # noqa: E402
+from selfie_adapters.evals.generation import (
     DEFAULT_PROMPT,
     content_token_mask,
     generate_and_score,
@@ -39,9 +34,10 @@ from selfie_adapters.evals.generation import (  # noqa: E402
     render_chat,
     special_token_ids,
 )
-from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe  # noqa: E402
-from selfie_adapters.modeling import eos_token_ids  # noqa: E402
-from selfie_adapters.vectors import hidden_states_batch  # noqa: E402
+from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
+from selfie_adapters.modeling import eos_token_ids
+from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama
+from selfie_adapters.vectors import hidden_states_batch
 
 EOT = 128009
 

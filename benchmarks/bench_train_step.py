@@ -31,15 +31,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama
+
 LABELS_FILE = Path(os.environ.get("SELFIE_LABELS",
                                   "/work/shared/data/goodfire-llama-3.1-8b-instruct-l19-labels.json.gz"))
 BATCH, HIDDEN = 80, 64
 
 
 def setup():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_llama3_tokenizer, make_tiny_llama
-
     from selfie_adapters.projections import build_projection
     from selfie_adapters.training.data import tokenize_targets
 

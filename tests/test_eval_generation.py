@@ -15,7 +15,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_llama
 
 from selfie_adapters.errors import SelfieError
 from selfie_adapters.evals.generation import (
@@ -30,6 +29,7 @@ from selfie_adapters.evals.generation import (
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
 from selfie_adapters.interpret import pick_tokens
+from selfie_adapters.testing import make_tiny_llama
 from selfie_adapters.vectors import hidden_states_batch
 
 NL2, HELLO, WORLD, EOT, CUT = 271, 15339, 1917, 128009, 38766  # "\n\n" "hello" " world" eot "Cut"(ting)

@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from test_training_utils import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 
-from selfie_adapters.adapter import load_adapter
+from selfie_adapters import load_adapter
 from selfie_adapters.cli import main
+from selfie_adapters.testing import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 from selfie_adapters.training.trainer import train
 
 

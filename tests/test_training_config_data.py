@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from test_training_utils import toy_tokenizer, write_toy_data
 
 from selfie_adapters.errors import SelfieError
+from selfie_adapters.testing import toy_tokenizer, write_toy_data
 from selfie_adapters.training.config import config_from_dict, load_config
 from selfie_adapters.training.data import DataConfig, load_training_data
 from selfie_adapters.training.sampling import EpochSampler, parse_ratios

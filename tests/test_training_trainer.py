@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from test_training_utils import toy_config, toy_model, toy_tokenizer, write_toy_data
 
-from selfie_adapters.adapter import load_adapter, read_safetensors
+from selfie_adapters import load_adapter, read_safetensors
+from selfie_adapters.testing import toy_config, toy_model, toy_tokenizer, write_toy_data
 from selfie_adapters.training.trainer import lr_factor, train
 
 

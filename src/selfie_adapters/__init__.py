@@ -1,17 +1,26 @@
 """selfie-adapters: let a language model describe its own internal vectors in words."""
 
-from .adapter import Adapter, load_adapter, load_mean_vectors, save_mean_vectors
+from .adapter import Adapter, load_adapter
 from .errors import SelfieError
+from .files import read_safetensors, save_tensors
 from .guard import check_model
 from .interpret import Description, Interpreter, generate
 from .modeling import load_model
 from .projections import PROJECTIONS, Projection, build_projection
 from .template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
-from .vectors import decoder_rows, extract_hidden_states, load_vectors, mean_hidden_states, sae_decoder_vectors
+from .vectors import (
+    decoder_rows,
+    extract_hidden_states,
+    load_mean_vectors,
+    load_vectors,
+    mean_hidden_states,
+    sae_decoder_vectors,
+    save_mean_vectors,
+)
 
 __all__ = [
     "INJECTION_TOKEN", "PROJECTIONS", "SELFIE_TEMPLATE", "Adapter", "Description", "Interpreter", "Projection",
     "PromptTemplate", "SelfieError", "build_projection", "check_model", "decoder_rows", "extract_hidden_states",
     "generate", "load_adapter", "load_mean_vectors", "load_model", "load_vectors", "mean_hidden_states",
-    "sae_decoder_vectors", "save_mean_vectors",
+    "read_safetensors", "sae_decoder_vectors", "save_mean_vectors", "save_tensors",
 ]

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import SelfieError
+from .files import check_finite, load_torch, read_safetensors, resolve_file, save_tensors
 from .projections import PROJECTIONS, Projection, build_projection
-
-HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
 
 
 class Adapter:
@@ -82,12 +78,7 @@ class Adapter:
         meta = {**self.metadata, **{k: str(v) for k, v in extra_metadata.items()}}
         meta.update(flat_metadata(self.projection))
         meta.setdefault("config_json", json.dumps({"projection": projection_config(self.projection)}))
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
-                   for k, v in self.projection.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        return save_tensors(self.projection.state_dict(), path, meta)
 
     def __repr__(self) -> str:
         return (f"Adapter({self.kind}, d={self.dim}, params={self.num_parameters():,}, "
@@ -106,12 +97,6 @@ def flat_metadata(proj: Projection) -> dict[str, str]:
     if proj.rank is not None:
         meta["low_rank_rank"] = str(proj.rank)
     return meta
-
-
-def check_finite(t: torch.Tensor, what: str) -> None:
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        bad = (~torch.isfinite(t)).sum().item()
-        raise SelfieError(f"{what} contain {bad} NaN/Inf value(s); fix or drop them before use")
 
 
 def _parse_bool(value: str | bool | None, default: bool) -> bool:
@@ -199,45 +184,8 @@ def load_adapter(source: str | os.PathLike, device: torch.device | str | None = 
     return adapter.to(device)
 
 
-def resolve_file(source: str | os.PathLike) -> Path:
-    """A local path as is; ``owner/repo/path/in/repo`` through the hub cache."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if path.is_dir():
-            raise SelfieError(f"{source} is a folder; give the adapter file inside it")
-        return path
-    parts = str(source).split("/")
-    looks_local = str(source).startswith((".", "/", "~")) or Path(parts[0]).exists()
-    if len(parts) >= HUB_PREFIX_PARTS and not looks_local:
-        from huggingface_hub import hf_hub_download
-        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-        try:
-            return Path(hf_hub_download(repo_id=repo, filename=filename))
-        except Exception as e:  # network, offline cache miss, missing repo: one clear line
-            raise SelfieError(f"could not fetch {filename!r} from hub repo {repo!r}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    raise SelfieError(f"file not found: {source}")
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the string metadata of a safetensors file, with clear errors."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SelfieError(f"{path.name} is not a readable safetensors file ({e})") from None
-    return state, meta
-
-
 def _load_legacy(path: Path, normalize_input: bool | None) -> Adapter:
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise SelfieError(f"{path.name} holds objects that are not plain tensors/containers; refusing "
-                          f"to unpickle it ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise SelfieError(f"{path.name} is not a readable torch checkpoint ({e})") from None
+    ckpt = load_torch(path)
     if not isinstance(ckpt, dict) or "projection_state" not in ckpt:
         raise SelfieError(f"{path.name}: a legacy checkpoint must be a dict with 'projection_state' and "
                           "'config'; re-save it as .safetensors")
@@ -252,32 +200,3 @@ def _load_legacy(path: Path, normalize_input: bool | None) -> Adapter:
             meta[key] = str(ckpt[key])
     state = {k.removeprefix("projection."): v for k, v in ckpt["projection_state"].items()}
     return build_from_state(state, meta, path.name, normalize_input)
-
-
-def load_mean_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
-    """``mean-vectors.safetensors`` → {layer: (d,) fp32 tensor} from its ``layer_{L}`` keys."""
-    state, _ = read_safetensors(resolve_file(path))
-    out: dict[int, torch.Tensor] = {}
-    for key, t in state.items():
-        if key.startswith("layer_") and key[6:].isdigit():
-            check_finite(t, f"mean vector {key}")
-            out[int(key[6:])] = t.float()
-    if not out:
-        raise SelfieError(f"{path}: no 'layer_<L>' tensors found (keys: {sorted(state)})")
-    return out
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: dict[str, str] | None = None, dtype: torch.dtype | None = torch.float32) -> Path:
-    """Write contiguous tensors (as ``dtype``; None keeps theirs) to a safetensors file atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
-    os.replace(tmp, path)
-    return path
-
-
-def save_mean_vectors(means: dict[int, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
-    """Write {layer: (d,)} as ``layer_{L}`` fp32 tensors (atomic)."""
-    return save_tensors({f"layer_{k}": v for k, v in means.items()}, path, metadata)

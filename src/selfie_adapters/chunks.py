@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .adapter import read_safetensors, save_tensors
+from .files import read_safetensors, save_tensors
 from .jsonl import check_settings
 
 

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import DynamicCache
 
-from .adapter import Adapter, check_finite
+from .adapter import Adapter
 from .errors import SelfieError
+from .files import check_finite
 from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
 from .modeling import base_model, cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id

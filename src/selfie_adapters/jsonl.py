@@ -8,6 +8,7 @@ from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 
 from .errors import SelfieError
+from .files import iter_jsonl, write_text
 
 
 class JsonlLog:
@@ -33,18 +34,9 @@ class JsonlLog:
             return []
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]  # everything up to the last newline
-        rows = []
-        for n, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict):
-                raise SelfieError(f"{self.path} line {n} is not a JSON object; it is not a results file of "
-                                  "this tool. Choose another output path")
-            rows.append(row)
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        hint = "it is not a results file of this tool. Choose another output path"
+        rows = [row for _, row in iter_jsonl(lines, str(self.path), hint=hint)]
         if len(complete) != len(data):
             with open(self.path, "r+b") as f:  # drop the torn tail of an interrupted write
                 f.truncate(len(complete))
@@ -78,6 +70,4 @@ def check_settings(settings_path: Path, settings: dict | None, has_results: bool
         if diff:
             raise SelfieError(f"{what} was written with other settings ({', '.join(diff)} differ); "
                               "use another output file or delete it to start over")
-    tmp = settings_path.with_name(settings_path.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, settings_path)
+    write_text(settings_path, json.dumps(settings, indent=1))

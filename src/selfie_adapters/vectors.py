@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapter import check_finite, read_safetensors
 from .errors import SelfieError
+from .files import check_finite, iter_jsonl, load_torch, read_safetensors, resolve_file, save_tensors
 from .modeling import base_model, decoder_layers, model_device, pad_token_id
 
 
@@ -150,20 +149,17 @@ def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | S
 
 def load_prompts(path: str | os.PathLike) -> list[str]:
     """One prompt per line (.txt) or JSONL rows with a "prompt" field (.jsonl)."""
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise SelfieError(f"prompts file not found: {path}")
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if path.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{")):
-        prompts = []
-        for n, ln in enumerate(lines, 1):
-            try:
-                prompts.append(str(json.loads(ln)["prompt"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise SelfieError(f"{path.name} line {n}: expected a JSON object with a \"prompt\" field") from None
-        lines = prompts
+        hint = 'each line must be a JSON object with a "prompt" field'
+        rows = list(iter_jsonl(lines, path.name, hint=hint))
+        missing = [n for n, row in rows if "prompt" not in row]
+        if missing:
+            raise SelfieError(f"{path.name}:{missing[0]}: no \"prompt\" field; {hint}")
+        lines = [str(row["prompt"]) for _, row in rows]
     if not lines:
         raise SelfieError(f"prompts file {path.name} is empty")
     return lines
@@ -180,11 +176,7 @@ def load_vectors(path: str | os.PathLike, key: str | None = None) -> torch.Tenso
         except ValueError as e:
             raise SelfieError(f"{path.name} is not a plain numeric .npy array ({e})") from None
     elif path.suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            raise SelfieError(f"{path.name}: refusing to unpickle non-tensor objects or unreadable file "
-                              f"({str(e).splitlines()[0]})") from None
+        obj = load_torch(path)
         t = _pick(obj if isinstance(obj, dict) else {"": obj}, key, path.name)
     else:
         state, _ = read_safetensors(path)
@@ -208,6 +200,24 @@ def _pick(state: dict, key: str | None, name: str):
     if len(state) != 1:
         raise SelfieError(f"{name} holds several tensors {sorted(state)}; pick one with --key")
     return next(iter(state.values()))
+
+
+def load_mean_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
+    """``mean-vectors.safetensors`` → {layer: (d,) fp32 tensor} from its ``layer_{L}`` keys."""
+    state, _ = read_safetensors(resolve_file(path))
+    out: dict[int, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.startswith("layer_") and key[6:].isdigit():
+            check_finite(t, f"mean vector {key}")
+            out[int(key[6:])] = t.float()
+    if not out:
+        raise SelfieError(f"{path}: no 'layer_<L>' tensors found (keys: {sorted(state)})")
+    return out
+
+
+def save_mean_vectors(means: dict[int, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
+    """Write {layer: (d,)} as ``layer_{L}`` fp32 tensors (atomic)."""
+    return save_tensors({f"layer_{k}": v for k, v in means.items()}, path, metadata)
 
 
 def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:

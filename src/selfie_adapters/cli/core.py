@@ -12,18 +12,21 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..adapter import load_adapter, load_mean_vectors, save_mean_vectors, save_tensors
+from ..adapter import load_adapter
 from ..chunks import ChunkStore
 from ..errors import SelfieError
+from ..files import save_tensors
 from ..interpret import Interpreter
 from ..jsonl import JsonlLog
 from ..modeling import load_model
 from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
 from ..vectors import (
     extract_hidden_states,
+    load_mean_vectors,
     load_prompts,
     load_vectors,
     sae_decoder_vectors,
+    save_mean_vectors,
     sum_hidden_states,
 )
 from .app import app

@@ -2,61 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import SelfieError
+from ..files import read_jsonl, write_json
 
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write ``obj`` as indented JSON atomically (temp file + rename); creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_finite(obj), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def read_jsonl(path: str | os.PathLike, *, what: str = "rows") -> list[dict]:
-    """Every JSON object of a JSONL file; a bad line is a one-line error naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfieError(f"{what} file not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SelfieError(f"{path}:{n}: not valid JSON ({e.msg}); each line of the {what} file "
-                              "must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise SelfieError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _finite(obj):
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+__all__ = ["fmt", "print_table", "read_jsonl", "save_heatmap", "write_json"]  # JSON I/O lives in files.py
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console=None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from .report import read_jsonl
+from ..files import read_jsonl, read_safetensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,7 @@ def build_index(topics: Sequence[Topic], embed: Embedder, strategy: str, *, cach
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", cache_key)[-60:]
         path = Path(cache_dir).expanduser() / f"topics-{slug}-{strategy.replace('+', '_')}-{digest}.safetensors"
         if path.is_file():
-            from safetensors.torch import load_file
-
-            index = load_file(path)["index"]
+            index = read_safetensors(path)[0]["index"]
             if index.shape[0] == len(topics):
                 log.info("topic index loaded from %s", path)
                 return index
@@ -144,12 +142,7 @@ def build_index(topics: Sequence[Topic], embed: Embedder, strategy: str, *, cach
     index = torch.zeros(len(topics), emb.shape[1]).index_add_(0, owner, emb)  # sum per topic
     index = _unit(index)  # mean direction = normalised sum
     if path is not None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"index": index.contiguous()}, str(tmp), metadata={"model": cache_key, "strategy": strategy})
-        os.replace(tmp, path)
+        save_tensors({"index": index}, path, {"model": cache_key, "strategy": strategy})
     return index
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
+from ..files import read_safetensors
 
 COLUMN_ARCHS = ("standard", "relu", "jumprelu")
 
@@ -130,8 +131,6 @@ class SimpleSAE(torch.nn.Module):
     @classmethod
     def load(cls, path, layer: int | None = None) -> SimpleSAE:
         """From a .safetensors file with tensors W_enc, b_enc, b_dec (and optional threshold, W_dec)."""
-        from ..adapter import read_safetensors
-
         tensors, meta = read_safetensors(Path(path))
         missing = [k for k in ("W_enc", "b_enc", "b_dec") if k not in tensors]
         if missing:

@@ -8,14 +8,13 @@ optimizer tensors, the step counter and the best validation loss so far.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ..adapter import Adapter, read_safetensors
+from ..adapter import Adapter
 from ..errors import SelfieError
+from ..files import read_safetensors, save_tensors, write_text
 from ..guard import model_signature
 from ..projections import Projection
 from .config import TrainConfig
@@ -42,16 +41,10 @@ def save_state(run_dir: Path, projection: Projection, optimizer: torch.optim.Opt
         for key, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optimizer.{pid}.{key}"] = t.detach().cpu().contiguous()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (STATE_TENSORS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"global_step": str(global_step)})
-    os.replace(tmp, run_dir / STATE_TENSORS)
+    save_tensors(tensors, run_dir / STATE_TENSORS, {"global_step": str(global_step)}, dtype=None)
     info = {"format": STATE_FORMAT, "global_step": global_step, "best_val_loss": best_val_loss,
             "tensors": STATE_TENSORS, "config": cfg.to_dict()}
-    tmp_json = run_dir / (STATE_JSON + ".tmp")
-    tmp_json.write_text(json.dumps(info, indent=1))
-    os.replace(tmp_json, run_dir / STATE_JSON)
-    return run_dir / STATE_JSON
+    return write_text(run_dir / STATE_JSON, json.dumps(info, indent=1))
 
 
 def state_path(cfg: TrainConfig) -> Path:

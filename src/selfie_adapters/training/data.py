@@ -15,7 +15,6 @@ Any bad input is reported as one SelfieError before training starts.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
+from ..files import iter_jsonl, open_text
 from ..vectors import load_vectors
 from .config import DataConfig
 
@@ -160,13 +160,9 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def _read_sections(path: Path, override: str | None) -> tuple[torch.Tensor, list[str], _Raw]:
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             sections = json.load(f)
     except (json.JSONDecodeError, OSError, EOFError) as e:
         raise SelfieError(f"{path.name} is not a readable JSON labels file ({e})") from None
@@ -222,14 +218,8 @@ def _read_jsonl(path: Path, override: str | None) -> tuple[torch.Tensor, list[st
     datasets: list[str] = []
     raw = _Raw([], [], [], [])
     table = load_vector_file(override) if override else None
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SelfieError(f"{path.name}:{lineno} is not valid JSON ({e.msg})") from None
+    with open_text(path) as f:
+        for lineno, rec in iter_jsonl(f, path.name, what="labels"):
             name = str(rec.get("dataset") or path.name.split(".")[0])
             key = f"{name}@l{rec['layer']}" if rec.get("layer") is not None else name
             if key not in datasets:

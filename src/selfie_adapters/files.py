@@ -1,0 +1,156 @@
+"""Files on disk: atomic writes, safetensors with metadata, weights-only torch files, JSON/JSONL, hub paths.
+
+Every write in the package goes through ``atomic_path``: the data lands in a temp file beside the
+target, is fsynced, then renamed over it, so a kill never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from itertools import count
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import SelfieError
+
+HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
+_tmp_ids = count()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on a clean exit it is fsynced and renamed onto ``path``.
+
+    >>> with atomic_path("out.bin") as tmp:
+    ...     tmp.write_bytes(b"data")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_ids)}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:
+    """Write ``obj`` as indented JSON atomically (NaN/inf become null); creates parent folders."""
+    return write_text(path, json.dumps(_finite(obj), indent=indent, ensure_ascii=False) + "\n")
+
+
+def _finite(obj):
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def open_text(path: Path):
+    """A text handle on ``path``; ``.gz`` files are decompressed on the fly."""
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def iter_jsonl(lines: Iterable[str], source: str, *, what: str = "rows",
+               hint: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a bad line is one error naming source and line."""
+    hint = hint or f"each line of the {what} file must be one JSON object"
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SelfieError(f"{source}:{n}: not valid JSON ({e.msg}); {hint}") from None
+        if not isinstance(row, dict):
+            raise SelfieError(f"{source}:{n}: expected a JSON object, got {type(row).__name__}; {hint}")
+        yield n, row
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "rows") -> list[dict]:
+    """Every JSON object of a JSONL file (``.gz`` too); a bad line is a one-line error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfieError(f"{what} file not found: {path}")
+    with open_text(path) as f:
+        return [row for _, row in iter_jsonl(f, str(path), what=what)]
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Refuse NaN/Inf in a float tensor, naming ``what`` and the count."""
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).sum().item()
+        raise SelfieError(f"{what} contain {bad} NaN/Inf value(s); fix or drop them before use")
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file, with clear errors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SelfieError(f"{path.name} is not a readable safetensors file ({e})") from None
+    return state, meta
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None, dtype: torch.dtype | None = torch.float32) -> Path:
+    """Write contiguous CPU tensors (as ``dtype``; None keeps theirs) to a safetensors file atomically."""
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
+    return Path(path)
+
+
+def load_torch(path: Path):
+    """A ``.pt`` file's contents with ``weights_only=True``: plain tensors and containers, never pickled code."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SelfieError(f"{path.name} holds objects that are not plain tensors/containers; refusing "
+                          f"to unpickle it ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError) as e:
+        raise SelfieError(f"{path.name} is not a readable torch file ({str(e).splitlines()[0]})") from None
+
+
+def resolve_file(source: str | os.PathLike) -> Path:
+    """A local path as is; ``owner/repo/path/in/repo`` through the hub cache (offline mode honoured)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise SelfieError(f"{source} is a folder; give the adapter file inside it")
+        return path
+    parts = str(source).split("/")
+    looks_local = str(source).startswith((".", "/", "~")) or Path(parts[0]).exists()
+    if len(parts) >= HUB_PREFIX_PARTS and not looks_local:
+        from huggingface_hub import hf_hub_download
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=filename))
+        except Exception as e:  # network, offline cache miss, missing repo: one clear line
+            raise SelfieError(f"could not fetch {filename!r} from hub repo {repo!r}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    raise SelfieError(f"file not found: {source}")

@@ -1,0 +1,52 @@
+"""files.py: atomic writes, JSONL reading, safetensors round trips, weights-only torch files."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+
+from selfie_adapters.errors import SelfieError
+from selfie_adapters.files import atomic_path, read_jsonl, read_safetensors, save_tensors, write_json, write_text
+from selfie_adapters.vectors import load_prompts
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    path = write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temp file left behind
+
+
+def test_write_json_creates_parents_and_nulls_nan(tmp_path):
+    path = write_json(tmp_path / "deep" / "r.json", {"x": float("nan"), "y": [1.5]})
+    assert path.read_text() == '{\n  "x": null,\n  "y": [\n    1.5\n  ]\n}\n'
+
+
+def test_read_jsonl_reads_gzip_and_names_bad_line(tmp_path):
+    good = tmp_path / "rows.jsonl.gz"
+    with gzip.open(good, "wt") as f:
+        f.write('{"a": 1}\n\n{"a": 2}\n')
+    assert read_jsonl(good) == [{"a": 1}, {"a": 2}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(SelfieError, match=r"bad.jsonl:2: expected a JSON object, got list"):
+        read_jsonl(bad)
+
+
+def test_save_tensors_round_trip_with_metadata(tmp_path):
+    t = {"w": torch.arange(6.0).view(2, 3).t()}  # non-contiguous input
+    save_tensors(t, tmp_path / "t.safetensors", {"step": 3}, dtype=None)
+    state, meta = read_safetensors(tmp_path / "t.safetensors")
+    torch.testing.assert_close(state["w"], t["w"])
+    assert meta == {"step": "3"}
+
+
+def test_prompts_jsonl_without_prompt_field_names_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(SelfieError, match=r'p.jsonl:2: no "prompt" field'):
+        load_prompts(path)
