@@ -57,6 +57,18 @@ class Adapter:
     def num_parameters(self) -> int:
         return self.projection.num_parameters()
 
+    def summary(self) -> dict:
+        """Kind, model, dimension, parameter count and metadata (``config_json`` parsed), as `selfie inspect` shows."""
+        info = {"projection_type": self.kind, "model_name": self.model_name, "model_dim": self.dim,
+                "num_parameters": self.num_parameters(), "normalize_input": self.normalize_input}
+        info.update({k: v for k, v in self.metadata.items() if k not in info and k != "config_json"})
+        if "config_json" in self.metadata:
+            try:
+                info["config"] = json.loads(self.metadata["config_json"])
+            except json.JSONDecodeError:
+                info["config"] = self.metadata["config_json"]
+        return info
+
     def to(self, device: torch.device | str | None) -> Adapter:
         if device is not None:
             self.projection.to(device)

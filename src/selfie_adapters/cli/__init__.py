@@ -12,6 +12,7 @@ from . import (
     core,  # noqa: F401  (registers commands)
     demo,  # noqa: F401
     evals,  # noqa: F401
+    serve,  # noqa: F401
     train,  # noqa: F401
 )
 from .app import app, eval_app

@@ -46,25 +46,13 @@ def inspect(adapter: str = typer.Argument(..., help="Adapter file (.safetensors 
 
     Example: selfie inspect goodfire-sae-scalar-affine.safetensors --json
     """
-    a = load_adapter(adapter)
-    info = {"projection_type": a.kind, "model_name": a.model_name, "model_dim": a.dim,
-            "num_parameters": a.num_parameters(), "normalize_input": a.normalize_input}
-    info.update({k: v for k, v in a.metadata.items() if k not in info and k != "config_json"})
-    if "config_json" in a.metadata:
-        info["config"] = _json_or_text(a.metadata["config_json"])
+    info = load_adapter(adapter).summary()
     if as_json:
         print(json.dumps(info))
         return
     for key, value in info.items():
         if key != "config":
             console.print(f"[bold]{key}[/bold]: {value}", highlight=False, soft_wrap=True)
-
-
-def _json_or_text(s: str):
-    try:
-        return json.loads(s)
-    except json.JSONDecodeError:
-        return s
 
 
 @app.command()
