@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import Adapter, load_adapter, load_mean_vectors
+from ..adapter import Adapter, load_adapter
 from ..evals.bridge import question_tokens
 from ..interpret import Interpreter
 from ..modeling import decoder_layers, load_model, model_device, pad_token_id
 from ..template import PromptTemplate
-from ..vectors import extract_hidden_states, hidden_states_batch, render_prompts
+from ..vectors import extract_hidden_states, hidden_states_batch, load_mean_vectors, render_prompts
 from .limits import Limits, RequestError
 from .scheduler import DescribeJob, Scheduler, Settings
 
