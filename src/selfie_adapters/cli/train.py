@@ -24,7 +24,10 @@ def train_command(
                                   "training, logging)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: section.key=value (value parsed as "
                                    "YAML); repeatable, e.g. --set training.max_steps=100."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its training state (exactly)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its training state (exactly; "
+                                "only how long to train and how often to log/evaluate/save may change)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a "
+                                   "run (its state, metrics and adapters are replaced)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train a SelfIE adapter; prints where the best and final adapters were written.
@@ -32,7 +35,7 @@ def train_command(
     Example: selfie train examples/goodfire-l19-scalar-affine.yaml --set training.max_steps=200
     """
     cfg = load_config(config, set_)
-    result = run_training(cfg, resume=resume, show_progress=progress)
+    result = run_training(cfg, resume=resume, overwrite=overwrite, show_progress=progress)
     if result.best_path is None and result.final_path is None:
         print(f"stopped at step {result.global_step}; no adapter written (resume with --resume)")
         return

@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..adapter import Adapter
 from ..errors import SelfieError
-from ..files import read_safetensors, save_tensors, write_text
+from ..files import read_safetensors, save_tensors
 from ..guard import model_signature
 from ..projections import Projection
 from .config import TrainConfig
@@ -35,35 +36,55 @@ def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *,
 
 def save_state(run_dir: Path, projection: Projection, optimizer: torch.optim.Optimizer, *, global_step: int,
                best_val_loss: float | None, cfg: TrainConfig) -> Path:
-    """Write the resumable state atomically: tensors first, then the JSON that points at them."""
+    """Write the resumable state as one file, atomically: tensors + a JSON header in its metadata."""
     tensors = {f"projection.{k}": v.detach().cpu().contiguous() for k, v in projection.state_dict().items()}
     for pid, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optimizer.{pid}.{key}"] = t.detach().cpu().contiguous()
-    save_tensors(tensors, run_dir / STATE_TENSORS, {"global_step": str(global_step)}, dtype=None)
     info = {"format": STATE_FORMAT, "global_step": global_step, "best_val_loss": best_val_loss,
-            "tensors": STATE_TENSORS, "config": cfg.to_dict()}
-    return write_text(run_dir / STATE_JSON, json.dumps(info, indent=1))
+            "config": cfg.to_dict()}
+    path = save_tensors(tensors, run_dir / STATE_TENSORS,
+                        {"global_step": str(global_step), "training_state": json.dumps(info)}, dtype=None)
+    (run_dir / STATE_JSON).unlink(missing_ok=True)  # the old two-file format, now stale
+    return path
 
 
 def state_path(cfg: TrainConfig) -> Path:
-    """Where to resume from: ``training.resume_from_checkpoint`` (a run folder or its state JSON) or the run dir."""
+    """Where to resume from: ``training.resume_from_checkpoint`` (a run folder or its state file) or the run dir."""
     src = cfg.training.resume_from_checkpoint
     path = cfg.resolve(src) if src else cfg.run_dir
-    return path / STATE_JSON if path.is_dir() or not path.suffix else path
+    if path.is_dir() or not path.suffix:
+        path = path / STATE_TENSORS
+    return path.with_name(STATE_TENSORS) if path.name == STATE_JSON else path
+
+
+def read_state_info(path: Path) -> dict:
+    """The JSON part of a saved state (global_step, best_val_loss, config) without loading tensors."""
+    if not path.is_file() and not path.with_name(STATE_JSON).is_file():
+        raise SelfieError(f"no training state at {path}; start without --resume, or point "
+                          "training.resume_from_checkpoint at a run folder that has one")
+    legacy = path.with_name(STATE_JSON)
+    if legacy.is_file():  # written by an older version: JSON beside the tensors
+        info = json.loads(legacy.read_text(encoding="utf-8"))
+        _, meta = read_safetensors(path)
+        if info.get("format") != STATE_FORMAT or meta.get("global_step") != str(info.get("global_step")):
+            raise SelfieError(f"{legacy}: state JSON and tensors disagree (step {info.get('global_step')} vs "
+                              f"{meta.get('global_step')}); the run was interrupted while saving; restart it "
+                              "with --overwrite")
+        return info
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["training_state"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise SelfieError(f"{path} is not a training state written by selfie ({type(e).__name__}); "
+                          "restart the run with --overwrite") from None
 
 
 def load_state(path: Path, projection: Projection, optimizer: torch.optim.Optimizer) -> dict:
     """Restore adapter + optimizer in place; return the JSON part (global_step, best_val_loss, ...)."""
-    if not path.is_file():
-        raise SelfieError(f"no training state at {path}; start without --resume, or point "
-                          "training.resume_from_checkpoint at a run folder that has one")
-    info = json.loads(path.read_text())
-    tensors, meta = read_safetensors(path.parent / info.get("tensors", STATE_TENSORS))
-    if info.get("format") != STATE_FORMAT or meta.get("global_step") != str(info.get("global_step")):
-        raise SelfieError(f"{path}: state JSON and tensors disagree (step {info.get('global_step')} vs "
-                          f"{meta.get('global_step')}); the run was interrupted while saving — delete both to restart")
+    info = read_state_info(path)
+    tensors, _ = read_safetensors(path)
     proj_state = {k.removeprefix("projection."): v for k, v in tensors.items() if k.startswith("projection.")}
     try:
         projection.load_state_dict(proj_state, strict=True)

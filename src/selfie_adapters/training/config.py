@@ -8,6 +8,7 @@ overrides a field (the value is parsed as YAML, so ``1e-3``, ``true`` and ``null
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -170,24 +171,58 @@ def config_from_dict(raw: dict[str, Any] | None, base_dir: str | os.PathLike = "
                 raise SelfieError(f"unknown config key {name}.{key!r}; valid keys in {name}: {', '.join(valid)}")
         types = {f.name: str(f.type) for f in fields(cls)}
         sections[name] = cls(**{k: _coerce(f"{name}.{k}", types[k], v) for k, v in values.items()})
-    cfg = TrainConfig(seed=raw.get("seed", 42), experiment_name=raw.get("experiment_name"),
+    top = {f.name: str(f.type) for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: _coerce(k, top[k], raw[k]) for k in _TOP_KEYS if k in raw},
                       base_dir=str(base_dir), **sections)
     validate(cfg)
     return cfg
 
 
 def _coerce(key: str, annotation: str, value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string: turn numeric strings into the field's number type."""
-    if value is None or isinstance(value, bool) or annotation.startswith(("str", "dict")):
-        return value
-    try:
-        if annotation.startswith("float") and isinstance(value, (int, str)):
-            return float(value)
-        if annotation.startswith("int") and isinstance(value, str):
-            return int(value)
-    except ValueError:
-        raise SelfieError(f"{key} must be a number, got {value!r}") from None
-    return value
+    """Check ``value`` against the field's annotation (e.g. ``"float | None"``) and return it typed.
+
+    YAML 1.1 reads ``1e-3`` as a string, so numeric strings become numbers; a bool is never a
+    number; floats must be finite. Anything else is an error naming the key, the value and the type.
+    """
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise SelfieError(f"{key} must be {_type_words(kinds)}, got null")
+    for kind in kinds:
+        typed = _as_kind(kind, value)
+        if typed is not None:
+            if isinstance(typed, float) and not math.isfinite(typed):
+                raise SelfieError(f"{key} must be a finite number, got {value!r}")
+            return typed
+    raise SelfieError(f"{key} must be {_type_words(kinds)}, got {value!r} ({type(value).__name__})")
+
+
+def _as_kind(kind: str, value: Any) -> Any:
+    """``value`` as ``kind`` when it is one (or a numeric string of one); None when it is not."""
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind == "str":
+        return value if isinstance(value, str) else None
+    if kind in ("int", "float"):
+        if isinstance(value, str):
+            try:
+                value = float(value) if kind == "float" else int(value.strip())
+            except ValueError:
+                return None
+        if kind == "int":
+            return value if isinstance(value, int) else None
+        return float(value) if isinstance(value, (int, float)) else None
+    container = dict if kind.startswith("dict") else list if kind.startswith("list") else None
+    return value if container is not None and isinstance(value, container) else None
+
+
+def _type_words(kinds: list[str]) -> str:
+    words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+             "None": "null"}
+    return " or ".join(words.get(k, "a mapping" if k.startswith("dict") else "a list") for k in kinds)
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -232,35 +267,81 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     return config_from_dict(raw, base_dir)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SEED_LIMIT = 2**63
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Value checks that would otherwise fail deep inside training."""
-    t, p, d = cfg.training, cfg.projection, cfg.data
-    if p.type not in PROJECTIONS or p.type == "identity":
-        valid = [k for k in PROJECTIONS if k != "identity"]
-        raise SelfieError(f"projection.type {p.type!r} is not trainable; valid: {', '.join(valid)}")
-    if t.optimizer_type not in OPTIMIZERS:
-        raise SelfieError(f"training.optimizer_type {t.optimizer_type!r}; valid: {', '.join(OPTIMIZERS)}")
-    if t.scheduler_type not in SCHEDULERS:
-        raise SelfieError(f"training.scheduler_type {t.scheduler_type!r}; valid: {', '.join(SCHEDULERS)}")
-    positive = {"data.batch_size": d.batch_size, "training.gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "training.validation_every_n_steps": t.validation_every_n_steps,
-                "training.checkpoint_every_n_steps": t.checkpoint_every_n_steps,
-                "logging.log_every_n_steps": cfg.logging.log_every_n_steps}
-    for name, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise SelfieError(f"{name} must be a positive integer, got {value!r}")
-    if t.max_steps is not None and (not isinstance(t.max_steps, int) or t.max_steps < 1):
-        raise SelfieError(f"training.max_steps must be a positive integer or null, got {t.max_steps!r}")
-    if t.max_steps is None and (not isinstance(t.num_epochs, int) or t.num_epochs < 1):
-        raise SelfieError(f"training.num_epochs must be a positive integer, got {t.num_epochs!r}")
-    if not 0.0 < t.val_fraction <= 1.0:
-        raise SelfieError(f"training.val_fraction must be in (0, 1], got {t.val_fraction}")
-    if not 0.0 <= t.label_smoothing < 1.0:
+    """Value checks (types are checked on reading) that would otherwise fail deep inside training."""
+    t, p, d, lg = cfg.training, cfg.projection, cfg.data, cfg.logging
+    _check_choices(cfg)
+    _check_ranges({  # name: (value, lowest allowed, exclusive?, highest allowed or None)
+        "seed": (cfg.seed, 0, False, SEED_LIMIT - 1),
+        "data.batch_size": (d.batch_size, 1, False, None),
+        "training.gradient_accumulation_steps": (t.gradient_accumulation_steps, 1, False, None),
+        "training.validation_every_n_steps": (t.validation_every_n_steps, 1, False, None),
+        "training.checkpoint_every_n_steps": (t.checkpoint_every_n_steps, 1, False, None),
+        "training.num_epochs": (t.num_epochs, 1, False, None),
+        "training.max_steps": (t.max_steps, 1, False, None),
+        "training.warmup_steps": (t.warmup_steps, 0, False, None),
+        "training.learning_rate": (t.learning_rate, 0.0, True, None),
+        "training.scale_learning_rate": (t.scale_learning_rate, 0.0, True, None),
+        "training.bias_learning_rate": (t.bias_learning_rate, 0.0, True, None),
+        "training.weight_decay": (t.weight_decay, 0.0, False, None),
+        "training.momentum": (t.momentum, 0.0, False, 1.0),
+        "training.gradient_clip_norm": (t.gradient_clip_norm, 0.0, True, None),
+        "training.max_loss": (t.max_loss, 0.0, True, None),
+        "training.val_fraction": (t.val_fraction, 0.0, True, 1.0),
+        "training.label_smoothing": (t.label_smoothing, 0.0, False, None),
+        "projection.init_scale": (p.init_scale, 0.0, True, None),
+        "projection.low_rank_rank": (p.low_rank_rank, 1, False, None),
+        "projection.low_rank_init_factor": (p.low_rank_init_factor, 0.0, False, None),
+        "logging.log_every_n_steps": (lg.log_every_n_steps, 1, False, None),
+        "logging.log_sample_generations": (lg.log_sample_generations, 0, False, None),
+        "logging.log_generations_every_n_steps": (lg.log_generations_every_n_steps, 1, False, None),
+        "logging.log_singular_values_every_n_steps": (lg.log_singular_values_every_n_steps, 0, False, None),
+    })
+    if t.label_smoothing >= 1.0:
         raise SelfieError(f"training.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-    if t.max_loss is not None and t.max_loss <= 0:
-        raise SelfieError(f"training.max_loss must be positive or null, got {t.max_loss}")
-    if p.init_scale <= 0:
-        raise SelfieError(f"projection.init_scale must be positive, got {p.init_scale}")
+    _check_paths(cfg)
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    t, p = cfg.training, cfg.projection
+    trainable = [k for k in PROJECTIONS if k != "identity"]
+    if p.type == "identity":
+        raise SelfieError(f"projection.type 'identity' is not trainable; valid: {', '.join(trainable)}")
+    for name, value, valid in (("projection.type", p.type, trainable),
+                               ("training.optimizer_type", t.optimizer_type, OPTIMIZERS),
+                               ("training.scheduler_type", t.scheduler_type, SCHEDULERS),
+                               ("model.dtype", cfg.model.dtype, DTYPES)):
+        if value not in valid:
+            raise SelfieError(f"{name} {value!r} is not one of: {', '.join(valid)}")
+    if cfg.soft_prompt.reserved_token not in cfg.soft_prompt.template:
+        raise SelfieError(f"soft_prompt.template does not contain soft_prompt.reserved_token "
+                          f"{cfg.soft_prompt.reserved_token!r}")
+
+
+def _check_ranges(checks: dict[str, tuple]) -> None:
+    for name, (value, low, exclusive, high) in checks.items():
+        if value is None:
+            continue
+        if value < low or (exclusive and value == low) or (high is not None and value > high):
+            bound = f"{'>' if exclusive else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise SelfieError(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_paths(cfg: TrainConfig) -> None:
+    """The run folder must be a folder inside checkpoint_dir (experiment_name is one plain name)."""
+    name = cfg.experiment_name
+    if name is not None and (name in ("", ".", "..") or any(c in name for c in "/\\\0")):
+        raise SelfieError(f"experiment_name must be a plain folder name (no '/', '\\', '..'), got {name!r}; "
+                          "put the parent folder in training.checkpoint_dir")
+    ckpt = Path(cfg.training.checkpoint_dir).expanduser()
+    if ckpt.exists() and not ckpt.is_dir():
+        raise SelfieError(f"training.checkpoint_dir {str(ckpt)!r} is a file, not a folder")
+    if cfg.run_dir.exists() and not cfg.run_dir.is_dir():
+        raise SelfieError(f"the run folder {str(cfg.run_dir)!r} is a file, not a folder")
 
 
 def replace(cfg: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:

@@ -25,6 +25,7 @@ from .checkpoint import load_state, save_adapter, save_state, state_path
 from .config import TrainConfig
 from .data import Split, check_sources, load_training_data
 from .evaluate import evaluate_loss
+from .run_dir import check_run_dir, clear_run, truncate_metrics
 from .loss import SelfieLoss
 from .sampling import EpochSampler, parse_ratios, validation_subset
 
@@ -41,23 +42,25 @@ class TrainResult:
     final_val_loss: float | None
 
 
-def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False, stop_at_step: int | None = None,
-          show_progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False, overwrite: bool = False,
+          stop_at_step: int | None = None, show_progress: bool = True) -> TrainResult:
     """Train an adapter as ``cfg`` says; returns where the best and final adapters went.
 
     ``model``/``tokenizer`` default to loading ``cfg.model.name``; ``resume`` continues from the run's
-    training state; ``stop_at_step`` ends early with a resumable state (e.g. to fit a job time limit).
+    training state (same settings, see ``run_dir.RESUME_SAFE``); ``overwrite`` replaces a run already
+    in the run folder; ``stop_at_step`` ends early with a resumable state (e.g. to fit a job time limit).
 
     >>> result = train(load_config("examples/goodfire-l19-scalar-affine.yaml"))
     >>> load_adapter(result.best_path)
     """
     check_sources(cfg.data, cfg.base_dir)
+    check_run_dir(cfg, resume=resume, overwrite=overwrite)
     dist = ddp.setup_distributed()
     if model is None or tokenizer is None:
         model, tokenizer = _load_frozen_model(cfg, dist)
     run = _Run(cfg, model, tokenizer, dist, show_progress)
     try:
-        return run.fit(resume=resume, stop_at_step=stop_at_step)
+        return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
     finally:
         run.close()
 
@@ -136,19 +139,24 @@ class _Run:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, resume: bool, stop_at_step: int | None) -> TrainResult:
+    def fit(self, resume: bool, overwrite: bool, stop_at_step: int | None) -> TrainResult:
         cfg, t = self.cfg, self.cfg.training
         start = 0
         if resume or t.resume_from_checkpoint:
             info = load_state(state_path(cfg), self.projection, self.optimizer)
             start, self.best_val_loss = int(info["global_step"]), info.get("best_val_loss")
             log.info("resumed at step %d", start)
+        elif overwrite and self.dist.is_main:
+            clear_run(self.run_dir)
+        ddp.barrier(self.dist)
+        self.saved_step = start
         end = self.total_steps if stop_at_step is None else min(stop_at_step, self.total_steps)
         val_loss = None
         self.logger.start(start)
         for step in range(start, end):
             train_loss, grad_norm, lr = self._optimizer_step(step)  # schedule, forward/backward, clip, update
             done = step + 1
+            self._check_finite(done, train_loss)
             self.logger.step(done, loss=train_loss, lr=lr, grad_norm=grad_norm, projection=self.projection)
             if done % t.validation_every_n_steps == 0 or done == self.total_steps:
                 val_loss = self._validate(done)
@@ -181,6 +189,16 @@ class _Run:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
         return loss_sum.item(), float(grad_norm), self.optimizer.param_groups[0]["lr"]
+
+    def _check_finite(self, step: int, loss: float) -> None:
+        """Stop (keeping the last saved state) once the loss or the adapter is no longer finite."""
+        bad = [n for n, p in self.projection.named_parameters() if not torch.isfinite(p).all()]
+        if math.isfinite(loss) and not bad:
+            return
+        what = f"loss {loss}" if not math.isfinite(loss) else f"non-finite parameter(s) {', '.join(bad)}"
+        raise SelfieError(f"training diverged at step {step} ({what}); the state of step {self.saved_step} is "
+                          f"kept in {self.run_dir}. Lower training.learning_rate (or set "
+                          "training.gradient_clip_norm) and start over with --overwrite")
 
     def _batches_of_step(self, step: int) -> list[torch.Tensor]:
         """Global batches (example indices) of one optimizer step; a pure function of (seed, step)."""
@@ -249,6 +267,7 @@ class _Run:
         if self.dist.is_main:
             save_state(self.run_dir, self.projection, self.optimizer, global_step=step,
                        best_val_loss=self.best_val_loss, cfg=self.cfg)
+        self.saved_step = step
         ddp.barrier(self.dist)
 
     def _finish(self, step: int, val_loss: float | None) -> TrainResult:
@@ -281,6 +300,8 @@ class _Logger:
 
     def start(self, step: int) -> None:
         self._t0, self._s0 = time.perf_counter(), step
+        if self.active:
+            truncate_metrics(self.path, step)  # rows past the resumed state would be logged twice
         if self.show_progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
