@@ -25,8 +25,8 @@ from .checkpoint import load_state, save_adapter, save_state, state_path
 from .config import TrainConfig
 from .data import Split, check_sources, load_training_data
 from .evaluate import evaluate_loss
-from .run_dir import check_run_dir, clear_run, truncate_metrics
 from .loss import SelfieLoss
+from .run_dir import check_run_dir, clear_run, truncate_metrics
 from .sampling import EpochSampler, parse_ratios, validation_subset
 
 log = logging.getLogger(__name__)
