@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
-from test_training_utils import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 
-from selfie_adapters.errors import SelfieError
 from selfie_adapters import files
+from selfie_adapters.errors import SelfieError
+from selfie_adapters.testing import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 from selfie_adapters.training.checkpoint import STATE_TENSORS, read_state_info
 from selfie_adapters.training.config import config_from_dict
 from selfie_adapters.training.trainer import _Run, train
