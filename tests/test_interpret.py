@@ -139,15 +139,9 @@ def test_sampling_seeded_and_independent_of_batch(tiny_model, tokenizer):
     assert [d.key for d in a] == [(i, 5.0, k) for i in range(3) for k in range(2)]
 
 
-def test_stops_at_closing_quote_and_extracts_label(tiny_model, tokenizer):
-    """Force the model to emit `fruit."`: the label is the text before the quote."""
-    from selfie_adapters.interpret import stop_token_ids
-
-    quote_ids = stop_token_ids(tokenizer)
-    target = tokenizer(' a red fruit."', add_special_tokens=False)["input_ids"]
-    assert target[-1] in quote_ids
-    interp = Interpreter(tiny_model, tokenizer)
-    lm_head = tiny_model.lm_head.weight
+def _forced_describe(model, tokenizer, target: list[int], **kw):
+    """Describe one random vector while the LM head is forced to emit ``target`` token by token."""
+    interp = Interpreter(model, tokenizer, **kw)
     step = {"i": 0}
 
     def force(module, args, output):  # make the LM head prefer the next target token
@@ -156,14 +150,79 @@ def test_stops_at_closing_quote_and_extracts_label(tiny_model, tokenizer):
         step["i"] += 1
         return logits
 
-    h = tiny_model.lm_head.register_forward_hook(force)
+    h = model.lm_head.register_forward_hook(force)
     try:
-        d = interp.describe(torch.randn(1, 64), scales=[1.0], max_new_tokens=20)[0]
+        return interp.describe(torch.randn(1, 64), scales=[1.0], max_new_tokens=30)[0]
     finally:
         h.remove()
-    assert lm_head is tiny_model.lm_head.weight
-    assert d.text == ' a red fruit."' and d.label == "a red fruit." and d.closed
+
+
+QUOTED = ' Use of "takes place" in text."'  # a Goodfire-style label with inner quotes, then the closing `."`
+
+
+def test_label_is_text_before_the_last_quote_generated_to_end_of_turn(tiny_model, tokenizer):
+    """Reference default (strip_last_quote): run to <|eot_id|>, cut at the last quote."""
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    target = tokenizer(QUOTED, add_special_tokens=False)["input_ids"] + [eot]
+    d = _forced_describe(tiny_model, tokenizer, target)
+    assert d.text == QUOTED and d.closed
+    assert d.label == 'Use of "takes place" in text.'
     assert d.logprob == pytest.approx(0.0, abs=1e-3)
+
+
+def test_first_quote_label_end_stops_early_and_cuts_at_the_first_quote(tiny_model, tokenizer):
+    from selfie_adapters.interpret import stop_token_ids
+
+    quote_ids = stop_token_ids(tokenizer)
+    target = tokenizer(QUOTED, add_special_tokens=False)["input_ids"]
+    first = next(i for i, t in enumerate(target) if t in quote_ids)
+    d = _forced_describe(tiny_model, tokenizer, target, label_end="first-quote")
+    assert d.text == tokenizer.decode(target[:first + 1]) and d.closed  # the row left at the first quote
+    assert d.label == "Use of"
+
+
+def test_label_without_a_quote_is_the_whole_text_and_unclosed(tiny_model, tokenizer):
+    from selfie_adapters.interpret import extract_label
+
+    target = tokenizer(" a red fruit", add_special_tokens=False)["input_ids"]
+    d = _forced_describe(tiny_model, tokenizer, target)
+    assert not d.closed and d.label.startswith("a red fruit")
+    assert extract_label(' a "b" c"', label_end="first-quote") == "a"
+    assert extract_label(' a "b" c"') == 'a "b" c'
+    with pytest.raises(SelfieError, match="label_end must be one of last-quote, first-quote"):
+        Interpreter(tiny_model, tokenizer, label_end="quote")
+
+
+def test_scale_multiplies_the_adapter_input_not_its_bias(tiny_model, tokenizer):
+    """Reference evals: adapter(s · x/‖x‖) with the adapter's own normalisation off."""
+    torch.manual_seed(0)
+    proj = build_projection("scalar_affine_plus_low_rank", 64, rank=4, init_scale=2.0)
+    with torch.no_grad():
+        proj.bias.normal_()
+        proj.U.normal_()
+    interp = Interpreter(tiny_model, tokenizer, Adapter(proj, {"model_name": "tiny-llama"}))
+    v = torch.randn(3, 64)
+    x = v / v.norm(dim=-1, keepdim=True)
+    for s in (0.5, 3.4):
+        want = 2.0 * s * x + (s * x @ proj.U) @ proj.V.T + proj.bias
+        torch.testing.assert_close(interp.soft_tokens(v, s), want.detach())
+    assert not torch.allclose(interp.soft_tokens(v, 3.4), 3.4 * interp.soft_tokens(v, 1.0))
+    identity = Interpreter(tiny_model, tokenizer)
+    torch.testing.assert_close(identity.soft_tokens(v, 3.4), 3.4 * x)  # identity: unchanged
+    assert identity.default_scales == (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)
+
+
+def test_describe_injects_the_scaled_input_soft_token(tiny_model, tokenizer):
+    proj = build_projection("scalar_affine", 64, init_scale=2.0)
+    with torch.no_grad():
+        proj.bias.fill_(0.3)
+    interp = Interpreter(tiny_model, tokenizer, Adapter(proj, {"model_name": "tiny-llama"}))
+    v = torch.randn(1, 64)
+    got = interp.describe(v, scales=[5.0], max_new_tokens=3)[0]
+    soft = 2.0 * 5.0 * v / v.norm() + 0.3
+    want = generate(tiny_model, [interp.prompt_ids], [interp.sites], soft, max_new_tokens=3,
+                    stop_ids=interp.stop_ids)[0]
+    assert got.text == tokenizer.decode([t for t in want.tokens if t not in interp.eos_ids])
 
 
 def test_adapter_and_mean_feed_the_soft_token(tiny_model, tokenizer):

@@ -1,7 +1,11 @@
 """Describe vectors: soft tokens into the SelfIE prompt, batched generation, labels and log-probs.
 
 The prompt is the same for every vector, so its prefix before the first injection site is run
-once and its KV cache shared by the batch; rows leave the batch as soon as they close the quote.
+once and its KV cache shared by the batch; rows leave the batch as soon as they finish.
+
+Label ends (``label_end``): ``"last-quote"`` (the reference's ``strip_last_quote``, default) generates
+to end-of-turn and takes the text before the last ``"``, so labels may contain quotes; ``"first-quote"``
+stops a row at the first token containing ``"`` (one token sooner) and cuts there.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from .files import check_finite
 from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
 from .modeling import base_model, cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
+from .projections import NORM_EPS
 from .template import PromptTemplate
 
-BASELINE_SCALES = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
+BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
+LABEL_ENDS = ("last-quote", "first-quote")
 
 
 @dataclass(frozen=True)
 class Description:
-    """One generated description: ``label`` is the text before the closing quote."""
+    """One generated description: ``label`` is the text before the closing quote (see ``label_end``)."""
 
     index: int
     scale: float
@@ -36,7 +42,7 @@ class Description:
     label: str
     text: str
     logprob: float  # mean log-prob of the generated tokens up to and including the closing one
-    closed: bool  # the quote (or EOS) came within max_new_tokens
+    closed: bool  # the row ended (end-of-turn, or the quote with label_end="first-quote") within max_new_tokens
     # SelfIE's relevancy, per generated token: (token, |p(token | patched) − p(token | unpatched)|)
     relevancy: tuple[tuple[str, float], ...] | None = None
 
@@ -68,7 +74,8 @@ class Interpreter:
 
     def __init__(self, model, tokenizer, adapter: Adapter | None = None, *,
                  template: PromptTemplate | str | None = None, inject_layer: int | None = None,
-                 mean: torch.Tensor | None = None, allow_model_mismatch: bool = False) -> None:
+                 mean: torch.Tensor | None = None, allow_model_mismatch: bool = False,
+                 label_end: str = "last-quote") -> None:
         self.model, self.tokenizer = model, tokenizer
         dim = model.config.hidden_size
         self.adapter = adapter if adapter is not None else Adapter.identity(dim)
@@ -89,19 +96,35 @@ class Interpreter:
                 raise SelfieError(f"mean vector has shape {tuple(mean.shape)}, expected ({dim},)")
             check_finite(mean, "mean vector")
         self.mean = None if mean is None else mean.float()
+        self.label_end = check_label_end(label_end)
         self.eos_ids = eos_token_ids(tokenizer, model)
-        self.stop_ids = sorted(stop_token_ids(tokenizer, self.template.closing) | self.eos_ids)
+        stops = stop_token_ids(tokenizer, self.template.closing) if label_end == "first-quote" else set()
+        self.stop_ids = sorted(stops | self.eos_ids)
 
     @property
     def default_scales(self) -> tuple[float, ...]:
         return BASELINE_SCALES if self.adapter.kind == "identity" else (1.0,)
 
-    def soft_tokens(self, vectors: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """(N, d) vectors → (N, d) fp32 soft tokens: scale · adapter(v − mean)."""
+    def soft_tokens(self, vectors: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """(N, d) vectors → (N, d) fp32 soft tokens: adapter(scale · x̂), x̂ = (v − mean)/‖v − mean‖.
+
+        As in the reference's evals, the scale multiplies the adapter's (normalised) input and the
+        adapter's own normalisation is off, so a trained bias is not scaled. For the identity this
+        is ``scale · x̂``. An adapter with ``normalize_input`` false gets ``scale · (v − mean)``.
+        ``scale`` may be one number or one per row, shape (N,).
+        """
+        v = self._prepared(vectors)
+        scale = torch.as_tensor(scale, dtype=torch.float32, device=v.device)
+        return self.adapter.transform(scale.reshape(-1, 1) * v, normalize_input=False).float()
+
+    def _prepared(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(N, d) → (N, d) fp32: minus the mean, then L2-normalised if the adapter normalises."""
         v = vectors.float()
         if self.mean is not None:
             v = v - self.mean.to(v.device)
-        return scale * self.adapter.transform(v).float()
+        if self.adapter.normalize_input:
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        return v
 
     def describe(self, vectors: torch.Tensor, **kwargs) -> list[Description]:
         """All descriptions at once; see ``iter_describe`` for the arguments."""
@@ -127,12 +150,12 @@ class Interpreter:
                 for k in range(samples) if (indices[row], s, k) not in done]
         todo = sorted({row for row, _, _, _ in jobs})
         where = {row: u for u, row in enumerate(todo)}
-        base = self.soft_tokens(vectors[todo], 1.0) if jobs else None  # (U, d), one adapter call for all
+        base = self._prepared(vectors[todo]) if jobs else None  # (U, d): x̂ once per vector
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start + batch_size]
-            rows = torch.tensor([where[row] for row, _, _, _ in batch])
+            rows = torch.tensor([where[row] for row, _, _, _ in batch], device=base.device)
             scale = torch.tensor([s for _, _, s, _ in batch], dtype=torch.float32, device=base.device)
-            soft = scale[:, None] * base[rows.to(base.device)]  # (b, d): scale · adapter(v − mean)
+            soft = self.adapter.transform(scale[:, None] * base[rows], normalize_input=False).float()  # (b, d)
             gens = None
             if temperature > 0:
                 device = model_device(self.model)
@@ -150,7 +173,7 @@ class Interpreter:
         _, index, scale, sample = job
         text_ids = [t for t in out.tokens if t not in self.eos_ids]
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
-        label = text.split(self.template.closing)[0].strip()
+        label = extract_label(text, self.template.closing, self.label_end)
         lp = sum(out.logprobs) / max(len(out.logprobs), 1)
         return Description(index, scale, sample, label, text, lp, out.closed, relevancy)
 
@@ -280,6 +303,27 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     if generators is None:
         return torch.multinomial(probs, 1)[:, 0]
     return torch.stack([torch.multinomial(probs[b], 1, generator=g)[0] for b, g in enumerate(generators)])
+
+
+def check_label_end(label_end: str) -> str:
+    if label_end not in LABEL_ENDS:
+        raise SelfieError(f"label_end must be one of {', '.join(LABEL_ENDS)}, got {label_end!r} "
+                          "(--label-end last-quote | first-quote)")
+    return label_end
+
+
+def extract_label(text: str, closing: str = '"', label_end: str = "last-quote") -> str:
+    """The label in a generation: text before the last (or first) closing quote, whitespace-trimmed;
+    the whole text when there is no quote (as the reference does).
+
+    >>> extract_label('Use of "takes place" in text"')
+    'Use of "takes place" in text'
+    """
+    if closing not in text:
+        return text.strip()
+    if label_end == "first-quote":
+        return text.split(closing, 1)[0].strip()
+    return text.rsplit(closing, 1)[0].strip()
 
 
 def stop_token_ids(tokenizer, closing: str = '"') -> set[int]:

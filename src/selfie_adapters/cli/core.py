@@ -16,7 +16,7 @@ from ..adapter import load_adapter
 from ..chunks import ChunkStore
 from ..errors import SelfieError
 from ..files import save_tensors
-from ..interpret import Interpreter
+from ..interpret import Interpreter, check_label_end
 from ..jsonl import JsonlLog
 from ..modeling import load_model
 from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
@@ -83,6 +83,8 @@ def describe(
     injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
     allow_model_mismatch: bool = typer.Option(False, help="Use the adapter on a model it was not trained for."),
     relevancy: bool = typer.Option(False, help="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|."),
+    label_end: str = typer.Option("last-quote", help="last-quote: generate to end-of-turn, label = text "
+                                       "before the last quote (reference); first-quote: stop at the first quote."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: model's)."),
 ) -> None:
@@ -97,6 +99,7 @@ def describe(
     """
     # Everything that can be checked without the model is checked first.
     prompt = PromptTemplate(template or SELFIE_TEMPLATE, injection_token)
+    check_label_end(label_end)
     ad = load_adapter(adapter) if adapter else None
     if sum(x is not None for x in (vectors, sae_release, prompts)) != 1:
         raise SelfieError("give exactly one vector source: --vectors FILE, --prompts FILE --layer L, or "
@@ -109,14 +112,14 @@ def describe(
                 "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
                 "inject_layer": inject_layer, "mean_vectors": str(mean_vectors) if mean_vectors else None,
                 "layer": layer, "vectors": str(vectors or prompts or f"{sae_release}/{sae_id}"), "chat": chat,
-                "relevancy": relevancy}
+                "relevancy": relevancy, "label_end": label_end}
     log = JsonlLog(out, settings)
     m, tok = load_model(model, dtype=dtype, device=device)
     if texts is not None:  # hidden states of the prompts, after block `layer`, last token
         vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size)[layer]
         indices = list(range(len(texts)))
     interp = Interpreter(m, tok, ad, template=prompt, inject_layer=inject_layer, mean=mean,
-                         allow_model_mismatch=allow_model_mismatch)
+                         allow_model_mismatch=allow_model_mismatch, label_end=label_end)
     scales = tuple(scale) if scale else interp.default_scales
     done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
     total = len(vecs) * len(scales) * samples
