@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, lens: null, cells: [], selected: null };
+const state = { info: null, lens: null, cells: [], selected: null, range: null };
 
 // --- talking to the server ---------------------------------------------------------------------
 function headers() {
@@ -54,7 +54,9 @@ async function loadInfo() {
     const info = await (await call("/info")).json();
     state.info = info;
     const adapter = info.adapter ? `${info.adapter.projection_type} adapter` : "no adapter (baseline only)";
-    $("model-info").textContent = `${info.model} · ${info.layers} layers · d=${info.hidden_size} · ${adapter}`;
+    const name = info.model.split("/").filter(Boolean).slice(-2).join("/");
+    $("model-info").textContent = `${name} · ${info.layers} layers · d=${info.hidden_size} · ${adapter}`;
+    $("model-info").title = info.model;
     $("layer-from").max = $("layer-to").max = info.layers - 1;
     $("layer-to").value = info.layers - 1;
     $("mode-adapter").disabled = !info.modes.includes("adapter");
@@ -118,6 +120,7 @@ async function runLens(event) {
 function buildGrid(header) {
   state.lens = { ...header, grid: header.layers.map(() => header.tokens.map(() => null)) };
   state.cells = [];
+  state.range = null;
   const table = $("grid");
   table.replaceChildren();
   const head = table.insertRow();
@@ -129,7 +132,7 @@ function buildGrid(header) {
     state.cells.push(header.tokens.map((_, c) => {
       const td = row.insertCell();
       td.className = "pending";
-      td.textContent = "…";
+      td.appendChild(Object.assign(document.createElement("div"), { className: "label", textContent: "…" }));
       td.dataset.row = r;
       td.dataset.col = c;
       td.addEventListener("click", () => openCell(r, c));
@@ -146,10 +149,10 @@ function fillCell(d) {
   state.lens.grid[row][col] = cell;
   const td = state.cells[row][col];
   td.classList.remove("pending");
-  td.textContent = cell.label || "∅";
+  td.firstChild.textContent = cell.label || "∅";
   td.title = `layer ${state.lens.layers[row]}, token ${JSON.stringify(state.lens.tokens[col])}\n` +
              `${cell.label}\nmean log-prob ${cell.logprob.toFixed(3)}`;
-  paintCell(row, col);
+  if (updateRange()) repaint(); else paintCell(row, col);
 }
 
 function matcher() {
@@ -165,15 +168,43 @@ function cellColour(cell, re) {
     const hits = cell.samples.filter((s) => re.test(s.label)).length / cell.samples.length;
     return `rgba(234, 88, 12, ${(hits > 0 ? 0.15 + 0.8 * hits : 0.03).toFixed(3)})`;
   }
-  const p = Math.exp(cell.logprob);  // geometric-mean token probability of the description
-  return `rgba(37, 99, 235, ${(0.05 + 0.75 * p).toFixed(3)})`;
+  return ramp(confidence(cell));
+}
+
+// a cell's mean token log-prob, placed between the lowest and highest in the grid: 0 … 1
+function confidence(cell) {
+  const { lo, hi } = state.range;
+  return hi > lo ? (cell.logprob - lo) / (hi - lo) : 1;
+}
+
+function updateRange() {
+  const lps = state.lens.grid.flat().filter(Boolean).map((c) => c.logprob);
+  const range = { lo: Math.min(...lps), hi: Math.max(...lps) };
+  const changed = !state.range || range.lo !== state.range.lo || range.hi !== state.range.hi;
+  state.range = range;
+  updateLegend();
+  return changed;
+}
+
+function ramp(t) {  // near-white → light blue → deep blue
+  const stops = [[241, 245, 249], [147, 197, 253], [29, 78, 216]];
+  const x = t * (stops.length - 1), i = Math.min(stops.length - 2, Math.floor(x)), f = x - i;
+  const rgb = stops[i].map((v, k) => Math.round(v + f * (stops[i + 1][k] - v)));
+  return `rgb(${rgb.join(", ")})`;
 }
 
 function paintCell(r, c, re = matcher()) {
   const cell = state.lens.grid[r][c];
   const td = state.cells[r][c];
   td.style.background = cellColour(cell, re);
-  td.style.color = cell && Math.exp(cell.logprob) > 0.6 && $("colour").value === "logprob" ? "#fff" : "";
+  td.style.color = cell && confidence(cell) > 0.7 && $("colour").value === "logprob" ? "#fff" : "";
+}
+
+function updateLegend() {
+  $("legend").textContent = $("colour").value === "match"
+    ? "orange = share of a cell's samples that name the word"
+    : state.range ? `colour = mean token log-prob, ${state.range.lo.toFixed(2)} (light) … ${state.range.hi.toFixed(2)} (dark)`
+      : "colour = mean token log-prob (light = low, dark = high)";
 }
 
 function repaint() {
@@ -265,10 +296,15 @@ function exportPng() {
 
 // --- wiring ------------------------------------------------------------------------------------
 $("controls").addEventListener("submit", runLens);
-$("colour").addEventListener("change", repaint);
-$("search").addEventListener("input", () => { if ($("search").value) $("colour").value = "match"; repaint(); });
+$("colour").addEventListener("change", () => { updateLegend(); repaint(); });
+$("search").addEventListener("input", () => {
+  if ($("search").value) $("colour").value = "match";
+  updateLegend();
+  repaint();
+});
 $("export-json").addEventListener("click", exportJson);
 $("export-png").addEventListener("click", exportPng);
 document.querySelectorAll("input[name=mode]").forEach((el) => el.addEventListener("change", updateScalePlaceholder));
 $("token").addEventListener("change", () => { sessionStorage.setItem("selfie-token", $("token").value); loadInfo(); });
+updateLegend();
 loadInfo();
