@@ -24,7 +24,7 @@ def serve(
     token: str | None = typer.Option(None, envvar="SELFIE_SERVE_TOKEN",
                                      help="Require 'Authorization: Bearer TOKEN' on the API (or set "
                                           "SELFIE_SERVE_TOKEN)."),
-    batch_size: int = typer.Option(64, min=1, help="Generations per micro-batch shared by concurrent requests."),
+    batch_size: int = typer.Option(128, min=1, help="Generations per micro-batch shared by concurrent requests."),
     batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a new request waits for others to join "
                                         "its batch."),
     max_vectors: int = typer.Option(1024, min=1, help="Vectors, prompts or lens cells per request."),
@@ -41,6 +41,7 @@ def serve(
     allow_model_mismatch: bool = typer.Option(False, help="Use the adapter on a model it was not trained for."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: model's)."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve /describe, /extract, /lens, /compare, /info and the explorer page at /.
@@ -55,6 +56,10 @@ def serve(
     except ImportError as e:
         raise SelfieError(f"selfie serve needs the serve extra ({e.name} is missing): "
                           "pip install 'selfie-adapters[serve]'") from None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     limits = Limits(max_vectors=max_vectors, max_prompt_tokens=max_prompt_tokens, max_samples=max_samples,
                     max_scales=max_scales, max_new_tokens=max_new_tokens, max_generations=max_generations,
                     max_body_bytes=int(max_body_mb * 2**20))

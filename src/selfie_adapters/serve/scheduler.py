@@ -1,8 +1,9 @@
 """Micro-batching: one worker thread owns the model and merges concurrent describe requests.
 
-Requests become ``DescribeJob``s (vectors + settings). The worker repeatedly takes rows from every
-queued job whose settings match the oldest job's, up to ``batch_size`` generations, runs one
-``Interpreter.describe`` over them, and hands each job its rows. Jobs that still have rows go to
+Requests become ``DescribeJob``s (vectors + settings). The worker waits a few milliseconds while
+requests keep arriving, then takes rows from every queued job whose settings match the oldest
+job's, up to ``batch_size`` generations, runs one ``Interpreter.describe`` over them, and hands
+each job its rows. Jobs that still have rows go to
 the back of the queue, so a large request cannot starve small ones. A cancelled job (its client
 left) is dropped before its next rows run. Forward passes that are not describes (extract, lens)
 run on the same thread through ``Scheduler.call``, ahead of describe batches.
@@ -62,7 +63,6 @@ class DescribeJob:
         self.indices = list(range(len(vectors))) if indices is None else list(indices)
         self.next_row = 0
         self.cancelled = False
-        self.created = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
 
@@ -100,13 +100,14 @@ class DescribeJob:
 class Scheduler:
     """The single model worker: ``submit`` describe jobs, ``call`` other model work; see module docstring."""
 
-    def __init__(self, batch_size: int = 64, wait_s: float = 0.005) -> None:
+    def __init__(self, batch_size: int = 128, wait_s: float = 0.005) -> None:
         self.batch_size, self.wait_s = batch_size, wait_s
         self.stats: Counter = Counter()
         self._jobs: deque[DescribeJob] = deque()
         self._calls: deque[tuple[Callable, concurrent.futures.Future]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._last_submit = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -126,6 +127,7 @@ class Scheduler:
     def submit(self, job: DescribeJob) -> DescribeJob:
         with self._cond:
             self.stats["requests"] += 1
+            self._last_submit = time.monotonic()
             self._jobs.append(job)
             self._cond.notify_all()
         return job
@@ -170,10 +172,7 @@ class Scheduler:
         self._drop_cancelled()
         if not self._jobs:
             return []
-        head = self._jobs[0]
-        deadline = head.created + self.wait_s  # a short window lets concurrent arrivals join the first batch
-        while time.monotonic() < deadline and not self._stopping and self._free_rows(head) > 0:
-            self._cond.wait(deadline - time.monotonic())
+        self._gather(self._jobs[0])
         self._drop_cancelled()
         if not self._jobs:
             return []
@@ -195,6 +194,17 @@ class Scheduler:
                 self._jobs.append(job)
         return parts
 
+    def _gather(self, head: DescribeJob) -> None:
+        """Let concurrent requests join the batch: wait until it is full, or no request arrived for
+        ``wait_s``, or ``4 · wait_s`` passed (holds the lock; ``wait`` releases it)."""
+        start = time.monotonic()
+        while not self._stopping and self._free_rows(head) > 0:
+            until = min(max(self._last_submit, start) + self.wait_s, start + 4 * self.wait_s)
+            now = time.monotonic()
+            if now >= until:
+                return
+            self._cond.wait(until - now)
+
     def _free_rows(self, head: DescribeJob) -> int:
         rows = sum(len(j) - j.next_row for j in self._jobs if j.key == head.key)
         return max(0, self.batch_size // head.settings.per_vector - rows)
@@ -209,6 +219,7 @@ class Scheduler:
         interp, settings = parts[0][0].interpreter, parts[0][0].settings
         vectors = torch.cat([job.vectors[a:b] for job, a, b in parts])  # (rows, d)
         indices = [i for job, a, b in parts for i in job.indices[a:b]]
+        start = time.perf_counter()
         try:
             descs = interp.describe(vectors, indices=indices, batch_size=self.batch_size, **settings.kwargs())
             chunks = _split(descs, parts, settings.per_vector)
@@ -217,6 +228,7 @@ class Scheduler:
             for job, _, _ in parts:
                 job._put(e)
             return
+        self.stats["model_seconds"] += time.perf_counter() - start
         self.stats["batches"] += 1
         self.stats["rows"] += len(vectors)
         self.stats["generations"] += len(descs)

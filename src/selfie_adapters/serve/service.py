@@ -34,7 +34,7 @@ class Service:
     def __init__(self, model, tokenizer, adapter: Adapter | None = None, *,
                  means: dict[int, torch.Tensor] | None = None, template: PromptTemplate | None = None,
                  inject_layer: int | None = None, allow_model_mismatch: bool = False, limits: Limits | None = None,
-                 batch_size: int = 64, batch_wait_ms: float = 5.0, adapter_source: str | None = None) -> None:
+                 batch_size: int = 128, batch_wait_ms: float = 5.0, adapter_source: str | None = None) -> None:
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.limits = limits or Limits()
         kw = {"template": template, "inject_layer": inject_layer}

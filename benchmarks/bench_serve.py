@@ -1,0 +1,171 @@
+"""`selfie serve` under load, baseline and ours side by side in one run (toy model, real HTTP, CPU).
+
+1. Micro-batching: 16 concurrent clients each ask /describe for 8 vectors (toy concept states,
+   greedy, 24 new tokens), 3 rounds each, against the same 48 requests sent one at a time to a
+   server with no batching window (--batch-wait-ms 0). Reports requests/s and p50/p95 latency and
+   checks both ways return the same labels. Target: >= 2x throughput.
+2. Load test: 1,000 requests from 32 concurrent clients over every endpoint, ~15% malformed (bad
+   JSON, wrong dimension, NaN, unknown field, bad layer, oversize). Target: zero 5xx, zero lost
+   responses, every malformed request a 4xx and every good one a 200.
+
+Run: python benchmarks/bench_serve.py [--device cuda] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from collections import Counter
+
+import httpx
+import torch
+
+from selfie_adapters import extract_hidden_states
+from selfie_adapters.serve.process import serve_process
+from selfie_adapters.toy import load_toy_model
+
+CLIENTS, VECTORS, ROUNDS = 16, 8, 3
+SERVER: list[str] = []  # extra `selfie serve` flags (--device, --threads) from the command line
+DESCRIBE = {"mode": "baseline", "scales": [1.0], "max_new_tokens": 24}
+
+
+def concept_vectors(n: int) -> torch.Tensor:
+    model, tok, world = load_toy_model()
+    prompts = [f"Tell me about {c.name}." for c in world.concepts[:n]]
+    states = extract_hidden_states(model, tok, prompts, 1, chat=True, batch_size=64)[1]
+    return states - states.mean(0)
+
+
+async def timed_post(client: httpx.AsyncClient, path: str, body) -> tuple[float, httpx.Response]:
+    t = time.perf_counter()
+    r = await (client.post(path, content=body, headers={"content-type": "application/json"}) if isinstance(body, str)
+               else client.post(path, json=body))
+    return time.perf_counter() - t, r
+
+
+async def one_at_a_time(url: str, bodies: list[dict]) -> tuple[float, list[float], list]:
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        start, latencies, labels = time.perf_counter(), [], []
+        for _ in range(ROUNDS):
+            for body in bodies:
+                dt, r = await timed_post(client, "/describe", body)
+                latencies.append(dt)
+                labels.append([row["label"] for row in r.json()["rows"]])
+        return time.perf_counter() - start, latencies, labels
+
+
+async def concurrent(url: str, bodies: list[dict]) -> tuple[float, list[float], list]:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=64)) as client:
+        latencies, labels = [], [None] * (ROUNDS * len(bodies))
+
+        async def worker(i: int) -> None:
+            for k in range(ROUNDS):
+                dt, r = await timed_post(client, "/describe", bodies[i])
+                latencies.append(dt)
+                labels[k * len(bodies) + i] = [row["label"] for row in r.json()["rows"]]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(len(bodies))))
+        return time.perf_counter() - start, latencies, labels
+
+
+def report(name: str, wall: float, latencies: list[float]) -> float:
+    qs = statistics.quantiles(latencies, n=20)
+    rps = len(latencies) / wall
+    print(f"  {name:<34} {rps:6.1f} req/s   p50 {statistics.median(latencies) * 1000:6.0f} ms   "
+          f"p95 {qs[18] * 1000:6.0f} ms   ({len(latencies)} requests, {wall:.2f} s)")
+    return rps
+
+
+def bench_batching(vectors: torch.Tensor) -> None:
+    bodies = [{"vectors": vectors[i * VECTORS:(i + 1) * VECTORS].tolist(), **DESCRIBE} for i in range(CLIENTS)]
+    print(f"micro-batching: {CLIENTS} clients x {VECTORS} vectors x {ROUNDS} rounds on /describe (toy model)")
+    with serve_process(["--model", "toy", "--batch-wait-ms", "0", *SERVER]) as url:
+        asyncio.run(one_at_a_time(url, bodies[:2]))  # warm-up
+        wall, lat, base_labels = asyncio.run(one_at_a_time(url, bodies))
+        base = report("one at a time (no batching window)", wall, lat)
+    with serve_process(["--model", "toy", *SERVER]) as url:
+        asyncio.run(concurrent(url, bodies[:2]))  # warm-up
+        wall, lat, labels = asyncio.run(concurrent(url, bodies))
+        ours = report(f"{CLIENTS} concurrent, micro-batched", wall, lat)
+        stats = httpx.get(url + "/info").json()["stats"]
+    same = "identical" if labels == base_labels else "DIFFERENT"
+    print(f"  throughput {ours / base:.2f}x (target >= 2x); labels {same}; "
+          f"{stats['rows'] / stats['batches']:.1f} vectors per model batch on average, "
+          f"model busy {stats['model_seconds']:.2f} s of {wall:.2f} s")
+
+
+def load_requests(vectors: torch.Tensor, n: int, rng: random.Random) -> list[tuple[str, object, bool]]:
+    """(path, body, well-formed?) for a mix of endpoints with ~15% malformed requests."""
+    v = lambda k: vectors[rng.randrange(len(vectors) - k):][:k].tolist()  # noqa: E731
+    good = [("/describe", lambda: {"vectors": v(rng.randint(1, 4)), **DESCRIBE}),
+            ("/describe", lambda: {"prompt": "Tell me about Zapees.", "layer": rng.randrange(4), "chat": True,
+                                   "mode": "baseline", "scales": [1.0], "max_new_tokens": 12}),
+            ("/lens", lambda: {"prompt": "Tell me about Riguth.", "layers": [1, 2], "max_new_tokens": 8}),
+            ("/extract", lambda: {"prompts": ["Tell me about Zapees.", "hello"], "layers": [0, 3]}),
+            ("/compare", lambda: {"a": {"vectors": v(1)[0]}, "b": {"vectors": v(1)[0]}, **DESCRIBE})]
+    nan = '{"vectors": [' + ", ".join(["NaN"] * 128) + "]}"
+    bad = [("/describe", lambda: "{not json"), ("/describe", lambda: {"vectors": [[0.5] * 127]}),
+           ("/describe", lambda: nan), ("/describe", lambda: {"vectors": v(1), "scale": 2}),
+           ("/describe", lambda: {"prompt": "hi", "layer": 9}), ("/lens", lambda: {"prompt": "hi", "layers": [7]}),
+           ("/describe", lambda: {"vectors": [[0.5] * 128] * 1025}), ("/extract", lambda: {"prompts": []})]
+    out = []
+    for _ in range(n):
+        path, make = rng.choice(bad) if rng.random() < 0.15 else rng.choice(good)
+        out.append((path, make(), (path, make) not in [(p, m) for p, m in bad]))
+    return out
+
+
+async def load_test(url: str, requests: list[tuple[str, object, bool]], clients: int = 32) -> dict:
+    counts: Counter = Counter()
+    queue = list(enumerate(requests))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            _, (path, body, ok) = queue.pop()
+            try:
+                _, r = await timed_post(client, path, body)
+            except httpx.HTTPError as e:
+                counts[f"lost ({type(e).__name__})"] += 1
+                continue
+            counts[f"{r.status_code // 100}xx"] += 1
+            counts["as expected" if (r.status_code == 200) == ok and r.status_code < 500 else "unexpected"] += 1
+            if r.status_code >= 400:
+                json.loads(r.text)["error"]  # every error is one JSON line with "error"
+
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=64)) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        counts["seconds"] = round(time.perf_counter() - start, 1)
+    return dict(counts)
+
+
+def bench_load(vectors: torch.Tensor) -> None:
+    requests = load_requests(vectors, 1000, random.Random(0))
+    malformed = sum(not ok for _, _, ok in requests)
+    print(f"load test: {len(requests)} requests ({malformed} malformed), 32 concurrent clients, every endpoint")
+    with serve_process(["--model", "toy", *SERVER]) as url:
+        counts = asyncio.run(load_test(url, requests))
+        alive = httpx.get(url + "/info").status_code == 200
+    lost = sum(v for k, v in counts.items() if k.startswith("lost"))
+    answered = sum(v for k, v in counts.items() if k.endswith("xx"))
+    print(f"  {counts}")
+    print(f"  answered {answered}/{len(requests)}, lost {lost}, 5xx {counts.get('5xx', 0)}, "
+          f"unexpected {counts.get('unexpected', 0)}, server alive after: {alive} (target: zero 5xx, zero lost)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="the server's device (cpu, cuda)")
+    parser.add_argument("--threads", type=int, default=2, help="the server's CPU threads for torch")
+    args = parser.parse_args()
+    SERVER += ["--device", args.device, "--threads", str(args.threads)]
+    print(f"server: --device {args.device} --threads {args.threads}")
+    torch.set_num_threads(1)  # the client process leaves the cores to the server
+    vecs = concept_vectors(CLIENTS * VECTORS)
+    bench_batching(vecs)
+    bench_load(vecs)
