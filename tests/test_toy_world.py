@@ -99,5 +99,7 @@ def test_committed_model_answers_tell_me_about():
     assert not model.training and next(model.parameters()).dtype.is_floating_point
     concepts = world.concepts[:: len(world.concepts) // 8][:8]
     pairs = [tell_me_about(c) for c in concepts] + [selfie_qa(c) for c in concepts[:4]]
+    tok.padding_side = "right"
     got = greedy_answers(model, tok, [q for q, _ in pairs])
     assert got == [a for _, a in pairs]
+    assert tok.padding_side == "right"  # the caller's tokenizer is left as it was

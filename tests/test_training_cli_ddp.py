@@ -87,3 +87,18 @@ def test_ddp_two_processes_match_one(toy_dir, tmp_path):
     for name, value in a.projection.state_dict().items():
         torch.testing.assert_close(b.projection.state_dict()[name], value, atol=1e-5, rtol=1e-5)
     assert float(b.metadata["best_val_loss"]) == pytest.approx(single.best_val_loss, abs=1e-5)
+
+
+def test_eval_loss_refuses_an_adapter_of_another_model(toy_dir, tmp_path, capsys):
+    from selfie_adapters import Adapter, build_projection
+
+    other = Adapter(build_projection("scalar_affine", 32), {"model_name": "someone/else"})
+    other = other.save(tmp_path / "o.safetensors")
+    args = ["eval", "loss", "--model", str(toy_dir / "model"), "--labels", str(toy_dir / "labels.json"),
+            "--adapter", str(other), "--batch-size", "8", "--json"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "someone/else" in err and "--allow-model-mismatch" in err
+    with pytest.warns(UserWarning, match="model mismatch allowed"):
+        assert main(args + ["--allow-model-mismatch"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_examples"] == 12

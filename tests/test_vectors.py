@@ -134,3 +134,15 @@ def test_missing_sae_lens_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "sae_lens", None)  # import fails
     with pytest.raises(SelfieError, match=r"pip install 'selfie-adapters\[sae\]'"):
         sae_decoder_vectors("r", "i", [0])
+
+
+def test_load_model_leaves_hf_progress_bars_alone(tiny_model_dir):
+    from transformers.utils import logging as hf_logging
+
+    from selfie_adapters import load_model
+
+    hf_logging.enable_progress_bar()
+    model, tok = load_model(str(tiny_model_dir), dtype="float32")
+    assert hf_logging.is_progress_bar_enabled() and not model.training
+    with pytest.raises(SelfieError, match="unknown dtype 'bfloat'; valid: auto, float32, bfloat16, float16"):
+        load_model(str(tiny_model_dir), dtype="bfloat")

@@ -13,6 +13,7 @@ from .errors import SelfieError
 
 log = logging.getLogger(__name__)
 EXTRA_EOS_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # names load_model accepts
 
 
 def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: str | None = None,
@@ -22,10 +23,9 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     >>> model, tok = load_model("meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16", device="cuda")
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress bars only
-
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise SelfieError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     local = Path(name_or_dir).expanduser()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import click
 import typer
 
 from ..errors import SelfieError
@@ -47,25 +48,41 @@ def _is_number(s: str) -> bool:
     return True
 
 
+@contextmanager
+def hf_progress_bars_off() -> Iterator[None]:
+    """Only the CLI's own progress bars while a command runs; the caller's setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input → one line on stderr and exit code 2, never a traceback."""
     command = typer.main.get_command(app)
     argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        result = command.main(args=argv, prog_name="selfie", standalone_mode=False)
+        with hf_progress_bars_off():
+            result = command.main(args=argv, prog_name="selfie", standalone_mode=False)
     except SelfieError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"error: file not found: {e.filename or e}", file=sys.stderr)
         return 2
-    except click.exceptions.UsageError as e:
-        print(f"error: {e.format_message()}", file=sys.stderr)
+    except typer.TyperException as e:  # typer >= 0.29 vendors click: usage errors derive from this
+        if e.format_message():  # empty when a bare group already printed its help
+            print(f"error: {e.format_message()}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
     return result if isinstance(result, int) else 0
 

@@ -30,6 +30,7 @@ from ..vectors import (
     sum_hidden_states,
 )
 from .app import app
+from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, parse_indices
 
 console = Console(stderr=True)
 
@@ -57,7 +58,7 @@ def inspect(adapter: str = typer.Argument(..., help="Adapter file (.safetensors 
 
 @app.command()
 def describe(
-    model: str = typer.Option(..., help="Model folder or hub id (the adapter's model)."),
+    model: ModelOpt,
     out: Path = typer.Option(..., help="Output JSONL; re-running with the same file resumes."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; none = untrained baseline."),
     scale: list[float] | None = typer.Option(None, help="Soft-token scale(s); repeat to sweep."),
@@ -81,12 +82,12 @@ def describe(
                                             "the input embeddings."),
     template: str | None = typer.Option(None, help="Prompt template (default: the SelfIE template)."),
     injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
-    allow_model_mismatch: bool = typer.Option(False, help="Use the adapter on a model it was not trained for."),
+    allow_model_mismatch: AllowMismatchOpt = False,
     relevancy: bool = typer.Option(False, help="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|."),
     label_end: str = typer.Option("last-quote", help="last-quote: generate to end-of-turn, label = text "
                                        "before the last quote (reference); first-quote: stop at the first quote."),
-    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: model's)."),
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
 
@@ -145,23 +146,8 @@ def _vectors_from_options(vectors, key, sae_release, sae_id, features) -> tuple[
         return v, list(range(len(v)))
     if not (sae_id and features):
         raise SelfieError("--sae-release needs --sae-id and --features (e.g. --features 0-99)")
-    v, kept = sae_decoder_vectors(sae_release, sae_id, parse_indices(features))
+    v, kept = sae_decoder_vectors(sae_release, sae_id, parse_indices(features, "--features"))
     return v, kept
-
-
-def parse_indices(spec: str) -> list[int]:
-    """'0,5,10-12' → [0, 5, 10, 11, 12]."""
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            if "-" in part.strip()[1:]:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                out.append(int(part))
-    except ValueError:
-        raise SelfieError(f"--features must look like '0,5,10-20', got {spec!r}") from None
-    return out
 
 
 def _mean_from_options(mean_vectors: Path | None, layer: int | None) -> torch.Tensor | None:
@@ -198,15 +184,12 @@ def _chunked(name: str, out: Path, texts: list[str], model: str, layers: list[in
 
 
 # Options shared by `extract` and `mean`.
-ModelOpt = Annotated[str, typer.Option(help="Model folder or hub id.")]
 LayersOpt = Annotated[list[int], typer.Option("--layer", help="Residual stream after block L; repeat for several.")]
 PromptsOpt = Annotated[Path, typer.Option(help="One prompt per line, or JSONL with \"prompt\".")]
 ChatOpt = Annotated[bool, typer.Option(help="Wrap each prompt in the chat template with generation prompt.")]
 BatchOpt = Annotated[int, typer.Option(min=1)]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Prompts per resumable chunk (a killed run restarts at the "
                                                    "last unfinished chunk).")]
-DtypeOpt = Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: model's).")]
 
 
 @app.command()

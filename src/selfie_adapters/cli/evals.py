@@ -15,6 +15,7 @@ from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
 from ..evals.report import print_table, read_jsonl, write_json
 from .app import eval_app
+from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices
 
 
 def _emit_json(obj: dict) -> None:
@@ -54,7 +55,7 @@ def retrieval(
 
 @eval_app.command()
 def generation(
-    model: str = typer.Option(..., help="Model folder or hub id (an instruct model with a chat template)."),
+    model: ModelOpt,
     out: Path = typer.Option(..., help="Trial rows (JSONL); re-running with the same file resumes."),
     sae_release: str | None = typer.Option(None, help="SAE release (sae-lens)."),
     sae_id: str | None = typer.Option(None, help="SAE id within the release, e.g. layer_19."),
@@ -73,8 +74,8 @@ def generation(
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1),
     report: Path | None = typer.Option(None, help="JSON report (default: OUT with .report.json)."),
-    dtype: str = typer.Option("auto"),
-    device: str | None = typer.Option(None),
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Generation scoring: conversations written about each label; hit = the latent fires on content.
@@ -90,6 +91,7 @@ def generation(
     if adapter is not None and latents is None:
         raise SelfieError("--adapter writes labels for --latents; add e.g. --latents 0-99")
     pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
+    indices = parse_indices(latents, "--latents") if latents is not None else None
     sae = _load_sae(sae_release, sae_id, sae_file, layer)
     from ..modeling import load_model
 
@@ -97,10 +99,8 @@ def generation(
     if pairs is None:
         from ..adapter import load_adapter
         from ..interpret import Interpreter
-        from .core import parse_indices
-
         interp = Interpreter(m, tok, load_adapter(adapter))
-        pairs = gen_mod.labels_from_adapter(interp, sae, parse_indices(latents), samples=label_samples,
+        pairs = gen_mod.labels_from_adapter(interp, sae, indices, samples=label_samples,
                                             temperature=0.0 if label_samples == 1 else 1.0, seed=seed)
     from .core import progress_bar
 
@@ -141,7 +141,7 @@ def _load_sae(release: str | None, sae_id: str | None, sae_file: Path | None, la
 
 @eval_app.command()
 def bridge(
-    model: str = typer.Option(..., help="Model folder or hub id."),
+    model: ModelOpt,
     records: Path = typer.Option(..., help="TwoHopFact-style JSONL: question (or r1_template + e1_value), "
                                  "e2_value, e2_aliases."),
     out_dir: Path = typer.Option(Path("bridge"), help="Folder for RECORD.json + RECORD.png per question."),
@@ -155,8 +155,8 @@ def bridge(
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(64, min=1),
     chat: bool = typer.Option(True, help="Render the question with the chat template."),
-    dtype: str = typer.Option("auto"),
-    device: str | None = typer.Option(None),
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Bridge entities: describe every (layer, question token) state; heatmap of alias hits.
@@ -167,11 +167,11 @@ def bridge(
     rows = read_jsonl(records, what="records")[:limit]
     for r in rows:  # validate every record before loading the model
         bridge_mod.question_of(r), bridge_mod.aliases_of(r)
+    layer_list = parse_indices(layers, "--layers") if layers else None
     from ..adapter import load_adapter
     from ..interpret import Interpreter
     from ..jsonl import check_settings
     from ..modeling import load_model
-    from .core import parse_indices
 
     ad = load_adapter(adapter) if adapter else None
     settings = {"model": model, "adapter": adapter, "layers": layers, "samples": samples, "scale": scale,
@@ -189,7 +189,7 @@ def bridge(
             if interp is None:
                 m, tok = load_model(model, dtype=dtype, device=device)
                 interp = Interpreter(m, tok, ad)
-            rep = bridge_mod.bridge_eval(interp, rec, layers=parse_indices(layers) if layers else None,
+            rep = bridge_mod.bridge_eval(interp, rec, layers=layer_list,
                                          samples=samples, scales=scale, temperature=temperature,
                                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
                                          chat=chat)

@@ -16,6 +16,7 @@ from ..training.config import load_config
 from ..training.evaluate import adapter_loss
 from ..training.trainer import train as run_training
 from .app import app, eval_app
+from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
 
 
 @app.command("train")
@@ -47,7 +48,7 @@ def train_command(
 
 @eval_app.command("loss")
 def loss_command(
-    model: str = typer.Option(..., help="Model folder or hub id (the adapter's model)."),
+    model: ModelOpt,
     labels: Path = typer.Option(..., help="Labels file (.json[.gz] sections or .jsonl), see docs/training.md."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; omit for the untrained "
                                        "baseline (identity + L2 normalisation) at --scale values."),
@@ -56,8 +57,9 @@ def loss_command(
                                        "(.pt, .safetensors[#key], or sae-lens:<release>/<sae_id>)."),
     split: str = typer.Option("val", help="train or val."),
     batch_size: int = typer.Option(80, help="Examples per forward pass (the loss is a mean over batches)."),
-    dtype: str = typer.Option("auto", help="Model dtype: auto, bfloat16, float32, ..."),
-    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+    allow_model_mismatch: AllowMismatchOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per scale: loss, num_examples."),
 ) -> None:
     """The published "val loss" of an adapter, or of untrained SelfIE at each --scale.
@@ -69,10 +71,10 @@ def loss_command(
         raise SelfieError("give --adapter FILE, or --scale S (repeatable) for the untrained baseline")
     if batch_size < 1:
         raise SelfieError(f"--batch-size must be positive, got {batch_size}")
-    lm, tok = load_model(model, dtype=dtype, device=device)
     ad = load_adapter(adapter) if adapter is not None else None
+    lm, tok = load_model(model, dtype=dtype, device=device)
     rows = adapter_loss(lm, tok, ad, str(labels), vectors_file=vectors, split=split, batch_size=batch_size,
-                        scales=scale or [1.0])
+                        scales=scale or [1.0], allow_model_mismatch=allow_model_mismatch)
     for row in rows:
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")

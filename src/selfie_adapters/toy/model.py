@@ -54,10 +54,9 @@ def greedy_answers(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, 
                    max_new_tokens: int = 32, batch_size: int = 256) -> list[str]:
     """Greedy assistant answers (text before ``<|eot_id|>``) to chat questions."""
     answers: list[str] = []
-    tokenizer.padding_side = "left"
     for start in range(0, len(questions), batch_size):
         prompts = [chat_prompt(tokenizer, q) for q in questions[start:start + batch_size]]
-        enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        enc = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]  # (B, T_new)

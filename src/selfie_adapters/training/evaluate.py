@@ -9,6 +9,7 @@ import torch
 
 from ..adapter import Adapter
 from ..errors import SelfieError
+from ..guard import check_model
 from ..modeling import model_device
 from ..template import PromptTemplate
 from . import ddp
@@ -38,15 +39,18 @@ def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split
 
 def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *, vectors_file: str | None = None,
                  split: str = "val", batch_size: int = 80, scales: Sequence[float] = (1.0,),
-                 strip_labels: bool | None = None) -> list[dict]:
+                 strip_labels: bool | None = None, allow_model_mismatch: bool = False) -> list[dict]:
     """The published val loss of ``adapter`` (None → identity with L2 normalisation, the untrained
     baseline) at each scale: soft token = scale · adapter(x). Template, eos and label stripping come
-    from the adapter's training config when it has one.
+    from the adapter's training config when it has one. An adapter for another model is refused
+    (``check_model``) unless ``allow_model_mismatch``.
 
     >>> adapter_loss(model, tok, None, "labels.json.gz", vectors_file="w_dec.pt", scales=[2.5, 10])
     [{'scale': 2.5, 'loss': ..., 'num_examples': 4541, 'split': 'val'}, ...]
     """
     dim = model.config.hidden_size
+    if adapter is not None:
+        check_model(adapter, model, allow_model_mismatch)
     trained = _training_config(adapter)
     data_cfg = DataConfig(labels_file=labels_file, vectors_file=vectors_file, batch_size=batch_size,
                           **{k: v for k, v in trained.get("data", {}).items() if k in ("eos_token", "strip_labels")})

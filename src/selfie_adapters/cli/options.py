@@ -1,0 +1,33 @@
+"""Options and parsers shared by several commands, so each flag reads and fails the same way everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+
+from ..errors import SelfieError
+from ..modeling import DTYPES
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model folder or hub id (the adapter's model).")]
+DtypeOpt = Annotated[Literal[DTYPES], typer.Option("--dtype", help="Model dtype.")]
+AllowMismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
+                                               help="Use the adapter on a model it was not trained for.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: the model's).")]
+
+
+def parse_indices(spec: str, flag: str) -> list[int]:
+    """'0,5,10-12' → [0, 5, 10, 11, 12]; a malformed ``spec`` is an error naming ``flag``."""
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise SelfieError(f"{flag} must look like '0,5,10-20', got {spec!r}") from None
+    if not out:
+        raise SelfieError(f"{flag} names no index, got {spec!r}; e.g. {flag} 0-99")
+    return out
