@@ -11,6 +11,7 @@ import typer
 from ..errors import SelfieError
 from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
 from .app import app
+from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt
 
 
 @app.command()
@@ -38,9 +39,9 @@ def serve(
                                             "input embeddings."),
     template: str | None = typer.Option(None, help="Prompt template (default: the SelfIE template)."),
     injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
-    allow_model_mismatch: bool = typer.Option(False, help="Use the adapter on a model it was not trained for."),
-    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: model's)."),
+    allow_model_mismatch: AllowMismatchOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
