@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from selfie_adapters import load_adapter, read_safetensors
+from selfie_adapters.training.loss import SelfieLoss
 from selfie_adapters.testing import toy_config, toy_model, toy_tokenizer, write_toy_data
 from selfie_adapters.training.trainer import lr_factor, train
 
@@ -37,6 +38,11 @@ def test_training_lowers_val_loss_and_writes_files(toy, tmp_path):
     assert json.loads(meta["config_json"])["training"]["num_epochs"] == 4
     assert json.loads(meta["model_signature"])["hidden_size"] == 32
     assert {"projection_type", "model_name", "model_dim", "normalize_input", "init_scale", "best_val_loss"} <= set(meta)
+    cfg_json = json.loads(meta["config_json"])  # what the model filled in is recorded, flat and in the config
+    assert meta["template"] == cfg_json["soft_prompt"]["template"] == tok.decode(
+        SelfieLoss(model, tok).prompt.tolist())
+    assert meta["eos_token"] == cfg_json["data"]["eos_token"] == "<|eot_id|>"
+    assert meta["injection_token"] == cfg_json["soft_prompt"]["reserved_token"]
     best = load_adapter(result.best_path)
     assert best.kind == "full_rank" and float(best.metadata["best_val_loss"]) == pytest.approx(min(vals))
 

@@ -26,7 +26,7 @@ from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
 from .modeling import base_model, cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
 from .projections import NORM_EPS
-from .template import PromptTemplate
+from .template import PromptTemplate, derive_template, resolve_template, template_from_metadata
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
 LABEL_ENDS = ("last-quote", "first-quote")
@@ -86,9 +86,7 @@ class Interpreter:
         if inject_layer is not None and not 0 <= inject_layer < n_blocks:
             raise SelfieError(f"inject_layer {inject_layer} out of range; the model has blocks 0..{n_blocks - 1} "
                               "(None = replace the input embeddings)")
-        if isinstance(template, str):
-            template = PromptTemplate(template)
-        self.template = template or PromptTemplate()
+        self.template, trained_eos = _pick_template(tokenizer, adapter, template)
         self.prompt_ids, self.sites = self.template.encode(tokenizer)
         self.inject_layer = inject_layer
         if mean is not None:
@@ -98,6 +96,8 @@ class Interpreter:
         self.mean = None if mean is None else mean.float()
         self.label_end = check_label_end(label_end)
         self.eos_ids = eos_token_ids(tokenizer, model)
+        if trained_eos in tokenizer.get_vocab():  # the end-of-turn token the adapter was trained to emit
+            self.eos_ids.add(tokenizer.get_vocab()[trained_eos])
         stops = stop_token_ids(tokenizer, self.template.closing) if label_end == "first-quote" else set()
         self.stop_ids = sorted(stops | self.eos_ids)
 
@@ -340,6 +340,15 @@ def derived_seed(*parts) -> int:
     """A stable 56-bit seed from (seed, item keys...), so sampling never depends on batching or order."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:7], "little")
+
+
+def _pick_template(tokenizer, adapter: Adapter | None,
+                   template: PromptTemplate | str | None) -> tuple[PromptTemplate, str | None]:
+    """The prompt: the one given, else the one the adapter was trained with, else the model family's."""
+    trained, eos = template_from_metadata(adapter.metadata) if adapter is not None else (None, None)
+    if isinstance(template, str):
+        return resolve_template(tokenizer, template), eos
+    return template or trained or derive_template(tokenizer), eos
 
 
 def _as_matrix(vectors: torch.Tensor, dim: int) -> torch.Tensor:

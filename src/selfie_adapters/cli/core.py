@@ -19,7 +19,7 @@ from ..files import save_tensors
 from ..interpret import Interpreter, check_label_end
 from ..jsonl import JsonlLog
 from ..modeling import load_model
-from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
+from ..template import INJECTION_TOKEN, PromptTemplate, resolve_template
 from ..vectors import (
     extract_hidden_states,
     load_mean_vectors,
@@ -80,8 +80,10 @@ def describe(
     batch_size: int = typer.Option(32, min=1),
     inject_layer: int | None = typer.Option(None, help="Overwrite the residual entering block K instead of "
                                             "the input embeddings."),
-    template: str | None = typer.Option(None, help="Prompt template (default: the SelfIE template)."),
-    injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
+    template: str | None = typer.Option(None, help="Prompt template (default: the adapter's, else the model "
+                                        "family's SelfIE prompt)."),
+    injection_token: str | None = typer.Option(None, help="Token in the template replaced by the vector "
+                                               "(default: the adapter's, else one the tokenizer keeps whole)."),
     allow_model_mismatch: AllowMismatchOpt = False,
     relevancy: bool = typer.Option(False, help="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|."),
     label_end: str = typer.Option("last-quote", help="last-quote: generate to end-of-turn, label = text "
@@ -99,7 +101,8 @@ def describe(
     --prompts FILE --layer L [--chat] (with --mean-vectors for contrastive adapters).
     """
     # Everything that can be checked without the model is checked first.
-    prompt = PromptTemplate(template or SELFIE_TEMPLATE, injection_token)
+    if template is not None:
+        PromptTemplate(template, injection_token or INJECTION_TOKEN)  # a bad template fails before model loading
     check_label_end(label_end)
     ad = load_adapter(adapter) if adapter else None
     if sum(x is not None for x in (vectors, sae_release, prompts)) != 1:
@@ -109,7 +112,7 @@ def describe(
     vecs, indices = (None, None) if texts is not None else _vectors_from_options(vectors, key, sae_release,
                                                                                  sae_id, features)
     mean = _mean_from_options(mean_vectors, layer)
-    settings = {"model": model, "adapter": adapter, "template": prompt.text, "injection_token": injection_token,
+    settings = {"model": model, "adapter": adapter, "template": template, "injection_token": injection_token,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
                 "inject_layer": inject_layer, "mean_vectors": str(mean_vectors) if mean_vectors else None,
                 "layer": layer, "vectors": str(vectors or prompts or f"{sae_release}/{sae_id}"), "chat": chat,
@@ -119,6 +122,7 @@ def describe(
     if texts is not None:  # hidden states of the prompts, after block `layer`, last token
         vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size)[layer]
         indices = list(range(len(texts)))
+    prompt = resolve_template(tok, template, injection_token) if template or injection_token else None
     interp = Interpreter(m, tok, ad, template=prompt, inject_layer=inject_layer, mean=mean,
                          allow_model_mismatch=allow_model_mismatch, label_end=label_end)
     scales = tuple(scale) if scale else interp.default_scales

@@ -9,7 +9,8 @@ import typer
 from ..errors import SelfieError
 from ..modeling import DTYPES
 
-ModelOpt = Annotated[str, typer.Option("--model", help="Model folder or hub id (the adapter's model).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model: hub id, folder, folder/file.gguf or a catalogue "
+                                       "name (selfie models); the adapter's model.")]
 DtypeOpt = Annotated[Literal[DTYPES], typer.Option("--dtype", help="Model dtype.")]
 AllowMismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
                                                help="Use the adapter on a model it was not trained for.")]

@@ -28,7 +28,10 @@ def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *,
                  best_val_loss: float | None) -> Path:
     """The published single-file format with the full training config and the model signature."""
     meta = {"model_name": cfg.model.name, "config_json": cfg.to_json()}
-    extra = {"global_step": str(global_step), "model_signature": json.dumps(model_signature(model))}
+    extra = {"global_step": str(global_step), "model_signature": json.dumps(model_signature(model)),
+             # what `describe` needs to prompt the model the way the adapter was trained
+             "template": cfg.soft_prompt.template, "injection_token": cfg.soft_prompt.reserved_token,
+             "eos_token": cfg.data.eos_token}
     if best_val_loss is not None:
         extra["best_val_loss"] = repr(float(best_val_loss))
     return Adapter(projection, meta).save(path, **extra)

@@ -18,7 +18,6 @@ import yaml
 
 from ..errors import SelfieError
 from ..projections import PROJECTIONS
-from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE
 
 OPTIMIZERS = ("adamw", "sgd_momentum")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -40,7 +39,7 @@ class DataConfig:
     shuffle: bool = True
     num_workers: int = 4  # accepted for old configs; the data lives in memory, no loader workers
     strip_labels: bool = False
-    eos_token: str = "<|eot_id|>"
+    eos_token: str | None = None  # None: the model's end-of-turn token (Llama-3: <|eot_id|>, ChatML: <|im_end|>)
     train_dataset_ratios: dict[str, float] | list[dict] | None = None
     val_dataset_ratios: dict[str, float] | list[dict] | None = None
     resample_each_epoch: bool = True
@@ -54,15 +53,17 @@ class DataConfig:
 class ProjectionConfig:
     type: str = "scalar_affine"
     normalize_input: bool = True
-    init_scale: float = 30.0
+    init_scale: float | None = None  # None: the mean input-embedding norm of the model
     low_rank_rank: int | None = None
     low_rank_init_factor: float = 0.01
 
 
 @dataclass
 class SoftPromptConfig:
-    template: str = SELFIE_TEMPLATE
-    reserved_token: str = INJECTION_TOKEN
+    # None: derived from the tokenizer (Llama-3: the published template; other chat models: the same
+    # question/answer in their own chat template around an unused special token), see template.py
+    template: str | None = None
+    reserved_token: str | None = None
 
 
 @dataclass
@@ -317,7 +318,8 @@ def _check_choices(cfg: TrainConfig) -> None:
                                ("model.dtype", cfg.model.dtype, DTYPES)):
         if value not in valid:
             raise SelfieError(f"{name} {value!r} is not one of: {', '.join(valid)}")
-    if cfg.soft_prompt.reserved_token not in cfg.soft_prompt.template:
+    sp = cfg.soft_prompt  # None: derived from the model's tokenizer at training time
+    if sp.template is not None and sp.reserved_token is not None and sp.reserved_token not in sp.template:
         raise SelfieError(f"soft_prompt.template does not contain soft_prompt.reserved_token "
                           f"{cfg.soft_prompt.reserved_token!r}")
 

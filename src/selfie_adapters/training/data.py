@@ -24,6 +24,7 @@ import torch
 
 from ..errors import SelfieError
 from ..files import iter_jsonl, open_text
+from ..template import end_of_turn_token
 from ..vectors import load_vectors
 from .config import DataConfig
 
@@ -112,8 +113,10 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
     return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"])
 
 
-def tokenize_targets(tokenizer, labels: list[str], eos_token: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``label + '"' + eos`` for every label → right-padded (N, L) ids and (N,) lengths (one batched call)."""
+def tokenize_targets(tokenizer, labels: list[str], eos_token: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``label + '"' + eos`` for every label → right-padded (N, L) ids and (N,) lengths (one batched call).
+    ``eos_token`` None: the model's end-of-turn token, read off its chat template."""
+    eos_token = eos_token or end_of_turn_token(tokenizer)
     if eos_token not in tokenizer.get_vocab():
         raise SelfieError(f"data.eos_token {eos_token!r} is not a token of this tokenizer; set it to the "
                           "model's end-of-turn token (Llama-3: '<|eot_id|>')")

@@ -11,7 +11,7 @@ from ..adapter import Adapter
 from ..errors import SelfieError
 from ..guard import check_model
 from ..modeling import model_device
-from ..template import PromptTemplate
+from ..template import resolve_template
 from . import ddp
 from .config import DataConfig, SoftPromptConfig
 from .data import LabelledData, Split, load_training_data
@@ -64,7 +64,7 @@ def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *,
         raise SelfieError(f"{labels_file} has no examples with split {split!r}; try --split train")
     adapter = adapter if adapter is not None else Adapter.identity(dim, normalize_input=True)
     adapter.to(model_device(model))
-    loss_fn = SelfieLoss(model, tokenizer, PromptTemplate(sp.template, sp.reserved_token))
+    loss_fn = SelfieLoss(model, tokenizer, resolve_template(tokenizer, sp.template, sp.reserved_token))
     out = []
     for scale in scales:
         def soft(v: torch.Tensor, s: float = float(scale)) -> torch.Tensor:

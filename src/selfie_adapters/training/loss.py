@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from ..errors import SelfieError
 from ..inject import embed_with_soft_tokens
 from ..modeling import base_model, cache_kw, model_device
-from ..template import PromptTemplate
+from ..template import PromptTemplate, derive_template
 
 MAX_LOGIT_ELEMENTS = 1 << 24  # per chunk: 16M fp32 logits = 64 MiB (130 tokens at vocab 128k)
 
@@ -41,7 +41,7 @@ class SelfieLoss:
             raise SelfieError(f"{type(model).__name__} uses final logit softcapping, which this loss does not "
                               "implement; use a model without it (e.g. Llama, Qwen, Mistral)")
         self.model, self.label_smoothing, self.max_loss = model, label_smoothing, max_loss
-        ids, sites = (template or PromptTemplate()).encode(tokenizer)
+        ids, sites = (template or derive_template(tokenizer)).encode(tokenizer)
         # With prefix caching, the forward pass starts at the first injection site.
         self.start = sites[0] if prefix_cache else 0
         device = model_device(model)

