@@ -13,6 +13,7 @@ from . import (
     core,  # noqa: F401  (registers commands)
     demo,  # noqa: F401
     evals,  # noqa: F401
+    experiment,  # noqa: F401
     serve,  # noqa: F401
     train,  # noqa: F401
 )
@@ -21,7 +22,7 @@ from .app import app, eval_app
 __all__ = ["app", "eval_app", "main"]
 
 
-MULTI_VALUE_FLAGS = ("--scale",)  # `--scale 1 2 3` means `--scale 1 --scale 2 --scale 3`
+MULTI_VALUE_FLAGS = ("--scale", "--layers")  # `--scale 1 2 3` means `--scale 1 --scale 2 --scale 3`
 
 
 def expand_multi_values(argv: list[str]) -> list[str]:

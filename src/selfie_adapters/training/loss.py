@@ -16,6 +16,8 @@ The LM is frozen; gradients reach the soft tokens (and so the adapter) only.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import DynamicCache
 
@@ -36,11 +38,13 @@ class SelfieLoss:
     """
 
     def __init__(self, model, tokenizer, template: PromptTemplate | None = None, *, label_smoothing: float = 0.0,
-                 max_loss: float | None = None, prefix_cache: bool = True) -> None:
+                 max_loss: float | None = None, prefix_cache: bool = True,
+                 autocast: torch.dtype | None = None) -> None:
         if getattr(model.config, "final_logit_softcapping", None):
             raise SelfieError(f"{type(model).__name__} uses final logit softcapping, which this loss does not "
                               "implement; use a model without it (e.g. Llama, Qwen, Mistral)")
         self.model, self.label_smoothing, self.max_loss = model, label_smoothing, max_loss
+        self.autocast = autocast  # e.g. torch.bfloat16: the frozen blocks under autocast, the loss in fp32
         ids, sites = (template or derive_template(tokenizer)).encode(tokenizer)
         # With prefix caching, the forward pass starts at the first injection site.
         self.start = sites[0] if prefix_cache else 0
@@ -64,7 +68,8 @@ class SelfieLoss:
         embeds = embed_with_soft_tokens(self.model, ids, sites, soft)  # (B, S+L-1, d)
         cache = self._cache(B)
         body = base_model(self.model)
-        out = body(inputs_embeds=embeds, use_cache=cache is not None, **cache_kw(body, cache))
+        with self._autocast(device):
+            out = body(inputs_embeds=embeds, use_cache=cache is not None, **cache_kw(body, cache))
         hidden = out.last_hidden_state[:, S - 1:S - 1 + L]  # (B, L, d): positions predicting the targets
         mask = torch.arange(L, device=device)[None, :] < lengths[:, None]  # (B, L)
         head = self.model.get_output_embeddings()
@@ -73,6 +78,11 @@ class SelfieLoss:
         row = torch.arange(B, device=tok_loss.device)[:, None].expand(B, L)[mask.to(tok_loss.device)]  # (n,)
         per_example = torch.zeros(B, device=tok_loss.device).index_add(0, row, tok_loss)
         return per_example / lengths.to(tok_loss.device)
+
+    def _autocast(self, device: torch.device):
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
 
     def _cache(self, batch: int) -> DynamicCache | None:
         """A fresh cache holding the template prefix for ``batch`` rows (views of one computed copy)."""

@@ -1,0 +1,1 @@
+"""Experiments that run the whole pipeline on a model: vectors → adapters → descriptions → scores."""

@@ -1,0 +1,244 @@
+"""The topic experiment on any model: can a trained adapter make the model name held-out topics?
+
+Per layer L: vector = last-token state after block L of the chat prompt ``Tell me about {title}.``
+minus the topic-set mean; topics are split (held-out topics are never trained on); each adapter kind
+is trained with the project's trainer on ``vector → title``; held-out topics are described; each
+description is scored with topic retrieval against the held-out titles (recall@1/10, MRR), next to
+the untrained baseline at its best scale (chosen on the held-out set, which flatters the baseline).
+
+Every stage leaves files behind and is skipped when its file exists, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..adapter import load_adapter, read_safetensors, save_tensors
+from ..chunks import ChunkStore
+from ..errors import SelfieError
+from ..evals.report import read_jsonl, write_json
+from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
+from ..interpret import Interpreter
+from ..jsonl import JsonlLog
+from ..modeling import embedding_norm, load_model
+from ..vectors import extract_hidden_states, load_prompts
+
+PROMPT = "Tell me about {title}."
+DEFAULT_TOPICS = "vital-articles-3000.txt"  # package data: 3,000 Wikipedia level-5 vital-article titles
+EXAMPLES = 12  # held-out topics shown with every method's description in the report
+BASELINE_MULTIPLES = (0.5, 1.0, 2.0, 4.0, 8.0)  # untrained scales, in units of the mean embedding norm
+
+
+@dataclass
+class TopicsConfig:
+    """Settings of one run (all recorded in report.json)."""
+
+    model: str = "smollm2-135m-instruct"
+    topics_file: str | None = None  # .txt (one title a line) or .jsonl ({"title": ...}); None = package data
+    num_topics: int = 1000  # topics drawn (seeded) from the file; 0 = all
+    heldout: int = 200
+    layers: Sequence[int] = (18,)
+    kinds: Sequence[str] = ("scalar_affine", "full_rank")
+    steps: int = 150
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    rank: int = 16
+    init_scale: float | None = None  # None: the model's mean input-embedding norm
+    max_new_tokens: int = 16
+    seed: int = 0
+    embedder: str = DEFAULT_MODEL
+    extract_batch_size: int = 32
+    extra: dict = field(default_factory=dict)  # free-form notes recorded in the report
+
+
+def load_topic_titles(path: str | None) -> list[str]:
+    """Titles from a text/JSONL file, or the packaged vital-articles sample when ``path`` is None."""
+    if path is None:
+        text = resources.files("selfie_adapters.experiments").joinpath("data", DEFAULT_TOPICS).read_text("utf-8")
+        return [t for t in text.splitlines() if t.strip()]
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        rows = read_jsonl(p, what="topics")
+        bad = [n for n, r in enumerate(rows) if not isinstance(r.get("title"), str)]
+        if bad:
+            raise SelfieError(f"{p.name} row {bad[0]}: needs a string 'title'")
+        return [r["title"] for r in rows]
+    return load_prompts(p)
+
+
+def choose_topics(titles: Sequence[str], cfg: TopicsConfig) -> tuple[list[str], list[int], list[int]]:
+    """(topics, train rows, held-out rows): a seeded draw of ``num_topics`` unique titles, split by topic."""
+    unique = list(dict.fromkeys(t.strip() for t in titles if t.strip()))
+    rng = random.Random(cfg.seed)
+    rng.shuffle(unique)
+    topics = unique[:cfg.num_topics] if cfg.num_topics else unique
+    if len(topics) <= cfg.heldout or cfg.heldout < 1:
+        raise SelfieError(f"need more topics than --heldout {cfg.heldout} (and at least 1 held out); "
+                          f"got {len(topics)} topics")
+    n_train = len(topics) - cfg.heldout
+    return topics, list(range(n_train)), list(range(n_train, len(topics)))
+
+
+def topic_vectors(model, tok, topics: Sequence[str], layers: Sequence[int], cache: Path, model_name: str,
+                  batch_size: int = 32, progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
+    """Contrastive vectors {L: (N, d)}: last-token state of the chat prompt minus the topic-set mean.
+    Raw states are cached in ``cache`` (chunked while running, so a killed extraction resumes)."""
+    layers = sorted(set(layers))
+    if cache.is_file():
+        states, meta = read_safetensors(cache)
+        if json.loads(meta.get("topics", "[]")) == list(topics) and all(f"layer_{L}" in states for L in layers):
+            return {L: states[f"layer_{L}"] - states[f"layer_{L}"].mean(0) for L in layers}
+    prompts = [PROMPT.format(title=t) for t in topics]
+    store = ChunkStore(cache, {"model": model_name, "layers": layers, "prompts": prompts})
+
+    def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
+        vecs = extract_hidden_states(model, tok, prompts[start:stop], layers, chat=True, batch_size=batch_size)
+        return {f"layer_{L}": v for L, v in vecs.items()}
+
+    parts = store.run(len(prompts), 256, compute, progress)
+    states = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    save_tensors(states, cache, {"model_name": model_name, "topics": json.dumps(list(topics))})
+    store.finish()
+    return {L: states[f"layer_{L}"] - states[f"layer_{L}"].mean(0) for L in layers}
+
+
+def write_labels(folder: Path, vectors: torch.Tensor, topics: Sequence[str], train: Sequence[int],
+                 heldout: Sequence[int], layer: int) -> Path:
+    """The trainer's labels JSON (label = title); held-out topics form its validation split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors({"vectors": vectors.contiguous()}, folder / "vectors.safetensors")
+    split = {i: "train" for i in train} | {i: "val" for i in heldout}
+    section = {"metadata": {"dataset_name": "topics", "filename": "vectors.safetensors", "layer": layer,
+                            "source": "selfie experiment topics", "vector_type": "contrastive"},
+               "vectors": [{"index": i, "labels": [topics[i]], "split": split[i]} for i in sorted(split)]}
+    path = folder / "labels.json"
+    path.write_text(json.dumps([section]))
+    return path
+
+
+def train_kind(kind: str, cfg: TopicsConfig, labels: Path, runs: Path, model, tok) -> tuple[Path, float | None]:
+    """Train one adapter kind with the project's trainer: (final adapter, held-out val loss).
+    A finished run is reused; a killed one resumes from its last checkpoint."""
+    from ..training.config import config_from_dict
+    from ..training.trainer import train
+
+    raw = {
+        "seed": cfg.seed, "experiment_name": run_name(kind, cfg, labels),
+        "model": {"name": cfg.model, "dtype": "float32", "enable_gradient_checkpointing": False},
+        "data": {"labels_file": str(labels), "batch_size": cfg.batch_size, "strip_labels": True},
+        "projection": {"type": kind, "normalize_input": True, "init_scale": cfg.init_scale,
+                       "low_rank_rank": cfg.rank if "low_rank" in kind else None},
+        "training": {"learning_rate": cfg.learning_rate, "max_steps": cfg.steps, "warmup_steps": 10,
+                     "validation_every_n_steps": cfg.steps, "val_fraction": 1.0,
+                     "checkpoint_every_n_steps": max(cfg.steps // 5, 1), "checkpoint_dir": str(runs)},
+        "logging": {"use_wandb": False, "log_sample_generations": 0},
+    }
+    run_cfg = config_from_dict(raw)
+    final = run_cfg.run_dir / "final.safetensors"
+    if final.is_file():
+        loss = load_adapter(final).metadata.get("best_val_loss")  # validated once, at the last step
+        return final, None if loss is None else float(loss)
+    resume = (run_cfg.run_dir / "training_state.json").is_file()
+    result = train(run_cfg, model=model, tokenizer=tok, resume=resume, show_progress=False)
+    return result.final_path, result.final_val_loss
+
+
+def run_name(kind: str, cfg: TopicsConfig, labels: Path) -> str:
+    """``kind-<hash>`` of everything that shapes the adapter, so changed settings never reuse a run."""
+    import hashlib
+
+    keys = (kind, cfg.steps, cfg.batch_size, cfg.learning_rate, cfg.rank, cfg.init_scale, cfg.seed,
+            hashlib.sha256(labels.read_bytes()).hexdigest())
+    return f"{kind}-{hashlib.sha256(repr(keys).encode()).hexdigest()[:8]}"
+
+
+def describe_rows(interp: Interpreter, vectors: torch.Tensor, rows: Sequence[int], path: Path,
+                  scales: Sequence[float], settings: dict, max_new_tokens: int) -> list[dict]:
+    """Describe ``vectors[rows]`` at each scale into a resumable JSONL; all its rows."""
+    log = JsonlLog(path, settings)
+    done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
+    for batch in interp.iter_describe(vectors[list(rows)], scales=scales, indices=list(rows), skip=done,
+                                      max_new_tokens=max_new_tokens, batch_size=64):
+        log.append([d.to_row() for d in batch])
+    return log.rows
+
+
+def score(rows: Sequence[dict], topics: Sequence[str], heldout: Sequence[int], embed) -> dict:
+    """Retrieval of each description against the held-out titles only."""
+    pos = {t: k for k, t in enumerate(heldout)}
+    held = [Topic(str(i), topics[i]) for i in heldout]
+    labels = [{"index": pos[r["index"]], "label": r["label"], "scale": r["scale"]} for r in rows
+              if "label" in r and r["index"] in pos]
+    report = retrieval_eval(labels, held, embed=embed)
+    best = report["best_scale"]
+    return {"scale": best["scale"], "recall@1": best["recall@1"], "recall@10": best["recall@10"],
+            "mrr": best["mrr"], "n": best["n"], "per_scale": {k: v["mrr"] for k, v in report["per_scale"].items()}}
+
+
+def run_topics(cfg: TopicsConfig, out: Path, say: Callable[[str], None] = lambda s: None) -> dict:
+    """Run everything into ``out`` (resumable); returns the report also written to ``out/report.json``."""
+    t0 = time.perf_counter()
+    topics, train_rows, held_rows = choose_topics(load_topic_titles(cfg.topics_file), cfg)
+    model, tok = load_model(cfg.model)
+    torch.manual_seed(cfg.seed)
+    n_blocks = model.config.num_hidden_layers
+    if any(not 0 <= L < n_blocks for L in cfg.layers):
+        raise SelfieError(f"--layers {list(cfg.layers)} out of range; {cfg.model} has blocks 0..{n_blocks - 1}")
+    norm = embedding_norm(model)
+    say(f"{cfg.model}: {n_blocks} blocks, d={model.config.hidden_size}, embedding norm {norm:.3g}; "
+        f"{len(train_rows)} train / {len(held_rows)} held-out topics")
+    vectors = topic_vectors(model, tok, topics, cfg.layers, out / "states.safetensors", cfg.model,
+                            cfg.extract_batch_size)
+    say(f"vectors extracted ({time.perf_counter() - t0:.0f} s)")
+    embed = sentence_embedder(cfg.embedder)
+    report = {"config": asdict(cfg), "topics": len(topics), "train_topics": len(train_rows),
+              "heldout_topics": len(held_rows), "embedding_norm": norm, "layers": {}}
+    for L in cfg.layers:
+        report["layers"][str(L)] = _run_layer(L, vectors[L], cfg, out / f"layer-{L}", model, tok, topics,
+                                              train_rows, held_rows, norm, embed, say)
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(out / "report.json", report)
+    return report
+
+
+def _run_layer(L: int, vecs: torch.Tensor, cfg: TopicsConfig, folder: Path, model, tok, topics, train_rows,
+               held_rows, norm: float, embed, say) -> dict:
+    labels = write_labels(folder / "data", vecs, topics, train_rows, held_rows, L)
+    settings = {"model": cfg.model, "layer": L, "topics": len(topics), "seed": cfg.seed}
+    t = time.perf_counter()
+    scales = [round(m * norm, 4) for m in BASELINE_MULTIPLES]
+    rows = describe_rows(Interpreter(model, tok), vecs, held_rows, folder / "untrained.jsonl", scales,
+                         settings, cfg.max_new_tokens)
+    result = {"untrained": {**score(rows, topics, held_rows, embed), "seconds": round(time.perf_counter() - t, 1)}}
+    described = {"untrained": _at_scale(rows, result["untrained"]["scale"])}
+    say(f"layer {L} untrained: {_fmt(result['untrained'])}")
+    for kind in cfg.kinds:
+        t = time.perf_counter()
+        path, val_loss = train_kind(kind, cfg, labels, folder / "runs", model, tok)
+        adapter = load_adapter(path)
+        rows = describe_rows(Interpreter(model, tok, adapter), vecs, held_rows, path.parent / "heldout.jsonl", [1.0],
+                             {**settings, "adapter": str(path)}, cfg.max_new_tokens)
+        result[kind] = {**score(rows, topics, held_rows, embed), "val_loss": val_loss,
+                        "num_parameters": adapter.num_parameters(), "seconds": round(time.perf_counter() - t, 1)}
+        described[kind] = _at_scale(rows, 1.0)
+        say(f"layer {L} {kind}: {_fmt(result[kind])}")
+    result["examples"] = [{"title": topics[i], **{m: d.get(i, "") for m, d in described.items()}}
+                          for i in held_rows[:EXAMPLES]]
+    return result
+
+
+def _at_scale(rows: Sequence[dict], scale: float | None) -> dict[int, str]:
+    """Topic row → label of the first sample at ``scale``."""
+    return {r["index"]: r["label"] for r in rows if r.get("sample", 0) == 0 and float(r["scale"]) == float(scale)}
+
+
+def _fmt(m: dict) -> str:
+    return f"R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  (scale {m['scale']})"

@@ -1,0 +1,56 @@
+"""`selfie experiment topics` end to end on a tiny random Llama (offline, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfie_adapters.cli import main
+from selfie_adapters.errors import SelfieError
+from selfie_adapters.experiments.topics import TopicsConfig, choose_topics, load_topic_titles
+
+TITLES = ["Paris", "Chess", "Tokyo", "Penicillin", "Mount Everest", "The Beatles", "Photosynthesis", "Jazz",
+          "Volcano", "Rome", "Tiger", "Opera"]
+
+
+def test_packaged_topics_and_the_split_by_topic():
+    titles = load_topic_titles(None)
+    assert len(titles) == 3000 and len(set(titles)) == 3000
+    topics, train, held = choose_topics(titles + titles[:5], TopicsConfig(num_topics=100, heldout=20, seed=1))
+    assert len(topics) == 100 == len(set(topics)) and (len(train), len(held)) == (80, 20)
+    assert not set(train) & set(held)
+    assert choose_topics(titles, TopicsConfig(num_topics=100, heldout=20, seed=1))[0] == topics  # seeded
+    with pytest.raises(SelfieError, match="more topics than --heldout"):
+        choose_topics(titles[:10], TopicsConfig(num_topics=0, heldout=10))
+
+
+def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys):
+    topics = tmp_path / "topics.txt"
+    topics.write_text("\n".join(TITLES))
+    out = tmp_path / "run"
+    args = ["experiment", "topics", "--model", str(tiny_model_dir), "--topics", str(topics), "--num-topics", "0",
+            "--heldout", "4", "--layers", "1", "2", "--kind", "scalar_affine", "--steps", "3", "--batch-size", "4",
+            "--max-new-tokens", "3", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["layers"]) == {"1", "2"} and report["heldout_topics"] == 4
+    for result in report["layers"].values():
+        assert set(result) == {"untrained", "scalar_affine", "examples"}
+        assert 0.0 <= result["scalar_affine"]["recall@10"] <= 1.0 and result["scalar_affine"]["n"] == 4
+        assert result["untrained"]["n"] == 4  # best of its scales, 4 labels each
+        assert {e["title"] for e in result["examples"]} <= set(TITLES)
+    assert (out / "topics.png").stat().st_size > 0 and "| layer | method |" in (out / "report.md").read_text()
+    assert "held-out topic retrieval" in capsys.readouterr().out
+    (final,) = (out / "layer-1" / "runs").glob("scalar_affine-*/final.safetensors")
+    stamp = final.stat().st_mtime
+    assert main(args) == 0  # resumes: nothing is retrained
+    assert final.stat().st_mtime == stamp
+
+
+def test_bad_kind_and_layer_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
+    assert main(["experiment", "topics", "--model", str(tiny_model_dir), "--kind", "nope"]) == 2
+    assert "unknown adapter kind" in capsys.readouterr().err
+    assert main(["experiment", "topics", "--model", str(tiny_model_dir), "--layers", "9",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "out of range" in capsys.readouterr().err
