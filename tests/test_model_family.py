@@ -17,28 +17,7 @@ from selfie_adapters.template import (
     resolve_template,
     template_from_metadata,
 )
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>", "<empty_output>"]
-
-
-def make_chatml_tokenizer():
-    """A small byte-level BPE tokenizer with ChatML special tokens (like SmolLM2's), trained here."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    text = ["What is the meaning of this? The meaning of words is what they say.", "Tell me about Paris."] * 20
-    bpe.train_from_iterator(text, vocab_size=400, min_frequency=1, special_tokens=CHATML_SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>",
-                                  eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.chat_template = CHATML_TEMPLATE
-    return tok
+from selfie_adapters.testing import make_chatml_tokenizer, write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -150,63 +129,6 @@ def test_describe_uses_the_template_the_adapter_was_trained_with(tiny_model, tok
 
 
 # ---------------------------------------------------------------- GGUF files
-
-
-def write_tiny_gguf(path, model, tokenizer) -> None:
-    """Write a HF Llama + byte-level BPE tokenizer as a GGUF file the way llama.cpp's converter does
-    (fp32 tensors, q/k rows permuted for its rotary layout, tokenizer and chat template as metadata)."""
-    import json
-
-    import gguf
-
-    cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-gguf-llama")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    vocab = sorted(backend["model"]["vocab"].items(), key=lambda kv: kv[1])
-    specials = set(tokenizer.all_special_tokens) | set(CHATML_SPECIALS)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([t for t, _ in vocab])
-    w.add_token_types([3 if t in specials else 1 for t, _ in vocab])  # 3 = control
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]])
-    w.add_bos_token_id(tokenizer.bos_token_id)
-    w.add_eos_token_id(tokenizer.eos_token_id)
-    w.add_chat_template(tokenizer.chat_template)
-
-    def permute(t, heads):  # HF rotary layout → llama.cpp's (its loader reverses this)
-        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
-
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_block = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm":
-                 "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for name, tensor in model.state_dict().items():
-        t = tensor.float().numpy()
-        if name.startswith("model.layers."):
-            i, rest = name[len("model.layers."):].split(".", 1)
-            part = rest.removesuffix(".weight")
-            if part == "self_attn.q_proj":
-                t = permute(t, cfg.num_attention_heads)
-            elif part == "self_attn.k_proj":
-                t = permute(t, cfg.num_key_value_heads)
-            w.add_tensor(f"blk.{i}.{per_block[part]}.weight", t)
-        else:
-            w.add_tensor(names[name], t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,11 @@ def test_resume_refuses_changed_settings_but_allows_safe_ones(toy, tmp_path):
     raw["seed"] = 7
     with pytest.raises(SelfieError, match=r"changed settings: seed, training.learning_rate\. Only these"):
         train(config_from_dict(raw), model=model, tokenizer=tok, resume=True, show_progress=False)
+    # left unset, the model-filled defaults resume as saved; set to something else, they are a change
+    other_eos = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=6)
+    other_eos["data"]["eos_token"] = "<|end_of_text|>"
+    with pytest.raises(SelfieError, match=r"changed settings: data.eos_token\. Only these"):
+        train(config_from_dict(other_eos), model=model, tokenizer=tok, resume=True, show_progress=False)
     safe = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=8, validation_every_n_steps=3)
     safe["logging"]["log_every_n_steps"] = 1
     result = train(config_from_dict(safe), model=model, tokenizer=tok, resume=True, show_progress=False)
@@ -143,7 +148,7 @@ BAD_CONFIG = [  # (dotted key, value, message fragment)
     ("experiment_name", "../../escape", "plain folder name"),
     ("experiment_name", "..", "plain folder name"),
     ("experiment_name", 3, "must be a string"),
-    ("soft_prompt.reserved_token", "<nope>", "does not contain"),
+    ("soft_prompt.template", "a prompt without the placeholder", "does not contain"),
 ]
 
 

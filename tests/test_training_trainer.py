@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from selfie_adapters import load_adapter, read_safetensors
-from selfie_adapters.training.loss import SelfieLoss
 from selfie_adapters.testing import toy_config, toy_model, toy_tokenizer, write_toy_data
+from selfie_adapters.training.loss import SelfieLoss
 from selfie_adapters.training.trainer import lr_factor, train
 
 

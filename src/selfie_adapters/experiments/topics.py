@@ -146,8 +146,8 @@ def train_kind(kind: str, cfg: TopicsConfig, labels: Path, runs: Path, model, to
     if final.is_file():
         loss = load_adapter(final).metadata.get("best_val_loss")  # validated once, at the last step
         return final, None if loss is None else float(loss)
-    resume = (run_cfg.run_dir / "training_state.json").is_file()
-    result = train(run_cfg, model=model, tokenizer=tok, resume=resume, show_progress=False)
+    resume = (run_cfg.run_dir / "training_state.json").is_file()  # else: start over (no state to continue)
+    result = train(run_cfg, model=model, tokenizer=tok, resume=resume, overwrite=not resume, show_progress=False)
     return result.final_path, result.final_val_loss
 
 

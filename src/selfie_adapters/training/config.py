@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import SelfieError
 from ..projections import PROJECTIONS
+from ..template import INJECTION_TOKEN
 
 OPTIMIZERS = ("adamw", "sgd_momentum")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -318,10 +319,10 @@ def _check_choices(cfg: TrainConfig) -> None:
                                ("model.dtype", cfg.model.dtype, DTYPES)):
         if value not in valid:
             raise SelfieError(f"{name} {value!r} is not one of: {', '.join(valid)}")
-    sp = cfg.soft_prompt  # None: derived from the model's tokenizer at training time
-    if sp.template is not None and sp.reserved_token is not None and sp.reserved_token not in sp.template:
-        raise SelfieError(f"soft_prompt.template does not contain soft_prompt.reserved_token "
-                          f"{cfg.soft_prompt.reserved_token!r}")
+    sp = cfg.soft_prompt  # template None: derived from the model's tokenizer at training time
+    token = sp.reserved_token or INJECTION_TOKEN
+    if sp.template is not None and token not in sp.template:
+        raise SelfieError(f"soft_prompt.template does not contain soft_prompt.reserved_token {token!r}")
 
 
 def _check_ranges(checks: dict[str, tuple]) -> None:

@@ -22,6 +22,9 @@ RESUME_SAFE = ("experiment_name", "training.max_steps", "training.num_epochs",
                "training.validation_every_n_steps", "training.checkpoint_every_n_steps",
                "training.save_final_checkpoint", "training.resume_from_checkpoint", "training.checkpoint_dir",
                "data.num_workers", "model.device_map", "logging.*")
+# Left unset (None), these are filled in from the model when training starts; the saved state holds
+# the filled-in values, which the same model fills in the same way.
+MODEL_DEFAULTS = ("data.eos_token", "soft_prompt.template", "soft_prompt.reserved_token", "projection.init_scale")
 
 
 def existing_run_files(run_dir: Path) -> list[str]:
@@ -51,10 +54,13 @@ def check_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> dict | 
 def changed_settings(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, except the ones that are safe to change on resume."""
     out = []
-    for key in sorted(set(_flatten(saved)) | set(_flatten(current))):
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    for key in sorted(set(flat_saved) | set(flat_current)):
         if key in RESUME_SAFE or f"{key.split('.')[0]}.*" in RESUME_SAFE:
             continue
-        if _flatten(saved).get(key) != _flatten(current).get(key):
+        if key in MODEL_DEFAULTS and flat_current.get(key) is None:
+            continue
+        if flat_saved.get(key) != flat_current.get(key):
             out.append(key)
     return out
 
