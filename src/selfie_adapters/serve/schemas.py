@@ -43,7 +43,8 @@ class VectorSource(Strict):
     prompt: str | list[str] | None = Field(None, description="Describe the state of this prompt (or prompts).")
     layer: int | None = Field(None, description="With prompt: layer L (state after block L). With vectors: "
                                                 "subtract the server's layer-L mean vector, if it has one.")
-    position: int | list[int] = Field(-1, description="With prompt: token position(s); negative counts from the end.")
+    position: int | list[int] = Field(-1, description="With prompt: token position(s); negative counts from the "
+                                      "end. Row index = prompt number × len(position) + position number.")
     chat: bool = Field(False, description="With prompt: render it with the chat template + generation prompt.")
 
 

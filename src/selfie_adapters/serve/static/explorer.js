@@ -237,7 +237,8 @@ async function openCell(r, c) {
 function sampleItem(row) {
   const li = document.createElement("li");
   li.className = "sample";
-  for (const [tok, rel] of row.relevancy || [[row.text, 0]]) {
+  const shown = (row.relevancy || [[row.text, 0]]).filter(([tok]) => !/^<\|.*\|>$/.test(tok));  // hide end-of-turn
+  for (const [tok, rel] of shown) {
     const span = document.createElement("span");
     span.className = "tok";
     span.textContent = tok;
