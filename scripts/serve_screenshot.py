@@ -1,6 +1,6 @@
 """Regenerate docs/serve.png: the explorer page on the toy model with a toy adapter trained on the spot.
 
-    python scripts/serve_screenshot.py [--out docs/serve.png]
+    python scripts/serve_screenshot.py [--out docs/serve.png] [--work DIR]
 
 Trains a scalar-affine + low-rank toy adapter on layer-1 concept vectors (about half a minute on 2
 cores), writes their mean as mean-vectors (the adapter was trained on contrastive vectors), starts
@@ -11,6 +11,7 @@ layers 0-3, cells coloured by whether they name the concept, one cell's samples.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,10 @@ KIND, LAYER = "scalar_affine_plus_low_rank", 1
 
 
 def train_adapter(folder: Path) -> tuple[Path, Path, str]:
-    """(adapter, mean vectors, a held-out concept never seen in training)."""
+    """(adapter, mean vectors, a held-out concept never seen in training); reused if ``folder`` has them."""
+    if (folder / "report.json").is_file() and (folder / "mean-vectors.safetensors").is_file():
+        report = json.loads((folder / "report.json").read_text())
+        return Path(report["kinds"][KIND]["adapter"]), folder / "mean-vectors.safetensors", report["heldout"][0]
     report = run_experiment(ExperimentConfig(kinds=(KIND,), layer=LAYER), folder)
     model, tok, world = load_toy_model()
     prompts = [f"Tell me about {c.name}." for c in world.concepts]
@@ -38,7 +42,7 @@ def train_adapter(folder: Path) -> tuple[Path, Path, str]:
 def screenshot(url: str, concept: str, out: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=list(CHROMIUM_ARGS), headless=True)
-        page = browser.new_page(viewport={"width": 1720, "height": 600}, device_scale_factor=1)
+        page = browser.new_page(viewport={"width": 1720, "height": 660}, device_scale_factor=1)
         page.goto(url + "/")
         page.wait_for_function("document.getElementById('model-info').textContent.includes('layers')")
         page.fill("#prompt", f"Tell me about {concept}.")
@@ -55,9 +59,10 @@ def screenshot(url: str, concept: str, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "serve.png")
+    parser.add_argument("--work", type=Path, help="keep the trained adapter here and reuse it next time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        adapter, means, concept = train_adapter(Path(tmp))
+        adapter, means, concept = train_adapter(args.work or Path(tmp))
         with serve_process(["--model", "toy", "--adapter", str(adapter), "--mean-vectors", str(means)]) as url:
             screenshot(url, concept, args.out)
     print(f"wrote {args.out} (held-out concept {concept})")

@@ -195,10 +195,18 @@ def test_other_endpoints_reject_bad_input(client):
         assert r.status_code == status and message in r.json()["error"], (path, r.text)
 
 
-def test_oversize_body_is_413(client):
-    r = client.post("/describe", content=b'{"vectors": [' + b"0.5, " * 300_000 + b"0.5]}",
-                    headers={"content-type": "application/json"})
+def test_oversize_body_is_413_by_length_or_while_streaming(client):
+    body = [b'{"vectors": [', b"0.5, " * 300_000, b"0.5]}"]
+    r = client.post("/describe", content=b"".join(body), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "--max-body-mb" in r.json()["error"]
+    chunked = client.post("/describe", content=iter(body), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "--max-body-mb" in chunked.json()["error"]
+
+
+def test_a_body_that_is_not_json_says_how_to_send_json(client):
+    r = client.post("/describe", content='{"vectors": [0.5]}',
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "curl: --json" in r.json()["error"]
 
 
 def test_adapter_mode_without_adapter_is_refused(toy):

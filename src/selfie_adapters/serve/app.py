@@ -240,6 +240,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             detail = (first.get("ctx") or {}).get("error", first.get("msg"))
             return error_response(400, f"malformed JSON: {detail}")
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type:
+            return error_response(415, f"send the body as JSON with 'Content-Type: application/json' (curl: --json "
+                                       f"'{{...}}'), got content type {content_type or 'none'!r}")
         # drop pydantic's union-branch tags such as 'list[list[float]]' from the location
         where = ".".join(str(p) for p in first.get("loc", ())[1:] if "[" not in str(p)) or "body"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
