@@ -32,7 +32,10 @@ def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys):
     args = ["experiment", "topics", "--model", str(tiny_model_dir), "--topics", str(topics), "--num-topics", "0",
             "--heldout", "4", "--layers", "1", "2", "--kind", "scalar_affine", "--steps", "3", "--batch-size", "4",
             "--max-new-tokens", "3", "--out", str(out)]
-    assert main(args) == 0
+    assert main([*args, "--no-score"]) == 0  # describe only (e.g. on a GPU box without the eval extra) ...
+    assert json.loads((out / "report.json").read_text())["layers"]["1"]["scalar_affine"]["mrr"] is None
+    assert not (out / "report.md").exists()
+    assert main(args) == 0  # ... then score the same run: nothing is trained or described again
     report = json.loads((out / "report.json").read_text())
     assert set(report["layers"]) == {"1", "2"} and report["heldout_topics"] == 4
     for result in report["layers"].values():

@@ -44,6 +44,9 @@ def topics(
     init_scale: float | None = typer.Option(None, help="Adapter init scale (default: mean embedding norm)."),
     max_new_tokens: int = typer.Option(16, min=1),
     seed: int = typer.Option(0),
+    score: bool = typer.Option(True, "--score/--no-score", help="Score by retrieval (needs the eval extra); "
+                               "--no-score describes only — rerun with --score elsewhere to score the same run."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
 ) -> None:
     """The topic experiment: train adapters on `Tell me about {title}.` vectors, describe held-out
     topics, score by retrieval among the held-out titles, next to untrained SelfIE at its best scale.
@@ -60,9 +63,13 @@ def topics(
         raise SelfieError(f"topics file not found: {topics_file}")
     cfg = TopicsConfig(model=model, topics_file=str(topics_file) if topics_file else None, num_topics=num_topics,
                        heldout=heldout, layers=tuple(layers), kinds=tuple(kind), steps=steps, batch_size=batch_size,
-                       learning_rate=lr, rank=rank, init_scale=init_scale, max_new_tokens=max_new_tokens, seed=seed)
+                       learning_rate=lr, rank=rank, init_scale=init_scale, max_new_tokens=max_new_tokens, seed=seed,
+                       score=score, device=device)
     console = Console(stderr=True)
     report = run_topics(cfg, out, say=lambda s: console.print(s, highlight=False))
+    if not score:
+        console.print(f"described, not scored: {out / 'report.json'} (rerun with --score to score)", highlight=False)
+        return
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     figure = save_figure(report, out / "topics.png")
     print_table(f"held-out topic retrieval ({report['heldout_topics']} titles)", list(COLUMNS), table_rows(report))

@@ -55,6 +55,8 @@ class TopicsConfig:
     max_new_tokens: int = 16
     seed: int = 0
     embedder: str = DEFAULT_MODEL
+    score: bool = True  # False: describe only (score later, e.g. where sentence-transformers is)
+    device: str | None = None  # None: cuda when available, else cpu
     extract_batch_size: int = 32
     extra: dict = field(default_factory=dict)  # free-form notes recorded in the report
 
@@ -172,7 +174,9 @@ def describe_rows(interp: Interpreter, vectors: torch.Tensor, rows: Sequence[int
 
 
 def score(rows: Sequence[dict], topics: Sequence[str], heldout: Sequence[int], embed) -> dict:
-    """Retrieval of each description against the held-out titles only."""
+    """Retrieval of each description against the held-out titles only (``embed`` None: not scored)."""
+    if embed is None:
+        return {"scale": None, "recall@1": None, "recall@10": None, "mrr": None, "n": len(rows)}
     pos = {t: k for k, t in enumerate(heldout)}
     held = [Topic(str(i), topics[i]) for i in heldout]
     labels = [{"index": pos[r["index"]], "label": r["label"], "scale": r["scale"]} for r in rows
@@ -187,7 +191,8 @@ def run_topics(cfg: TopicsConfig, out: Path, say: Callable[[str], None] = lambda
     """Run everything into ``out`` (resumable); returns the report also written to ``out/report.json``."""
     t0 = time.perf_counter()
     topics, train_rows, held_rows = choose_topics(load_topic_titles(cfg.topics_file), cfg)
-    model, tok = load_model(cfg.model)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(cfg.model, device=device)
     torch.manual_seed(cfg.seed)
     n_blocks = model.config.num_hidden_layers
     if any(not 0 <= L < n_blocks for L in cfg.layers):
@@ -198,7 +203,7 @@ def run_topics(cfg: TopicsConfig, out: Path, say: Callable[[str], None] = lambda
     vectors = topic_vectors(model, tok, topics, cfg.layers, out / "states.safetensors", cfg.model,
                             cfg.extract_batch_size)
     say(f"vectors extracted ({time.perf_counter() - t0:.0f} s)")
-    embed = sentence_embedder(cfg.embedder)
+    embed = sentence_embedder(cfg.embedder) if cfg.score else None
     report = {"config": asdict(cfg), "topics": len(topics), "train_topics": len(train_rows),
               "heldout_topics": len(held_rows), "embedding_norm": norm, "layers": {}}
     for L in cfg.layers:
@@ -218,7 +223,7 @@ def _run_layer(L: int, vecs: torch.Tensor, cfg: TopicsConfig, folder: Path, mode
     rows = describe_rows(Interpreter(model, tok), vecs, held_rows, folder / "untrained.jsonl", scales,
                          settings, cfg.max_new_tokens)
     result = {"untrained": {**score(rows, topics, held_rows, embed), "seconds": round(time.perf_counter() - t, 1)}}
-    described = {"untrained": _at_scale(rows, result["untrained"]["scale"])}
+    described = {"untrained": _at_scale(rows, result["untrained"]["scale"] or scales[0])}
     say(f"layer {L} untrained: {_fmt(result['untrained'])}")
     for kind in cfg.kinds:
         t = time.perf_counter()
@@ -241,4 +246,6 @@ def _at_scale(rows: Sequence[dict], scale: float | None) -> dict[int, str]:
 
 
 def _fmt(m: dict) -> str:
+    if m["mrr"] is None:
+        return f"described {m['n']} (not scored)"
     return f"R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  (scale {m['scale']})"
