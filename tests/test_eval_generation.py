@@ -168,7 +168,7 @@ def test_resume_writes_no_duplicates_and_failures_are_recorded(wired, tokenizer,
     assert len(keys) == len(set(keys)) == 9
     _, again = run(model, tokenizer, sae, tmp_path, labels, samples=3)
     assert len(again) == 9
-    with pytest.raises(SelfieError, match="other settings"):
+    with pytest.raises(SelfieError, match="other inputs"):
         run(model, tokenizer, sae, tmp_path, labels, samples=3, max_new_tokens=9)
 
 

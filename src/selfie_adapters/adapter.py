@@ -9,6 +9,7 @@ Legacy ``.pt`` checkpoints are read with ``weights_only=True`` only.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], s
             cfg = json.loads(metadata["config_json"]).get("projection", {}) or {}
         except (json.JSONDecodeError, AttributeError) as e:
             raise SelfieError(f"{source}: config_json metadata is not valid JSON ({e})") from None
+        if not isinstance(cfg, dict):
+            raise SelfieError(f"{source}: config_json's 'projection' must be a mapping, got {cfg!r:.60}")
     kind = metadata.get("projection_type") or cfg.get("type")
     if not kind:
         raise SelfieError(f"{source}: no projection_type in the file's metadata; valid: {', '.join(PROJECTIONS)}")
@@ -141,9 +144,10 @@ def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], s
     rank = metadata.get("low_rank_rank") or cfg.get("low_rank_rank")
     if rank in (None, "", "None", "null") and "U" in state:
         rank = state["U"].shape[-1]
-    rank = int(rank) if rank not in (None, "", "None", "null") else None
+    rank = _meta_number(source, "low_rank_rank", rank, int, 1) if rank not in (None, "", "None", "null") else None
     norm = _parse_bool(metadata.get("normalize_input", cfg.get("normalize_input")), True)
-    init_scale = float(metadata.get("init_scale") or cfg.get("init_scale") or 30.0)
+    init_scale = _meta_number(source, "init_scale", metadata.get("init_scale") or cfg.get("init_scale") or 30.0,
+                              float, 0.0)
     with torch.device("meta"):
         proto = build_projection(kind, dim, rank=rank, normalize_input=norm, init_scale=init_scale)
     expected = {k: tuple(v.shape) for k, v in proto.state_dict().items()}
@@ -158,7 +162,8 @@ def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], s
                               f"expected {shape} for a {kind} adapter with d={dim}")
         check_finite(state[name], f"{source}: tensor {name!r}")
     proj = build_projection(kind, dim, rank=rank, normalize_input=norm, init_scale=init_scale,
-                            init_factor=float(cfg.get("low_rank_init_factor") or 0.01))
+                            init_factor=_meta_number(source, "low_rank_init_factor",
+                                                     cfg.get("low_rank_init_factor") or 0.01, float, 0.0))
     proj.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     if normalize_input is not None:
         proj.normalize_input = normalize_input
@@ -167,12 +172,25 @@ def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], s
     return Adapter(proj.eval(), meta)
 
 
+def _meta_number(source: str, key: str, value, kind: type, low: float) -> int | float:
+    """A numeric metadata value (stored as a string), finite and >= ``low``; else a one-line error."""
+    try:
+        number = kind(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < low or (kind is int and isinstance(value, float)
+                                                                        and value != number):
+        raise SelfieError(f"{source}: metadata {key} must be {'an integer' if kind is int else 'a number'} "
+                          f">= {low:g}, got {value!r}; the file is damaged or not a selfie adapter")
+    return number
+
+
 def _infer_dim(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> int:
     for name in ("bias", "weight", "U", "V"):
         if name in state and state[name].dim() >= 1:
             return int(state[name].shape[0])
     if metadata.get("model_dim"):
-        return int(metadata["model_dim"])
+        return _meta_number(source, "model_dim", metadata["model_dim"], int, 1)
     raise SelfieError(f"{source}: cannot tell the vector dimension (no bias/weight/U tensor and no "
                       "model_dim metadata)")
 

@@ -25,6 +25,14 @@ def register(cls: type[Projection]) -> type[Projection]:
     return cls
 
 
+def l2_normalize(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """x/‖x‖ along the last axis without overflow or underflow: each row is first divided by its
+    largest |entry| (so ‖·‖ of a 1e30-sized fp32 vector stays finite); zero rows stay zero."""
+    peak = x.abs().amax(dim=-1, keepdim=True)  # (..., 1)
+    x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
 class Projection(nn.Module):
     """Base class: optional L2 input normalisation, then the kind's map ``_map`` in fp32."""
 
@@ -45,7 +53,7 @@ class Projection(nn.Module):
         dtype = x.dtype
         x = x.float()  # (..., d)
         if self.normalize_input if normalize_input is None else normalize_input:
-            x = x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+            x = l2_normalize(x)
         return self._map(x).to(dtype)
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:

@@ -152,14 +152,14 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SelfieError(f"prompts file not found: {path}")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_utf8(path, "prompts file").splitlines() if ln.strip()]
     if path.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{")):
-        hint = 'each line must be a JSON object with a "prompt" field'
+        hint = 'each line must be a JSON object with a "prompt" field holding a string'
         rows = list(iter_jsonl(lines, path.name, hint=hint))
-        missing = [n for n, row in rows if "prompt" not in row]
-        if missing:
-            raise SelfieError(f"{path.name}:{missing[0]}: no \"prompt\" field; {hint}")
-        lines = [str(row["prompt"]) for _, row in rows]
+        bad = [n for n, row in rows if not isinstance(row.get("prompt"), str)]
+        if bad:
+            raise SelfieError(f"{path.name}:{bad[0]}: no \"prompt\" string; {hint}")
+        lines = [row["prompt"] for _, row in rows]
     if not lines:
         raise SelfieError(f"prompts file {path.name} is empty")
     return lines
@@ -171,10 +171,12 @@ def load_vectors(path: str | os.PathLike, key: str | None = None) -> torch.Tenso
     if not path.is_file():
         raise SelfieError(f"vectors file not found: {path}")
     if path.suffix == ".npy":
+        if key is not None:
+            raise SelfieError(f"--key {key!r} does not apply to {path.name}: a .npy file holds one array")
         try:
             t = torch.from_numpy(np.load(path, allow_pickle=False))
-        except ValueError as e:
-            raise SelfieError(f"{path.name} is not a plain numeric .npy array ({e})") from None
+        except (ValueError, EOFError, OSError) as e:
+            raise SelfieError(f"{path.name} is not a plain numeric .npy array ({str(e).splitlines()[0]})") from None
     elif path.suffix in (".pt", ".pth"):
         obj = load_torch(path)
         t = _pick(obj if isinstance(obj, dict) else {"": obj}, key, path.name)
@@ -186,10 +188,31 @@ def load_vectors(path: str | os.PathLike, key: str | None = None) -> torch.Tenso
     t = t.float()
     if t.dim() == 1:
         t = t[None]
-    if t.dim() != 2:
-        raise SelfieError(f"{path.name}: expected shape (N, d) or (d,), got {tuple(t.shape)}")
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise SelfieError(f"{path.name}: expected a non-empty (N, d) or (d,) tensor, got shape {tuple(t.shape)}")
     check_finite(t, f"vectors in {path.name}")
     return t
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """A text file's content; invalid UTF-8 is an error naming the file and the byte offset."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SelfieError(f"{what} {path.name} is not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+
+
+def drop_zero_rows(vectors: torch.Tensor, indices: Sequence[int], what: str = "vector"
+                   ) -> tuple[torch.Tensor, list[int]]:
+    """Rows with a zero norm say nothing about the model: skip them with a warning; none left is an error."""
+    alive = vectors.abs().amax(dim=-1) > 0 if vectors.numel() else torch.zeros(len(vectors), dtype=torch.bool)
+    dead = [i for i, a in zip(indices, alive.tolist()) if not a]
+    if dead:
+        warnings.warn(f"skipping {len(dead)} zero {what}(s) (nothing to describe): {dead[:10]}", stacklevel=2)
+    kept = [i for i, a in zip(indices, alive.tolist()) if a]
+    if not kept:
+        raise SelfieError(f"no {what}s left to describe: all {len(dead)} are zero")
+    return vectors[alive], kept
 
 
 def _pick(state: dict, key: str | None, name: str):
@@ -226,12 +249,9 @@ def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Ten
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
         raise SelfieError(f"feature indices {bad[:5]} out of range; the SAE has {n} latents")
-    rows = W_dec[list(indices)].float()  # (K, d)
-    alive = rows.norm(dim=-1) > 0
-    dead = [i for i, a in zip(indices, alive.tolist()) if not a]
-    if dead:
-        warnings.warn(f"skipping {len(dead)} dead latent(s) with zero decoder norm: {dead[:10]}", stacklevel=2)
-    return rows[alive], [i for i, a in zip(indices, alive.tolist()) if a]
+    if not indices:
+        raise SelfieError("no feature indices given (e.g. --features 0-99)")
+    return drop_zero_rows(W_dec[list(indices)].float(), indices, "dead latent")  # (K, d)
 
 
 def load_sae(release: str, sae_id: str, device: str = "cpu"):

@@ -63,6 +63,13 @@ def hf_progress_bars_off() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for a filesystem error: what happened, to which file (nothing half-written stays behind)."""
+    what = (e.strerror or type(e).__name__).lower()
+    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f)
+    return f"{what}: {where}" if where else f"{what} ({e})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input → one line on stderr and exit code 2, never a traceback."""
     command = typer.main.get_command(app)
@@ -75,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:
         print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permissions, full disk, read-only file system, name too long, ...
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"error: an input is not valid UTF-8 text (byte {e.start}); re-save it as UTF-8", file=sys.stderr)
         return 2
     except typer.TyperException as e:  # typer >= 0.29 vendors click: usage errors derive from this
         if e.format_message():  # empty when a bare group already printed its help

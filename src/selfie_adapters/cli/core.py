@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -15,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..adapter import load_adapter
 from ..chunks import ChunkStore
 from ..errors import SelfieError
-from ..files import save_tensors
+from ..files import resolve_file, save_tensors
+from ..fingerprint import FileInput, model_identity, sha256_text
 from ..interpret import Interpreter, check_label_end
 from ..jsonl import JsonlLog
 from ..modeling import load_model
 from ..template import INJECTION_TOKEN, PromptTemplate, resolve_template
 from ..vectors import (
+    drop_zero_rows,
     extract_hidden_states,
     load_mean_vectors,
     load_prompts,
@@ -30,6 +31,7 @@ from ..vectors import (
     sum_hidden_states,
 )
 from .app import app
+from .checks import check_device, check_sampling, check_scales
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, parse_indices
 
 console = Console(stderr=True)
@@ -90,6 +92,8 @@ def describe(
                                        "before the last quote (reference); first-quote: stop at the first quote."),
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out instead of resuming it (needed when "
+                                   "it holds other results or was computed from other inputs)."),
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
 
@@ -101,6 +105,9 @@ def describe(
     --prompts FILE --layer L [--chat] (with --mean-vectors for contrastive adapters).
     """
     # Everything that can be checked without the model is checked first.
+    scales = check_scales(scale)
+    check_sampling(temperature, top_p)
+    check_device(device)
     if template is not None:
         PromptTemplate(template, injection_token or INJECTION_TOKEN)  # a bad template fails before model loading
     check_label_end(label_end)
@@ -112,30 +119,39 @@ def describe(
     vecs, indices = (None, None) if texts is not None else _vectors_from_options(vectors, key, sae_release,
                                                                                  sae_id, features)
     mean = _mean_from_options(mean_vectors, layer)
-    settings = {"model": model, "adapter": adapter, "template": template, "injection_token": injection_token,
-                "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
-                "inject_layer": inject_layer, "mean_vectors": str(mean_vectors) if mean_vectors else None,
-                "layer": layer, "vectors": str(vectors or prompts or f"{sae_release}/{sae_id}"), "chat": chat,
-                "relevancy": relevancy, "label_end": label_end}
-    log = JsonlLog(out, settings)
-    m, tok = load_model(model, dtype=dtype, device=device)
-    if texts is not None:  # hidden states of the prompts, after block `layer`, last token
-        vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size)[layer]
-        indices = list(range(len(texts)))
-    prompt = resolve_template(tok, template, injection_token) if template or injection_token else None
-    interp = Interpreter(m, tok, ad, template=prompt, inject_layer=inject_layer, mean=mean,
-                         allow_model_mismatch=allow_model_mismatch, label_end=label_end)
-    scales = tuple(scale) if scale else interp.default_scales
+    inputs = {"model": model_identity(model), "dtype": dtype, "adapter": FileInput(resolve_file(adapter))
+              if adapter else None, "template": template, "injection_token": injection_token,
+              "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
+              "inject_layer": inject_layer, "mean_vectors": FileInput(mean_vectors) if mean_vectors else None,
+              "layer": layer, "vectors": FileInput(vectors) if vectors else None, "key": key,
+              "prompts": sha256_text("\n".join(texts)) if texts is not None else None, "chat": chat,
+              "sae": f"{sae_release}/{sae_id}" if sae_release else None, "relevancy": relevancy,
+              "label_end": label_end}
+    with JsonlLog(out, inputs, command="describe", key_fields=("index", "scale", "sample"),
+                  overwrite=overwrite) as log:
+        m, tok = load_model(model, dtype=dtype, device=device)
+        if texts is not None:  # hidden states of the prompts, after block `layer`, last token
+            vecs = extract_hidden_states(m, tok, texts, layer, chat=chat, batch_size=batch_size)[layer]
+            vecs, indices = drop_zero_rows(vecs, list(range(len(texts))), "prompt state")
+        prompt = resolve_template(tok, template, injection_token) if template or injection_token else None
+        interp = Interpreter(m, tok, ad, template=prompt, inject_layer=inject_layer, mean=mean,
+                             allow_model_mismatch=allow_model_mismatch, label_end=label_end)
+        _describe_rows(log, interp, vecs, indices, scales or interp.default_scales, samples=samples,
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                       batch_size=batch_size, relevancy=relevancy)
+    console.print(f"wrote {out}", highlight=False)
+
+
+def _describe_rows(log: JsonlLog, interp: Interpreter, vecs: torch.Tensor, indices: list[int],
+                   scales: tuple[float, ...], samples: int, **kw) -> None:
+    """Append the rows not yet in ``log`` batch by batch, with a progress bar."""
     done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
     total = len(vecs) * len(scales) * samples
     with progress_bar() as bar:
         task = bar.add_task("describing", total=total, completed=min(len(done), total))
-        for batch in interp.iter_describe(vecs, scales=scales, samples=samples, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_p=top_p, seed=seed,
-                                          batch_size=batch_size, skip=done, indices=indices, relevancy=relevancy,
-                                          progress=lambda n: bar.advance(task, n)):
+        for batch in interp.iter_describe(vecs, scales=scales, samples=samples, skip=done, indices=indices,
+                                          progress=lambda n: bar.advance(task, n), **kw):
             log.append([d.to_row() for d in batch])
-    console.print(f"wrote {out}", highlight=False)
 
 
 def _prompts_from_options(prompts: Path, layer: int | None) -> list[str]:
@@ -147,7 +163,7 @@ def _prompts_from_options(prompts: Path, layer: int | None) -> list[str]:
 def _vectors_from_options(vectors, key, sae_release, sae_id, features) -> tuple[torch.Tensor, list[int]]:
     if vectors is not None:
         v = load_vectors(vectors, key)
-        return v, list(range(len(v)))
+        return drop_zero_rows(v, list(range(len(v))))
     if not (sae_id and features):
         raise SelfieError("--sae-release needs --sae-id and --features (e.g. --features 0-99)")
     v, kept = sae_decoder_vectors(sae_release, sae_id, parse_indices(features, "--features"))
@@ -167,24 +183,23 @@ def _mean_from_options(mean_vectors: Path | None, layer: int | None) -> torch.Te
     return means[layer]
 
 
-def _prompt_options(prompts: Path, model: str, layer: list[int], dtype: str, device: str | None):
+def _chunk_job(command: str, out: Path, prompts: Path, model: str, layers: list[int], dtype: str,
+               device: str | None, overwrite: bool, **settings) -> tuple[list[str], ChunkStore]:
+    """Check everything, then claim OUT (see ChunkStore) before any model loads."""
     texts = load_prompts(prompts)
-    if not layer:
+    if not layers:
         raise SelfieError("give at least one --layer")
-    m, tok = load_model(model, dtype=dtype, device=device)
-    return texts, m, tok
+    check_device(device)
+    inputs = {"model": model_identity(model), "dtype": dtype, "layers": sorted(set(layers)),
+              "prompts_sha256": sha256_text("\n".join(texts)), **settings}
+    return texts, ChunkStore(out, inputs, command=command, overwrite=overwrite)
 
 
-def _chunked(name: str, out: Path, texts: list[str], model: str, layers: list[int], chat: bool, chunk: int,
-             compute, positions: int | list[int] = -1) -> tuple[list[dict[str, torch.Tensor]], ChunkStore]:
-    """Run ``compute(start, stop)`` over prompt chunks, resumably (see ChunkStore)."""
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    store = ChunkStore(out, {"command": name, "model": model, "layers": sorted(layers), "chat": chat,
-                             "prompts_sha256": digest, "chunk": chunk, "positions": positions})
+def _run_chunks(store: ChunkStore, name: str, total: int, chunk: int, compute) -> list[dict[str, torch.Tensor]]:
+    """Run ``compute(start, stop)`` over prompt chunks, resumably, with a progress bar."""
     with progress_bar() as bar:
-        task = bar.add_task(name, total=len(texts))
-        parts = store.run(len(texts), chunk, compute, progress=lambda n: bar.advance(task, n))
-    return parts, store
+        task = bar.add_task(name, total=total)
+        return store.run(total, chunk, compute, progress=lambda n: bar.advance(task, n))
 
 
 # Options shared by `extract` and `mean`.
@@ -194,6 +209,8 @@ ChatOpt = Annotated[bool, typer.Option(help="Wrap each prompt in the chat templa
 BatchOpt = Annotated[int, typer.Option(min=1)]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Prompts per resumable chunk (a killed run restarts at the "
                                                    "last unfinished chunk).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out (and its unfinished chunks) even "
+                                                                "if it was computed from other inputs.")]
 
 
 @app.command()
@@ -201,7 +218,7 @@ def extract(
     model: ModelOpt, layer: LayersOpt, prompts: PromptsOpt,
     out: Path = typer.Option(..., help="Output .safetensors with one (N, d) fp32 tensor per layer_{L}."),
     chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = False,
     position: list[int] | None = typer.Option(None, help="Token position(s) to read (negative = from the end; "
                                               "default: the last token). Several give (N, P, d)."),
 ) -> None:
@@ -210,19 +227,25 @@ def extract(
     Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
       --out vectors.safetensors
     """
-    texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
     positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
+    texts, store = _chunk_job("extract", out, prompts, model, layer, dtype, device, overwrite, chat=chat,
+                              chunk=chunk, positions=positions)
+    with store:
+        if store.complete:
+            console.print(f"{out} is already complete (same inputs); nothing to do", highlight=False)
+            return
+        m, tok = load_model(model, dtype=dtype, device=device)
 
-    def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
-        vecs = extract_hidden_states(m, tok, texts[start:stop], layer, positions=positions, chat=chat,
-                                     batch_size=batch_size)
-        return {f"layer_{L}": v for L, v in vecs.items()}
+        def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
+            vecs = extract_hidden_states(m, tok, texts[start:stop], layer, positions=positions, chat=chat,
+                                         batch_size=batch_size)
+            return {f"layer_{L}": v for L, v in vecs.items()}
 
-    parts, store = _chunked("extracting", out, texts, model, layer, chat, chunk, compute, positions)
-    save_tensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, out,
-                 {"model_name": model, "chat": str(chat).lower(), "num_prompts": str(len(texts)),
-                  "positions": json.dumps(positions)})
-    store.finish()
+        parts = _run_chunks(store, "extracting", len(texts), chunk, compute)
+        save_tensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, out,
+                     {"model_name": model, "chat": str(chat).lower(), "num_prompts": str(len(texts)),
+                      "positions": json.dumps(positions), **store.metadata()})
+        store.finish()
     console.print(f"wrote {out}", highlight=False)
 
 
@@ -231,21 +254,26 @@ def mean(
     model: ModelOpt, layer: LayersOpt, prompts: PromptsOpt,
     out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
     chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = False,
 ) -> None:
     """Mean last-token state over a prompt set, for contrastive vectors (vector − mean).
 
     Example: selfie mean --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts tell-me-about.txt
       --chat --out mean-vectors.safetensors
     """
-    texts, m, tok = _prompt_options(prompts, model, layer, dtype, device)
+    texts, store = _chunk_job("mean", out, prompts, model, layer, dtype, device, overwrite, chat=chat, chunk=chunk)
+    with store:
+        if store.complete:
+            console.print(f"{out} is already complete (same inputs); nothing to do", highlight=False)
+            return
+        m, tok = load_model(model, dtype=dtype, device=device)
 
-    def compute(start: int, stop: int) -> dict[str, torch.Tensor]:  # fp64 sums per chunk
-        sums = sum_hidden_states(m, tok, texts[start:stop], layer, chat=chat, batch_size=batch_size)
-        return {f"layer_{L}": s for L, s in sums.items()}
+        def compute(start: int, stop: int) -> dict[str, torch.Tensor]:  # fp64 sums per chunk
+            sums = sum_hidden_states(m, tok, texts[start:stop], layer, chat=chat, batch_size=batch_size)
+            return {f"layer_{L}": s for L, s in sums.items()}
 
-    parts, store = _chunked("averaging", out, texts, model, layer, chat, chunk, compute)
-    means = {L: (sum(p[f"layer_{L}"] for p in parts) / len(texts)).float() for L in sorted(set(layer))}
-    save_mean_vectors(means, out, model_name=model, num_prompts=str(len(texts)))
-    store.finish()
+        parts = _run_chunks(store, "averaging", len(texts), chunk, compute)
+        means = {L: (sum(p[f"layer_{L}"] for p in parts) / len(texts)).float() for L in sorted(set(layer))}
+        save_mean_vectors(means, out, model_name=model, num_prompts=str(len(texts)), **store.metadata())
+        store.finish()
     console.print(f"wrote {out}", highlight=False)

@@ -14,7 +14,9 @@ from ..evals import bridge as bridge_mod
 from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
 from ..evals.report import print_table, read_jsonl, write_json
+from ..outputs import check_output_path
 from .app import eval_app
+from .checks import check_device, check_sampling
 from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices
 
 
@@ -40,6 +42,8 @@ def retrieval(
     """
     if strategy not in ret_mod.STRATEGIES:
         raise SelfieError(f"unknown --strategy {strategy!r}; choose one of {', '.join(ret_mod.STRATEGIES)}")
+    if out is not None:  # a folder, FIFO or link at --out is refused before the work, not after it
+        check_output_path(out)
     ts = ret_mod.load_topics(topics)
     rows = ret_mod.load_labels(labels, ts)
     report = ret_mod.retrieval_eval(rows, ts, model=model, strategy=strategy, cache_dir=cache_dir, device=device)
@@ -86,6 +90,11 @@ def generation(
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --labels labels.jsonl --out gen.jsonl
     """
+    check_sampling(temperature, top_p)
+    check_device(device)
+    check_output_path(out)
+    if report is not None:
+        check_output_path(report, "--report")
     if (labels is None) == (adapter is None):
         raise SelfieError("give exactly one label source: --labels FILE or --adapter PATH --latents 0-99")
     if adapter is not None and latents is None:

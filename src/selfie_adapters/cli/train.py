@@ -16,6 +16,7 @@ from ..training.config import load_config
 from ..training.evaluate import adapter_loss
 from ..training.trainer import train as run_training
 from .app import app, eval_app
+from .checks import check_device, check_scales
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
 
 
@@ -71,6 +72,8 @@ def loss_command(
         raise SelfieError("give --adapter FILE, or --scale S (repeatable) for the untrained baseline")
     if batch_size < 1:
         raise SelfieError(f"--batch-size must be positive, got {batch_size}")
+    scale = list(check_scales(scale) or ())
+    check_device(device)
     ad = load_adapter(adapter) if adapter is not None else None
     lm, tok = load_model(model, dtype=dtype, device=device)
     rows = adapter_loss(lm, tok, ad, str(labels), vectors_file=vectors, split=split, batch_size=batch_size,

@@ -262,16 +262,16 @@ def generation_eval(model, tokenizer, sae, labels: Sequence[tuple[int, str]] | S
     # "read_on" marks rows scored on the conversation alone: files of the old in-context scorer won't resume
     settings = {"read_on": "conversation", "layer": layer, "prompt": prompt, "system": system,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-    jlog = JsonlLog(out, settings)
-    done = jlog.done_keys(lambda r: (r["latent"], r["label"], r["sample"]))
-    trials = [Trial(lat, lab, k) for lat, lab in pairs for k in range(samples) if (lat, lab, k) not in done]
-    trials.sort(key=lambda t: t.label)  # equal prompts side by side → less padding
-    ctx = _RunContext(model, tokenizer, sae, layer, prompt, system, max_new_tokens, temperature, top_p, seed)
-    for s in range(0, len(trials), batch_size):
-        batch = trials[s:s + batch_size]
-        jlog.append(ctx.run_batch(batch))
-        if progress is not None:
-            progress(len(batch))
+    with JsonlLog(out, settings, command="eval generation", key_fields=("latent", "label", "sample")) as jlog:
+        done = jlog.done_keys(lambda r: (r["latent"], r["label"], r["sample"]))
+        trials = [Trial(lat, lab, k) for lat, lab in pairs for k in range(samples) if (lat, lab, k) not in done]
+        trials.sort(key=lambda t: t.label)  # equal prompts side by side → less padding
+        ctx = _RunContext(model, tokenizer, sae, layer, prompt, system, max_new_tokens, temperature, top_p, seed)
+        for s in range(0, len(trials), batch_size):
+            batch = trials[s:s + batch_size]
+            jlog.append(ctx.run_batch(batch))
+            if progress is not None:
+                progress(len(batch))
     keys = {(lat, lab) for lat, lab in pairs}
     return summarize([r for r in jlog.rows if (r["latent"], r["label"]) in keys and r["sample"] < samples])
 
