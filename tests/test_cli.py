@@ -255,7 +255,7 @@ def test_label_end_flag_and_baseline_sweep(files, tiny_model_dir, tmp_path, caps
     args = ("describe", "--model", tiny_model_dir, "--vectors", files / "vecs.safetensors", "--max-new-tokens", 2,
             "--out", out)
     assert run(capsys, *args, "--label-end", "first-quote")[0] == 0
-    assert json.loads((tmp_path / "le.jsonl.settings.json").read_text())["label_end"] == "first-quote"
+    assert json.loads((tmp_path / "le.jsonl.settings.json").read_text())["inputs"]["label_end"] == "first-quote"
     # no --scale with the untrained baseline: the reference's geometric sweep
     assert sorted({r["scale"] for r in rows(out)}) == [0.5, 0.8, 1.3, 2.1, 3.4, 5.5]
     code, _, err = run(capsys, *args[:-1], tmp_path / "x.jsonl", "--label-end", "middle")

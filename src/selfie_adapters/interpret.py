@@ -25,7 +25,7 @@ from .files import check_finite
 from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
 from .modeling import base_model, cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
-from .projections import NORM_EPS
+from .projections import l2_normalize
 from .template import PromptTemplate, derive_template, resolve_template, template_from_metadata
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
@@ -123,7 +123,7 @@ class Interpreter:
         if self.mean is not None:
             v = v - self.mean.to(v.device)
         if self.adapter.normalize_input:
-            v = v / v.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+            v = l2_normalize(v)  # overflow-safe: 1e30-sized vectors stay finite
         return v
 
     def describe(self, vectors: torch.Tensor, **kwargs) -> list[Description]:
