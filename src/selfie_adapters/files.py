@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import SelfieError
+from .errors import SelfieError, first_line
 
 HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
 _tmp_ids = count()
@@ -131,9 +131,9 @@ def load_torch(path: Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise SelfieError(f"{path.name} holds objects that are not plain tensors/containers; refusing "
-                          f"to unpickle it ({str(e).splitlines()[0]})") from None
+                          f"to unpickle it ({first_line(e)})") from None
     except (RuntimeError, OSError, EOFError) as e:
-        raise SelfieError(f"{path.name} is not a readable torch file ({str(e).splitlines()[0]})") from None
+        raise SelfieError(f"{path.name} is not a readable torch file ({first_line(e)})") from None
 
 
 def resolve_file(source: str | os.PathLike) -> Path:

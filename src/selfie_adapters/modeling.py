@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 
 from .catalogue import resolve_model
-from .errors import SelfieError
+from .errors import SelfieError, first_line
 from .template import end_of_turn_token
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
             tok = AutoTokenizer.from_pretrained(source.path, **extra)
             model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, device_map=device_map, **extra)
     except OSError as e:
-        raise SelfieError(f"could not load model {name_or_dir!r}: {str(e).splitlines()[0]}") from None
+        raise SelfieError(f"could not load model {name_or_dir!r}: {first_line(e)}") from None
     if source.is_gguf:  # the GGUF's internal name says nothing useful; keep what the user asked for
         model.config._name_or_path = source.name
     if device is not None and device_map is None:

@@ -74,6 +74,7 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         check_output_path(self.path, "lock file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         while self.fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:

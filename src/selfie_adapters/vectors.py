@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SelfieError
+from .errors import SelfieError, first_line
 from .files import check_finite, iter_jsonl, load_torch, read_safetensors, resolve_file, save_tensors
 from .modeling import base_model, decoder_layers, model_device, pad_token_id
 
@@ -176,7 +176,7 @@ def load_vectors(path: str | os.PathLike, key: str | None = None) -> torch.Tenso
         try:
             t = torch.from_numpy(np.load(path, allow_pickle=False))
         except (ValueError, EOFError, OSError) as e:
-            raise SelfieError(f"{path.name} is not a plain numeric .npy array ({str(e).splitlines()[0]})") from None
+            raise SelfieError(f"{path.name} is not a plain numeric .npy array ({first_line(e)})") from None
     elif path.suffix in (".pt", ".pth"):
         obj = load_torch(path)
         t = _pick(obj if isinstance(obj, dict) else {"": obj}, key, path.name)

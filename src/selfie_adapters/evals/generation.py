@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SelfieError
+from ..guard import model_signature
 from ..interpret import derived_seed, generate
 from ..jsonl import JsonlLog
 from ..modeling import decoder_layers, eos_token_ids, model_device, pad_token_id
@@ -260,8 +261,9 @@ def generation_eval(model, tokenizer, sae, labels: Sequence[tuple[int, str]] | S
         raise SelfieError(f"the prompt must contain {{label}} where the label goes; got {prompt!r:.80}")
     pairs = labels if all(isinstance(x, tuple) for x in labels) else parse_label_rows(list(labels))
     # "read_on" marks rows scored on the conversation alone: files of the old in-context scorer won't resume
-    settings = {"read_on": "conversation", "layer": layer, "prompt": prompt, "system": system,
-                "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    settings = {"read_on": "conversation", "model": model_signature(model), "layer": layer, "prompt": prompt,
+                "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                "seed": seed}
     with JsonlLog(out, settings, command="eval generation", key_fields=("latent", "label", "sample")) as jlog:
         done = jlog.done_keys(lambda r: (r["latent"], r["label"], r["sample"]))
         trials = [Trial(lat, lab, k) for lat, lab in pairs for k in range(samples) if (lat, lab, k) not in done]

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..adapter import Adapter
-from ..errors import SelfieError
+from ..errors import SelfieError, first_line
 from ..files import read_safetensors, save_tensors
 from ..guard import model_signature
 from ..projections import Projection
@@ -92,7 +92,7 @@ def load_state(path: Path, projection: Projection, optimizer: torch.optim.Optimi
     try:
         projection.load_state_dict(proj_state, strict=True)
     except RuntimeError as e:
-        raise SelfieError(f"{path}: saved adapter does not fit this config ({str(e).splitlines()[0]}); "
+        raise SelfieError(f"{path}: saved adapter does not fit this config ({first_line(e)}); "
                           "resume with the config the run was started with") from None
     opt_state: dict[int, dict] = {}
     for key, value in tensors.items():

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import SelfieError
+from ..errors import SelfieError, first_line
 from ..projections import PROJECTIONS
 from ..template import INJECTION_TOKEN
 
@@ -260,7 +260,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise SelfieError(f"{p.name} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise SelfieError(f"{p.name} is not valid YAML: {first_line(e)}") from None
         if not isinstance(raw, dict):
             raise SelfieError(f"{p.name} must hold a mapping of config sections, got {type(raw).__name__}")
         base_dir = p.parent

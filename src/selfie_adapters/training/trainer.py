@@ -18,6 +18,7 @@ import torch
 from ..adapter import Adapter
 from ..errors import SelfieError
 from ..modeling import embedding_norm, load_model, model_device
+from ..outputs import OutputLock
 from ..projections import Projection, build_projection
 from ..template import PromptTemplate, end_of_turn_token, resolve_template
 from . import ddp
@@ -56,13 +57,18 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     check_sources(cfg.data, cfg.base_dir)
     check_run_dir(cfg, resume=resume, overwrite=overwrite)
     dist = ddp.setup_distributed()
-    if model is None or tokenizer is None:
-        model, tokenizer = _load_frozen_model(cfg, dist)
-    run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, show_progress)
+    lock = OutputLock(cfg.run_dir).acquire() if dist.is_main else None  # one trainer per run folder
     try:
-        return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
+        if model is None or tokenizer is None:
+            model, tokenizer = _load_frozen_model(cfg, dist)
+        run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, show_progress)
+        try:
+            return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
+        finally:
+            run.close()
     finally:
-        run.close()
+        if lock is not None:
+            lock.release()
 
 
 def _load_frozen_model(cfg: TrainConfig, dist: ddp.DistInfo):

@@ -1,0 +1,303 @@
+"""Fault injection: kill -9 at random moments, a second writer, a full disk, a read-only folder.
+
+After every fault the rerun must give exactly the uninterrupted result: nothing lost, nothing
+duplicated, nothing foreign modified. Kills use real subprocesses (`python -m selfie_adapters.cli`);
+everything else runs in-process to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import selfie_adapters
+from selfie_adapters.cli import main
+from selfie_adapters.testing import toy_config_dict, toy_model, toy_tokenizer, write_toy_data
+
+SRC = str(Path(selfie_adapters.__file__).resolve().parents[1])
+RNG = random.Random(int(os.environ.get("SELFIE_FAULT_SEED", "12")))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("faults")
+    torch.manual_seed(0)
+    save_file({"v": torch.randn(8, 64)}, str(d / "v.safetensors"))
+    (d / "prompts.txt").write_text("".join(f"Tell me about topic number {i}.\n" for i in range(24)))
+    write_toy_data(d / "toy")
+    tok = toy_tokenizer()
+    model = toy_model(tok, name=str(d / "toy" / "model"))
+    model.save_pretrained(d / "toy" / "model")
+    tok.save_pretrained(d / "toy" / "model")
+    return d, tiny_model_dir
+
+
+def describe_args(world, out, *extra):
+    d, model = world
+    return ["describe", "--model", str(model), "--vectors", str(d / "v.safetensors"), "--scale", "1", "2", "3",
+            "--max-new-tokens", "6", "--batch-size", "4", "--out", str(out), *extra]
+
+
+def chunk_args(world, command, out):
+    d, model = world
+    return [command, "--model", str(model), "--layer", "1", "--layer", "2", "--prompts", str(d / "prompts.txt"),
+            "--chunk", "3", "--batch-size", "3", "--out", str(out)]
+
+
+def train_config(world, ckpt: Path) -> Path:
+    d, _ = world
+    raw = toy_config_dict(d / "toy", checkpoint_dir=str(ckpt), max_steps=40, checkpoint_every_n_steps=3,
+                          validation_every_n_steps=10)
+    raw["model"]["name"] = str(d / "toy" / "model")
+    path = ckpt.parent / f"{ckpt.name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def spawn(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same numerics
+    return subprocess.Popen([sys.executable, "-m", "selfie_adapters.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(proc: subprocess.Popen, ready, extra_s: float, timeout_s: float = 240) -> bool:
+    """SIGKILL ``proc`` ``extra_s`` seconds after ``ready()`` turns true; False if it finished first."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "the command made no progress"
+        time.sleep(0.02)
+    time.sleep(extra_s)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def keyed(path: Path) -> dict:
+    out = {}
+    for r in rows(path):
+        key = (r["index"], r["scale"], r["sample"])
+        assert key not in out, f"duplicated row {key}"
+        out[key] = r
+    return out
+
+
+def last_line(err: str) -> str:
+    return err.strip().splitlines()[-1]
+
+
+def run(capsys, argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """Uninterrupted results of each command, computed in-process once."""
+    ref = tmp_path_factory.mktemp("reference")
+    assert main(describe_args(world, ref / "d.jsonl")) == 0
+    assert main(chunk_args(world, "extract", ref / "e.safetensors")) == 0
+    assert main(chunk_args(world, "mean", ref / "m.safetensors")) == 0
+    assert main(["train", str(train_config(world, ref / "run")), "--no-progress"]) == 0
+    return ref
+
+
+# ------------------------------------------------------------------ kill -9
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["loading", "writing"])
+def test_kill_describe(moment, world, reference, tmp_path, capsys):
+    out = tmp_path / "d.jsonl"
+    proc = spawn(describe_args(world, out))
+    if moment == "loading":  # somewhere between start-up and the first row
+        time.sleep(RNG.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    else:
+        kill_when(proc, lambda: out.exists() and out.stat().st_size > 0, RNG.uniform(0.0, 0.5))
+    assert run(capsys, describe_args(world, out))[0] == 0
+    assert keyed(out) == keyed(reference / "d.jsonl")
+    assert not (tmp_path / "d.jsonl.lock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["extract", "mean"])
+def test_kill_chunked(command, world, reference, tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    parts = tmp_path / "o.safetensors.parts"
+    proc = spawn(chunk_args(world, command, out))
+    kill_when(proc, lambda: parts.is_dir() and any(parts.glob("0*.safetensors")), RNG.uniform(0.0, 0.3))
+    assert run(capsys, chunk_args(world, command, out))[0] == 0
+    want = load_file(str(reference / ("e.safetensors" if command == "extract" else "m.safetensors")))
+    got = load_file(str(out))
+    assert sorted(got) == sorted(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert not parts.exists() and not (tmp_path / "o.safetensors.lock").exists()
+
+
+@pytest.mark.slow
+def test_kill_train(world, reference, tmp_path, capsys):
+    cfg = train_config(world, tmp_path / "run")
+    metrics = tmp_path / "run" / "toy" / "metrics.jsonl"
+    proc = spawn(["train", str(cfg), "--no-progress"])
+    killed = kill_when(proc, lambda: metrics.exists() and metrics.read_text().count("\n") >= 5,
+                       RNG.uniform(0.0, 0.5))
+    if killed and (tmp_path / "run" / "toy" / "training_state.safetensors").exists():
+        code, err = run(capsys, ["train", str(cfg), "--resume", "--no-progress"])
+    else:  # killed before the first checkpoint: nothing to resume, so start over explicitly
+        code, err = run(capsys, ["train", str(cfg), "--overwrite", "--no-progress"])
+    assert code == 0, err
+    want = load_file(str(reference / "run" / "toy" / "final.safetensors"))
+    got = load_file(str(tmp_path / "run" / "toy" / "final.safetensors"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"loss"' in x]
+    assert steps == list(range(1, 41))
+
+
+# ------------------------------------------------------------------ a second writer
+
+@pytest.mark.slow
+def test_second_writer_while_the_first_runs(world, reference, tmp_path, capsys):
+    out = tmp_path / "d.jsonl"
+    lock = tmp_path / "d.jsonl.lock"
+    first = spawn(describe_args(world, out))
+    deadline = time.monotonic() + 240
+    while not (lock.exists() and lock.read_text().strip()) and first.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    if first.poll() is None:  # the first holds the output: same settings or not, the second is refused
+        code, err = run(capsys, describe_args(world, out, "--temperature", "1"))
+        assert code == 2 and f"being written by another selfie process (pid {first.pid})" in err
+        code, err = run(capsys, describe_args(world, out))
+        assert code == 2 and "being written by another selfie process" in err
+    assert first.wait() == 0, first.stderr.read().decode()
+    assert keyed(out) == keyed(reference / "d.jsonl")  # no mixed or duplicated rows
+
+
+# ------------------------------------------------------------------ disk faults
+
+class _FullDisk:
+    """A file object whose writes stop after ``room`` bytes with ENOSPC (the rest is lost)."""
+
+    def __init__(self, f, room: list[int]):
+        self.f, self.room = f, room
+
+    def write(self, text: str) -> int:
+        data = text[: self.room[0]]
+        self.f.write(data)
+        self.f.flush()
+        self.room[0] -= len(data)
+        if len(data) < len(text):
+            raise OSError(errno.ENOSPC, "No space left on device", self.f.name)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_full_disk_mid_row_then_resume(world, reference, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "d.jsonl"
+    first = (reference / "d.jsonl").read_bytes().splitlines(keepends=True)
+    room = [len(b"".join(first[:5])) + 20]  # the first batch (4 rows) fits, the disk fills mid-way through the 2nd
+    monkeypatch.setattr("selfie_adapters.jsonl.open", lambda *a, **k: _FullDisk(open(*a, **k), room),  # noqa: SIM115
+                        raising=False)
+    code, err = run(capsys, describe_args(world, out))
+    assert code == 2 and last_line(err).startswith("error: no space left on device: ") and "Traceback" not in err
+    assert out.read_bytes().endswith(b"\n") and 0 < len(rows(out)) < 24  # only whole rows stay
+    monkeypatch.undo()
+    assert run(capsys, describe_args(world, out))[0] == 0
+    assert keyed(out) == keyed(reference / "d.jsonl")
+
+
+def test_full_disk_while_saving_a_chunk(world, reference, tmp_path, capsys, monkeypatch):
+    from selfie_adapters import files
+
+    out = tmp_path / "e.safetensors"
+    real, calls = files.save_file, {"n": 0}
+
+    def full_on_third(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(files, "save_file", full_on_third)
+    code, err = run(capsys, chunk_args(world, "extract", out))
+    assert code == 2 and "no space left on device" in err
+    left = sorted(p.name for p in (tmp_path / "e.safetensors.parts").iterdir())
+    assert left == ["000000.safetensors", "000001.safetensors", "settings.json"]  # no temp file left
+    assert not out.exists()
+    monkeypatch.undo()
+    assert run(capsys, chunk_args(world, "extract", out))[0] == 0
+    want = load_file(str(reference / "e.safetensors"))
+    torch.testing.assert_close(load_file(str(out))["layer_1"], want["layer_1"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("err_no", [errno.EROFS, errno.EACCES, errno.ENAMETOOLONG])
+def test_unwritable_output_folder(err_no, world, tmp_path, capsys, monkeypatch):
+    import selfie_adapters.outputs as outputs
+
+    real = os.open
+
+    def refused(path, flags, *a):
+        if str(path).endswith(".lock"):
+            raise OSError(err_no, os.strerror(err_no), str(path))
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(outputs.os, "open", refused)
+    for argv in (describe_args(world, tmp_path / "d.jsonl"), chunk_args(world, "mean", tmp_path / "m.safetensors")):
+        code, err = run(capsys, argv)
+        assert code == 2 and last_line(err).startswith(f"error: {os.strerror(err_no).lower()}: ")
+        assert "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_real_read_only_and_full_tmpfs(world, reference, tmp_path, capsys):
+    """The same faults on a real file system, where this machine lets us mount a tiny tmpfs."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount (covered by the patched tests above)")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * (52 * 1024))  # 3 pages left: lock, record and ~20 rows fit
+        code, err = run(capsys, describe_args(world, mnt / "d.jsonl"))
+        assert code == 2 and "no space left on device" in err
+        left = mnt / "d.jsonl"
+        assert not left.exists() or left.read_bytes() == b"" or left.read_bytes().endswith(b"\n")
+        (mnt / "filler").unlink()
+        assert run(capsys, describe_args(world, mnt / "d.jsonl"))[0] == 0
+        assert keyed(mnt / "d.jsonl") == keyed(reference / "d.jsonl")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        code, err = run(capsys, describe_args(world, mnt / "other.jsonl"))
+        assert code == 2 and "read-only file system" in err
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
