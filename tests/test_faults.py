@@ -293,6 +293,7 @@ def test_real_read_only_and_full_tmpfs(world, reference, tmp_path, capsys):
         assert code == 2 and "no space left on device" in err
         left = mnt / "d.jsonl"
         assert not left.exists() or left.read_bytes() == b"" or left.read_bytes().endswith(b"\n")
+        assert not (mnt / "d.jsonl.lock").exists()
         (mnt / "filler").unlink()
         assert run(capsys, describe_args(world, mnt / "d.jsonl"))[0] == 0
         assert keyed(mnt / "d.jsonl") == keyed(reference / "d.jsonl")

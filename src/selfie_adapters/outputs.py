@@ -86,12 +86,16 @@ class OutputLock:
                     raise SelfieError(f"{self.target} is being written by another selfie process (pid {holder}); "
                                       "wait for it to finish or choose another output") from None
                 raise
-            if _same_file(fd, self.path):  # not unlinked by a releasing holder meanwhile
+            if not _same_file(fd, self.path):  # unlinked by a releasing holder meanwhile: retry
+                os.close(fd)
+                continue
+            self.fd = fd
+            try:
                 os.ftruncate(fd, 0)
                 os.write(fd, str(os.getpid()).encode())
-                self.fd = fd
-            else:
-                os.close(fd)
+            except OSError:  # e.g. a full disk: leave no lock file and no open descriptor behind
+                self.release()
+                raise
         return self
 
     def release(self) -> None:

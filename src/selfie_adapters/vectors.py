@@ -156,9 +156,10 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
     if path.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{")):
         hint = 'each line must be a JSON object with a "prompt" field holding a string'
         rows = list(iter_jsonl(lines, path.name, hint=hint))
-        bad = [n for n, row in rows if not isinstance(row.get("prompt"), str)]
-        if bad:
-            raise SelfieError(f"{path.name}:{bad[0]}: no \"prompt\" string; {hint}")
+        for n, row in rows:
+            if not isinstance(row.get("prompt"), str):
+                problem = "field is not a string" if "prompt" in row else "field"
+                raise SelfieError(f"{path.name}:{n}: no \"prompt\" {problem}; {hint}")
         lines = [row["prompt"] for _, row in rows]
     if not lines:
         raise SelfieError(f"prompts file {path.name} is empty")
