@@ -99,16 +99,19 @@ def topic_vectors(model, tok, topics: Sequence[str], layers: Sequence[int], cach
         if json.loads(meta.get("topics", "[]")) == list(topics) and all(f"layer_{L}" in states for L in layers):
             return {L: states[f"layer_{L}"] - states[f"layer_{L}"].mean(0) for L in layers}
     prompts = [PROMPT.format(title=t) for t in topics]
-    store = ChunkStore(cache, {"model": model_name, "layers": layers, "prompts": prompts})
 
     def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
         vecs = extract_hidden_states(model, tok, prompts[start:stop], layers, chat=True, batch_size=batch_size)
         return {f"layer_{L}": v for L, v in vecs.items()}
 
-    parts = store.run(len(prompts), 256, compute, progress)
-    states = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    save_tensors(states, cache, {"model_name": model_name, "topics": json.dumps(list(topics))})
-    store.finish()
+    # a cache for other topics is replaced; unfinished chunks of this one resume
+    with ChunkStore(cache, {"model": model_name, "layers": layers, "prompts": prompts}, command="topics cache",
+                    overwrite=cache.exists()) as store:
+        parts = store.run(len(prompts), 256, compute, progress)
+        states = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        save_tensors(states, cache, {"model_name": model_name, "topics": json.dumps(list(topics)),
+                                     **store.metadata()})
+        store.finish()
     return {L: states[f"layer_{L}"] - states[f"layer_{L}"].mean(0) for L in layers}
 
 
@@ -129,6 +132,7 @@ def write_labels(folder: Path, vectors: torch.Tensor, topics: Sequence[str], tra
 def train_kind(kind: str, cfg: TopicsConfig, labels: Path, runs: Path, model, tok) -> tuple[Path, float | None]:
     """Train one adapter kind with the project's trainer: (final adapter, held-out val loss).
     A finished run is reused; a killed one resumes from its last checkpoint."""
+    from ..training.checkpoint import STATE_TENSORS
     from ..training.config import config_from_dict
     from ..training.trainer import train
 
@@ -148,7 +152,7 @@ def train_kind(kind: str, cfg: TopicsConfig, labels: Path, runs: Path, model, to
     if final.is_file():
         loss = load_adapter(final).metadata.get("best_val_loss")  # validated once, at the last step
         return final, None if loss is None else float(loss)
-    resume = (run_cfg.run_dir / "training_state.json").is_file()  # else: start over (no state to continue)
+    resume = (run_cfg.run_dir / STATE_TENSORS).is_file()  # else: start over (no state to continue)
     result = train(run_cfg, model=model, tokenizer=tok, resume=resume, overwrite=not resume, show_progress=False)
     return result.final_path, result.final_val_loss
 
@@ -165,12 +169,12 @@ def run_name(kind: str, cfg: TopicsConfig, labels: Path) -> str:
 def describe_rows(interp: Interpreter, vectors: torch.Tensor, rows: Sequence[int], path: Path,
                   scales: Sequence[float], settings: dict, max_new_tokens: int) -> list[dict]:
     """Describe ``vectors[rows]`` at each scale into a resumable JSONL; all its rows."""
-    log = JsonlLog(path, settings)
-    done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
-    for batch in interp.iter_describe(vectors[list(rows)], scales=scales, indices=list(rows), skip=done,
-                                      max_new_tokens=max_new_tokens, batch_size=64):
-        log.append([d.to_row() for d in batch])
-    return log.rows
+    with JsonlLog(path, settings, command="experiment topics", key_fields=("index", "scale", "sample")) as log:
+        done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
+        for batch in interp.iter_describe(vectors[list(rows)], scales=scales, indices=list(rows), skip=done,
+                                          max_new_tokens=max_new_tokens, batch_size=64):
+            log.append([d.to_row() for d in batch])
+        return log.rows
 
 
 def score(rows: Sequence[dict], topics: Sequence[str], heldout: Sequence[int], embed) -> dict:
