@@ -65,6 +65,7 @@ CASES = {  # id: (argv builder, message fragment)
     "device cuda": (lambda d, m: describe(d, m, "--device", "cuda"), "no CUDA GPU"),
     "device cuda:7": (lambda d, m: describe(d, m, "--device", "cuda:7"), "CUDA"),
     "device foo": (lambda d, m: describe(d, m, "--device", "foo"), "is not a device"),
+    "dtype foo": (lambda d, m: describe(d, m, "--dtype", "foo"), "--dtype"),
     "empty .npy": (lambda d, m: describe(d, m, vectors="zero_bytes.npy"), "not a plain numeric .npy"),
     "empty .pt": (lambda d, m: describe(d, m, vectors="zero_bytes.pt"), "not a readable torch file"),
     "(0, d) .pt": (lambda d, m: describe(d, m, vectors="empty.pt"), "non-empty"),

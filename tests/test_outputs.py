@@ -262,3 +262,17 @@ def test_check_output_path_kinds(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SelfieError, match="is a file, not a folder"):
         check_output_path(tmp_path / "file" / "out.jsonl")
+
+
+def test_bridge_out_dir_must_be_a_free_folder(tiny_model_dir, tmp_path, capsys):
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"id": "q1", "question": "Who sang Thriller?", "e2_value": "Michael Jackson"}))
+    args = ["eval", "bridge", "--model", tiny_model_dir, "--records", records, "--layers", "0", "--samples", 1,
+            "--max-new-tokens", 2, "--no-chat", "--out-dir"]
+    (tmp_path / "file").write_text("mine")
+    code, err = run(capsys, *args, tmp_path / "file")
+    assert code == 2 and "is not a folder" in err and (tmp_path / "file").read_text() == "mine"
+    with OutputLock(tmp_path / "b"):
+        code, err = run(capsys, *args, tmp_path / "b")
+        assert code == 2 and "being written by another selfie process" in err
+    assert not (tmp_path / "b").exists()
