@@ -27,6 +27,7 @@ from selfie_adapters.cli import main
 from selfie_adapters.testing import toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 
 SRC = str(Path(selfie_adapters.__file__).resolve().parents[1])
+BATCH = 8  # describe: 24 rows in 3 batches (a kill or a full disk can land between them)
 RNG = random.Random(int(os.environ.get("SELFIE_FAULT_SEED", "12")))
 
 
@@ -47,7 +48,7 @@ def world(tmp_path_factory, tiny_model_dir):
 def describe_args(world, out, *extra):
     d, model = world
     return ["describe", "--model", str(model), "--vectors", str(d / "v.safetensors"), "--scale", "1", "2", "3",
-            "--max-new-tokens", "6", "--batch-size", "4", "--out", str(out), *extra]
+            "--max-new-tokens", "6", "--batch-size", str(BATCH), "--out", str(out), *extra]
 
 
 def chunk_args(world, command, out):
@@ -225,7 +226,7 @@ class _FullDisk:
 def test_full_disk_mid_row_then_resume(world, reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "d.jsonl"
     first = (reference / "d.jsonl").read_bytes().splitlines(keepends=True)
-    room = [len(b"".join(first[:5])) + 20]  # the first batch (4 rows) fits, the disk fills mid-way through the 2nd
+    room = [len(b"".join(first[:BATCH + 1])) + 20]  # the first batch fits, the disk fills in the 2nd
     monkeypatch.setattr("selfie_adapters.jsonl.open", lambda *a, **k: _FullDisk(open(*a, **k), room),  # noqa: SIM115
                         raising=False)
     code, err = run(capsys, describe_args(world, out))
