@@ -29,9 +29,9 @@ import torch
 from selfie_adapters.evals.generation import (
     DEFAULT_PROMPT,
     content_token_mask,
+    encode_chat,
     generate_and_score,
     parse_conversation,
-    render_chat,
     special_token_ids,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
@@ -103,7 +103,7 @@ def main() -> None:
     head.bias.data[EOT] = math.log(V / args.stop_every)
     model.lm_head = head.requires_grad_(False)
     labels = [f"label number {i} about fruit" for i in range(args.convs)]
-    prompts = [render_chat(tok, [{"role": "user", "content": DEFAULT_PROMPT.replace("{label}", x)}],
+    prompts = [encode_chat(tok, [{"role": "user", "content": DEFAULT_PROMPT.replace("{label}", x)}],
                            generation_prompt=True)[1] for x in labels]
     torch.manual_seed(0)
     W_enc = torch.randn(d, args.d_sae) / d ** 0.5

@@ -20,10 +20,10 @@ from selfie_adapters.errors import SelfieError
 from selfie_adapters.evals.generation import (
     DEFAULT_PROMPT,
     content_token_mask,
+    encode_chat,
     generate_conversations,
     generation_eval,
     parse_conversation,
-    render_chat,
     score_conversations,
     summarize,
 )
@@ -90,7 +90,7 @@ def test_label_named_only_in_the_instruction_does_not_leak(wired, tokenizer, tmp
     assert rows[0]["text"] == "hello world" and not rows[0]["hit"] and rows[0]["max_act"] == 0.0
     # control: read in the writing context (instruction + what was written), the latent does fire on
     # the written tokens — that was the leak
-    prompt = render_chat(tokenizer, [{"role": "user", "content": DEFAULT_PROMPT.replace("{label}", "elephant")}],
+    prompt = encode_chat(tokenizer, [{"role": "user", "content": DEFAULT_PROMPT.replace("{label}", "elephant")}],
                          generation_prompt=True)[1]
     assert ELEPHANT in prompt
     h = hidden_states_batch(model, [prompt + [HELLO, WORLD]], [1], 0)[1]  # (1, T, d)

@@ -240,7 +240,7 @@ def test_adapter_and_mean_feed_the_soft_token(tiny_model, tokenizer):
 
 
 def test_inject_layer_out_of_range_is_refused_up_front(tiny_model, tokenizer):
-    with pytest.raises(SelfieError, match="inject_layer 4 out of range; the model has blocks 0..3"):
+    with pytest.raises(SelfieError, match="inject_layer 4 out of range; this model has blocks 0..3"):
         Interpreter(tiny_model, tokenizer, inject_layer=4)
 
 

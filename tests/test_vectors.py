@@ -146,3 +146,16 @@ def test_load_model_leaves_hf_progress_bars_alone(tiny_model_dir):
     assert hf_logging.is_progress_bar_enabled() and not model.training
     with pytest.raises(SelfieError, match="unknown dtype 'bfloat'; valid: auto, float32, bfloat16, float16"):
         load_model(str(tiny_model_dir), dtype="bfloat")
+
+
+def test_one_layer_check_for_every_caller(tiny_model, capsys):
+    from selfie_adapters.cli import main
+    from selfie_adapters.modeling import check_layers
+
+    assert check_layers(tiny_model, [2, 0, 2]) == [0, 2]
+    with pytest.raises(SelfieError, match=r"layer\(s\) \[4, -1\] out of range; this model has blocks 0..3"):
+        check_layers(tiny_model, [1, 4, -1])
+    with pytest.raises(SelfieError, match=r"layers \[\] out of range"):
+        check_layers(4, [], "layers")
+    assert main(["demo", "--layer", "4"]) == 2  # the toy model's 4 blocks, checked before any training
+    assert "error: --layer 4 out of range; this model has blocks 0..3" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 
 from .errors import SelfieError
 from .files import check_finite, load_torch, read_safetensors, resolve_file, save_tensors
-from .projections import PROJECTIONS, Projection, build_projection
+from .projections import INIT_FACTOR, INIT_SCALE, PROJECTIONS, Projection, build_projection
 
 
 class Adapter:
@@ -146,7 +146,7 @@ def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], s
         rank = state["U"].shape[-1]
     rank = _meta_number(source, "low_rank_rank", rank, int, 1) if rank not in (None, "", "None", "null") else None
     norm = _parse_bool(metadata.get("normalize_input", cfg.get("normalize_input")), True)
-    init_scale = _meta_number(source, "init_scale", metadata.get("init_scale") or cfg.get("init_scale") or 30.0,
+    init_scale = _meta_number(source, "init_scale", metadata.get("init_scale") or cfg.get("init_scale") or INIT_SCALE,
                               float, 0.0)
     with torch.device("meta"):
         proto = build_projection(kind, dim, rank=rank, normalize_input=norm, init_scale=init_scale)
@@ -163,7 +163,7 @@ def build_from_state(state: dict[str, torch.Tensor], metadata: dict[str, str], s
         check_finite(state[name], f"{source}: tensor {name!r}")
     proj = build_projection(kind, dim, rank=rank, normalize_input=norm, init_scale=init_scale,
                             init_factor=_meta_number(source, "low_rank_init_factor",
-                                                     cfg.get("low_rank_init_factor") or 0.01, float, 0.0))
+                                                     cfg.get("low_rank_init_factor") or INIT_FACTOR, float, 0.0))
     proj.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     if normalize_input is not None:
         proj.normalize_input = normalize_input

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .modeling import decoder_layers
+from .modeling import check_layers, decoder_layers
 
 
 def embed_with_soft_tokens(model, input_ids: torch.Tensor, site_mask: torch.Tensor,
@@ -33,10 +33,8 @@ def residual_overwrite(model, layer: int, site_mask: torch.Tensor, vectors: torc
     site_mask: (B, T) for the chunk that the next forward processes; vectors: (B, d).
     Later forwards (generation steps) are untouched: the cached keys/values carry the patch.
     """
+    check_layers(model, [layer], "inject layer")
     blocks = decoder_layers(model)
-    if not 0 <= layer < len(blocks):
-        from .errors import SelfieError
-        raise SelfieError(f"inject layer {layer} out of range; the model has blocks 0..{len(blocks) - 1}")
     state = {"done": False}
 
     def pre_hook(module, args, kwargs):

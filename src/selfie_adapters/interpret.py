@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,7 +24,16 @@ from .errors import SelfieError
 from .files import check_finite
 from .guard import check_model
 from .inject import embed_with_soft_tokens, residual_overwrite
-from .modeling import base_model, cache_kw, decoder_layers, eos_token_ids, model_device, pad_token_id
+from .modeling import (
+    LeftPadded,
+    base_model,
+    cache_kw,
+    check_layers,
+    eos_token_ids,
+    left_pad,
+    model_device,
+    pad_token_id,
+)
 from .projections import l2_normalize
 from .template import PromptTemplate, derive_template, resolve_template, template_from_metadata
 
@@ -58,6 +67,20 @@ class Description:
 
 
 @dataclass(frozen=True)
+class DescribeJob:
+    """One description to write: vector ``row`` of the input (named ``index``) at ``scale``, sample ``sample``."""
+
+    row: int
+    index: int
+    scale: float
+    sample: int
+
+    @property
+    def key(self) -> tuple[int, float, int]:
+        return (self.index, self.scale, self.sample)
+
+
+@dataclass(frozen=True)
 class Generated:
     tokens: list[int]
     logprobs: list[float]
@@ -82,10 +105,8 @@ class Interpreter:
         if adapter is not None:
             check_model(adapter, model, allow_model_mismatch)
             adapter.to(model_device(model))  # the transform runs where the model runs
-        n_blocks = len(decoder_layers(model))
-        if inject_layer is not None and not 0 <= inject_layer < n_blocks:
-            raise SelfieError(f"inject_layer {inject_layer} out of range; the model has blocks 0..{n_blocks - 1} "
-                              "(None = replace the input embeddings)")
+        if inject_layer is not None:
+            check_layers(model, [inject_layer], "inject_layer", "(None = replace the input embeddings)")
         self.template, trained_eos = _pick_template(tokenizer, adapter, template)
         self.prompt_ids, self.sites = self.template.encode(tokenizer)
         self.inject_layer = inject_layer
@@ -146,20 +167,20 @@ class Interpreter:
         indices = list(range(len(vectors))) if indices is None else list(indices)
         scales = tuple(float(s) for s in (scales or self.default_scales))
         done = set(skip)
-        jobs = [(row, indices[row], s, k) for row in range(len(vectors)) for s in scales
-                for k in range(samples) if (indices[row], s, k) not in done]
-        todo = sorted({row for row, _, _, _ in jobs})
+        jobs = [job for row in range(len(vectors)) for s in scales for k in range(samples)
+                if (job := DescribeJob(row, indices[row], s, k)).key not in done]
+        todo = sorted({job.row for job in jobs})
         where = {row: u for u, row in enumerate(todo)}
         base = self._prepared(vectors[todo]) if jobs else None  # (U, d): x̂ once per vector
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start + batch_size]
-            rows = torch.tensor([where[row] for row, _, _, _ in batch], device=base.device)
-            scale = torch.tensor([s for _, _, s, _ in batch], dtype=torch.float32, device=base.device)
+            rows = torch.tensor([where[job.row] for job in batch], device=base.device)
+            scale = torch.tensor([job.scale for job in batch], dtype=torch.float32, device=base.device)
             soft = self.adapter.transform(scale[:, None] * base[rows], normalize_input=False).float()  # (b, d)
             gens = None
             if temperature > 0:
                 device = model_device(self.model)
-                gens = [torch.Generator(device=device).manual_seed(derived_seed(seed, i, s, k)) for _, i, s, k in batch]
+                gens = [torch.Generator(device=device).manual_seed(derived_seed(seed, *job.key)) for job in batch]
             outs = generate(self.model, [self.prompt_ids] * len(batch), [self.sites] * len(batch), soft,
                             inject_layer=self.inject_layer, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, generators=gens,
@@ -169,13 +190,12 @@ class Interpreter:
             if progress is not None:
                 progress(len(batch))
 
-    def _describe_one(self, job, out: Generated, relevancy=None) -> Description:
-        _, index, scale, sample = job
+    def _describe_one(self, job: DescribeJob, out: Generated, relevancy=None) -> Description:
         text_ids = [t for t in out.tokens if t not in self.eos_ids]
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         label = extract_label(text, self.template.closing, self.label_end)
         lp = sum(out.logprobs) / max(len(out.logprobs), 1)
-        return Description(index, scale, sample, label, text, lp, out.closed, relevancy)
+        return Description(job.index, job.scale, job.sample, label, text, lp, out.closed, relevancy)
 
     @torch.inference_mode()
     def _relevancy(self, outs: list[Generated]) -> list[tuple[tuple[str, float], ...]]:
@@ -208,55 +228,71 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]] | None = No
     """Generate after each prompt with row b's soft token at ``sites[b]`` (none: plain prompts);
     each row stops at its first stop id and leaves the batch.
 
-    Prompts of different lengths are left-padded (attention mask and position ids follow); equal
-    prompts share one prefix pass (up to the first site, or all but the last token).
+    Three steps: left-pad the prompts, prefill them (shared prefix once, soft tokens injected),
+    decode token by token from the KV cache.
     """
     sites = sites if soft is not None and sites is not None else [[] for _ in prompts]
-    device = model_device(model)
-    B, T = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attn = torch.zeros(B, T, dtype=torch.long)
-    site_mask = torch.zeros(B, T, dtype=torch.bool)
-    for b, (p, s) in enumerate(zip(prompts, sites)):
-        ids[b, T - len(p):] = torch.tensor(p)
-        attn[b, T - len(p):] = 1
-        site_mask[b, [T - len(p) + i for i in s]] = True
-    ids, attn, site_mask = ids.to(device), attn.to(device), site_mask.to(device)
-    position = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T)
+    batch = left_pad(prompts, pad_id, model_device(model))
     cache = DynamicCache(config=model.config)
+    logits, mask = prefill(model, batch, prompts, sites, soft, cache, inject_layer=inject_layer)
+    return decode(model, cache, logits, mask, batch.positions[:, -1] + 1, max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_p=top_p, generators=generators, stop_ids=stop_ids)
+
+
+def prefill(model, batch: LeftPadded, prompts: list[list[int]], sites: list[list[int]], soft: torch.Tensor | None,
+            cache: DynamicCache, *, inject_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the prompts into ``cache`` with row b's soft token at ``sites[b]``.
+
+    Equal prompts share one prefix pass (up to the first site, or all but the last token), copied
+    to every row; then they need no attention mask. Returns the next-token logits (B, V) fp32 and
+    the attention mask decoding must extend (None when the rows are unpadded).
+    """
+    site_mask = torch.zeros_like(batch.ids, dtype=torch.bool)  # (B, T)
+    for b, (offset, s) in enumerate(zip(batch.offsets, sites)):
+        site_mask[b, [offset + i for i in s]] = True
     shared = all(p == prompts[0] and s == sites[0] for p, s in zip(prompts, sites))
     start = (min(sites[0]) if sites[0] else len(prompts[0]) - 1) if shared else 0
     if start > 0:  # run the common prefix once, then copy its cache to every row
-        base_model(model)(input_ids=ids[:1, :start], position_ids=position[:1, :start], use_cache=True,
-                          **cache_kw(model, cache))
-        cache.batch_repeat_interleave(B)
-    mask = None if shared else attn
-    chunk_ids, chunk_sites = ids[:, start:], site_mask[:, start:]
-    if soft is None:
-        embeds, ctx = model.get_input_embeddings()(chunk_ids), nullcontext()
-    elif inject_layer is None:
-        embeds, ctx = embed_with_soft_tokens(model, chunk_ids, chunk_sites, soft), nullcontext()
-    else:
-        embeds = model.get_input_embeddings()(chunk_ids)
-        ctx = residual_overwrite(model, inject_layer, chunk_sites, soft)
-    with ctx:
-        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position[:, start:],
+        base_model(model)(input_ids=batch.ids[:1, :start], position_ids=batch.positions[:1, :start],
+                          use_cache=True, **cache_kw(model, cache))
+        cache.batch_repeat_interleave(len(prompts))
+    mask = None if shared else batch.attention
+    with injected_embeddings(model, batch.ids[:, start:], site_mask[:, start:], soft, inject_layer) as embeds:
+        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.positions[:, start:],
                     use_cache=True, logits_to_keep=1, **cache_kw(model, cache))
-    logits = out.logits[:, -1].float()  # (B, V)
-    next_pos = position[:, -1] + 1  # (B,)
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    return out.logits[:, -1].float(), mask
+
+
+@contextmanager
+def injected_embeddings(model, ids: torch.Tensor, site_mask: torch.Tensor, soft: torch.Tensor | None,
+                        inject_layer: int | None) -> Iterator[torch.Tensor]:
+    """Input embeddings of ``ids`` (B, T) for one forward with the soft tokens (B, d) at the sites:
+    in the embeddings themselves, or (``inject_layer``) overwriting the residual entering that block."""
+    if soft is None:
+        yield model.get_input_embeddings()(ids)
+    elif inject_layer is None:
+        yield embed_with_soft_tokens(model, ids, site_mask, soft)
+    else:
+        with residual_overwrite(model, inject_layer, site_mask, soft):
+            yield model.get_input_embeddings()(ids)
+
+
+def decode(model, cache: DynamicCache, logits: torch.Tensor, mask: torch.Tensor | None, next_pos: torch.Tensor, *,
+           max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+           generators: list[torch.Generator] | None = None, stop_ids: Sequence[int] = ()) -> list[Generated]:
+    """Token by token from a prefilled ``cache``; a row leaves the batch (and the cache) at its first stop id.
+
+    logits: (B, V) for the first new token; next_pos: (B,) its position ids.
+    """
+    B = logits.shape[0]
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=logits.device)
     active = list(range(B))
     tokens: list[list[int]] = [[] for _ in range(B)]
     logprobs: list[list[float]] = [[] for _ in range(B)]
     closed = [False] * B
     for step in range(max_new_tokens):
         gens = None if generators is None else [generators[b] for b in active]
-        if temperature <= 0:  # one pass gives the greedy token and the max for the log-sum-exp
-            top, tok = logits.max(dim=-1)  # (b,), (b,)
-        else:
-            tok, top = pick_tokens(logits, temperature, top_p, gens), logits.amax(dim=-1)
-        # log p(tok) = z_tok − logsumexp(z), by hand: torch's log_softmax is ~2x slower on CPU
-        lp = logits.gather(1, tok[:, None])[:, 0] - top - (logits - top[:, None]).exp_().sum(-1).log()
+        tok, lp = next_tokens(logits, temperature, top_p, gens)  # (b,), (b,)
         finished = torch.isin(tok, stop)
         for b, t, logp, fin in zip(active, tok.tolist(), lp.tolist(), finished.tolist()):
             tokens[b].append(t)
@@ -278,6 +314,18 @@ def generate(model, prompts: list[list[int]], sites: list[list[int]] | None = No
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     return [Generated(tokens[b], logprobs[b], closed[b]) for b in range(B)]
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                generators: list[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of each row and its log-probability: (B, V) → (B,), (B,)."""
+    if temperature <= 0:  # one pass gives the greedy token and the max for the log-sum-exp
+        top, tok = logits.max(dim=-1)
+    else:
+        tok, top = pick_tokens(logits, temperature, top_p, generators), logits.amax(dim=-1)
+    # log p(tok) = z_tok − logsumexp(z), by hand: torch's log_softmax is ~2x slower on CPU
+    lp = logits.gather(1, tok[:, None])[:, 0] - top - (logits - top[:, None]).exp_().sum(-1).log()
+    return tok, lp
 
 
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,

@@ -17,6 +17,8 @@ from .errors import SelfieError
 
 PROJECTIONS: dict[str, type[Projection]] = {}
 NORM_EPS = 1e-8
+INIT_SCALE = 30.0  # default init_scale (the reference's); files without one were trained with it
+INIT_FACTOR = 0.01  # default low_rank_init_factor
 
 
 def register(cls: type[Projection]) -> type[Projection]:
@@ -37,10 +39,11 @@ class Projection(nn.Module):
     """Base class: optional L2 input normalisation, then the kind's map ``_map`` in fp32."""
 
     kind: ClassVar[str]
-    needs_rank: ClassVar[bool] = False
+    needs_rank: ClassVar[bool] = False  # has U, V of width ``rank``
+    trainable: ClassVar[bool] = True  # has parameters to train
 
-    def __init__(self, dim: int, *, normalize_input: bool = True, init_scale: float = 30.0,
-                 rank: int | None = None, init_factor: float = 0.01) -> None:
+    def __init__(self, dim: int, *, normalize_input: bool = True, init_scale: float = INIT_SCALE,
+                 rank: int | None = None, init_factor: float = INIT_FACTOR) -> None:
         super().__init__()
         if dim <= 0:
             raise SelfieError(f"adapter dimension must be positive, got {dim}")
@@ -76,6 +79,7 @@ class Identity(Projection):
     """No parameters: the untrained SelfIE baseline (combine with normalisation and a scale)."""
 
     kind = "identity"
+    trainable = False
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -167,6 +171,11 @@ class FullRank(Projection):
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.float().T + self.bias.float()
+
+
+def trainable_kinds() -> tuple[str, ...]:
+    """The registered kinds that have parameters, in registry order."""
+    return tuple(k for k, cls in PROJECTIONS.items() if cls.trainable)
 
 
 def build_projection(kind: str, dim: int, **kwargs) -> Projection:

@@ -12,19 +12,26 @@ import torch
 
 from .errors import SelfieError, first_line
 from .files import check_finite, iter_jsonl, load_torch, read_safetensors, resolve_file, save_tensors
-from .modeling import base_model, decoder_layers, model_device, pad_token_id
+from .modeling import base_model, check_layers, decoder_layers, left_pad, model_device, pad_token_id
 
 
 class _StopForward(Exception):
     """Raised by the hook on the deepest requested block: nothing above it runs."""
 
 
-def chat_text(tokenizer, question: str, fix: str = "drop --chat or use the model's own tokenizer") -> str:
-    """One user turn rendered by the tokenizer's chat template, ending with the assistant header."""
+NO_CHAT_FIX = "drop --chat or use the model's own tokenizer"
+
+
+def render_chat(tokenizer, messages: list[dict], *, generation_prompt: bool = True, fix: str = NO_CHAT_FIX) -> str:
+    """``messages`` rendered by the tokenizer's chat template (+ the assistant header if ``generation_prompt``)."""
     if not getattr(tokenizer, "chat_template", None):
         raise SelfieError(f"the tokenizer has no chat template; {fix}")
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def chat_text(tokenizer, question: str, fix: str = NO_CHAT_FIX) -> str:
+    """One user turn rendered by the tokenizer's chat template, ending with the assistant header."""
+    return render_chat(tokenizer, [{"role": "user", "content": question}], fix=fix)
 
 
 def render_prompts(tokenizer, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
@@ -40,29 +47,13 @@ def render_prompts(tokenizer, prompts: Sequence[str], chat: bool = False) -> lis
     return out
 
 
-def _check_layers(model, layers: Sequence[int]) -> list[int]:
-    n = len(decoder_layers(model))
-    bad = [L for L in layers if not 0 <= L < n]
-    if bad or not layers:
-        raise SelfieError(f"layer(s) {bad or layers} out of range; this model has blocks 0..{n - 1} "
-                          "(layer L = residual stream after block L)")
-    return sorted(set(layers))
-
-
 @torch.inference_mode()
 def hidden_states_batch(model, batch: list[list[int]], layers: Sequence[int], pad_id: int) -> dict[int, torch.Tensor]:
     """Residual stream after each block in ``layers`` for left-padded ``batch``: {L: (B, T, d)}.
 
     Blocks above max(layers) and the LM head never run.
     """
-    device = model_device(model)
-    T = max(len(ids) for ids in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, seq in enumerate(batch):
-        ids[b, T - len(seq):] = torch.tensor(seq)
-        attn[b, T - len(seq):] = 1
-    position = (attn.cumsum(-1) - 1).clamp_min(0)
+    padded = left_pad(batch, pad_id, model_device(model))
     captured: dict[int, torch.Tensor] = {}
     blocks, last = decoder_layers(model), max(layers)
 
@@ -75,8 +66,8 @@ def hidden_states_batch(model, batch: list[list[int]], layers: Sequence[int], pa
 
     handles = [blocks[L].register_forward_hook(hook_for(L)) for L in layers]
     try:
-        base_model(model)(input_ids=ids.to(device), attention_mask=attn.to(device),
-                          position_ids=position.to(device), use_cache=False)
+        base_model(model)(input_ids=padded.ids, attention_mask=padded.attention, position_ids=padded.positions,
+                          use_cache=False)
     except _StopForward:
         pass
     finally:
@@ -95,7 +86,7 @@ def extract_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int 
 
     >>> vecs = extract_hidden_states(model, tok, ["Tell me about Paris."], 19, chat=True)[19]
     """
-    layers = _check_layers(model, [layers] if isinstance(layers, int) else list(layers))
+    layers = check_layers(model, [layers] if isinstance(layers, int) else layers)
     single = isinstance(positions, int)
     pos = [positions] if single else list(positions)
     encoded = render_prompts(tokenizer, prompts, chat)

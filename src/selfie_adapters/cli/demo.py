@@ -8,10 +8,12 @@ import typer
 from rich.console import Console
 
 from ..errors import SelfieError
-from ..projections import PROJECTIONS
+from ..modeling import check_layers
+from ..projections import trainable_kinds
+from ..toy.model import TOY_BLOCKS
 from .app import app
 
-TRAINABLE = [k for k in PROJECTIONS if k != "identity"]
+TRAINABLE = trainable_kinds()
 
 
 @app.command()
@@ -34,8 +36,7 @@ def demo(
     bad = [k for k in kinds if k not in TRAINABLE]
     if bad:
         raise SelfieError(f"unknown adapter kind(s) {bad}; valid: {', '.join(TRAINABLE)}")
-    if not 0 <= layer < 4:
-        raise SelfieError(f"--layer {layer} out of range; the toy model has blocks 0..3")
+    check_layers(TOY_BLOCKS, [layer], "--layer")
     console = Console()
     report, figure = run_demo(ExperimentConfig(kinds=kinds, seed=seed, layer=layer, steps=steps), out, console)
     console.print(f"report: {report}\nfigure: {figure}", highlight=False)

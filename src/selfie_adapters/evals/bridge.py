@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from ..modeling import decoder_layers, pad_token_id
+from ..modeling import check_layers, decoder_layers, pad_token_id
 from ..vectors import chat_text, hidden_states_batch
 from .report import save_heatmap, write_json
 
@@ -94,10 +94,7 @@ def bridge_eval(interpreter, record: dict, *, layers: Sequence[int] | None = Non
     >>> rep["scores"][19]   # one row per layer, one column per question token
     """
     model, tok = interpreter.model, interpreter.tokenizer
-    n_blocks = len(decoder_layers(model))
-    layers = list(range(n_blocks)) if layers is None else sorted({int(x) for x in layers})
-    if not layers or any(not 0 <= L < n_blocks for L in layers):
-        raise SelfieError(f"layers {layers} out of range; this model has blocks 0..{n_blocks - 1}")
+    layers = check_layers(model, range(len(decoder_layers(model))) if layers is None else layers, "layers")
     if samples < 1:
         raise SelfieError(f"samples must be ≥ 1, got {samples}")
     question, aliases = question_of(record), aliases_of(record)

@@ -33,8 +33,8 @@ from ..errors import SelfieError
 from ..guard import model_signature
 from ..interpret import derived_seed, generate
 from ..jsonl import JsonlLog
-from ..modeling import decoder_layers, eos_token_ids, model_device, pad_token_id
-from ..vectors import hidden_states_batch
+from ..modeling import check_layers, eos_token_ids, model_device, pad_token_id
+from ..vectors import hidden_states_batch, render_chat
 from .sae_probe import LatentProbe, latent_probe, sae_layer, sae_size
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,10 @@ def special_token_ids(tokenizer, model=None) -> set[int]:
     return ids | eos_token_ids(tokenizer, model)
 
 
-def render_chat(tokenizer, messages: list[dict], *, generation_prompt: bool) -> tuple[str, list[int]]:
-    if not getattr(tokenizer, "chat_template", None):
-        raise SelfieError("generation scoring needs a tokenizer with a chat template; use the model's own "
-                          "tokenizer (an instruct model)")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def encode_chat(tokenizer, messages: list[dict], *, generation_prompt: bool) -> tuple[str, list[int]]:
+    """The chat-rendered text of ``messages`` and its token ids (no special tokens added)."""
+    text = render_chat(tokenizer, messages, generation_prompt=generation_prompt,
+                       fix="generation scoring needs an instruct model's own tokenizer")
     return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -113,7 +112,7 @@ def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] 
     default one the template inserts) fall outside every counted span. ``special``: precomputed
     ``special_token_ids`` (it reads the whole vocabulary; pass it when masking many chats).
     """
-    text, _ = render_chat(tokenizer, messages, generation_prompt=False)
+    text, _ = encode_chat(tokenizer, messages, generation_prompt=False)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     spans, cursor = [], 0
     for m in messages:
@@ -208,11 +207,9 @@ def score_conversations(model, tokenizer, sae, latent: int, conversations: Seque
 
 def resolve_layer(model, sae, layer: int | None) -> int:
     layer = sae_layer(sae) if layer is None else layer
-    n = len(decoder_layers(model))
     if layer is None:
         raise SelfieError("cannot tell which layer the SAE reads; pass --layer L (residual after block L)")
-    if not 0 <= layer < n:
-        raise SelfieError(f"layer {layer} out of range; this model has blocks 0..{n - 1}")
+    check_layers(model, [layer], "layer")
     d, _ = sae_size(sae)
     if d != model.config.hidden_size:
         raise SelfieError(f"the SAE reads {d}-dim vectors but the model's hidden size is "
@@ -304,7 +301,7 @@ class _RunContext:
     def _run(self, batch: list[Trial]) -> list[dict]:
         device = model_device(self.model)
         probe = latent_probe(self.sae, [t.latent for t in batch], device)  # bad latents fail before writing
-        prompts = [render_chat(self.tokenizer, self.messages(t.label), generation_prompt=True)[1] for t in batch]
+        prompts = [encode_chat(self.tokenizer, self.messages(t.label), generation_prompt=True)[1] for t in batch]
         gens = [torch.Generator(device=device).manual_seed(derived_seed(self.seed, t.latent, t.label, t.sample))
                 for t in batch]
         scored = generate_and_score(self.model, self.tokenizer, prompts, probe, self.layer, generators=gens,

@@ -22,11 +22,12 @@ import torch
 
 from ..adapter import load_adapter
 from ..interpret import Interpreter
+from ..projections import PROJECTIONS, trainable_kinds
 from ..vectors import extract_hidden_states
 from .model import TOY_DIR, load_toy_model
 from .world import Concept, label
 
-DEFAULT_KINDS = ("scale_only", "scalar_affine", "scalar_affine_plus_low_rank", "low_rank_only", "full_rank")
+DEFAULT_KINDS = trainable_kinds()
 SCALE_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # baseline sweep, in units of the mean embedding norm
 
 
@@ -89,7 +90,7 @@ def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, 
         "model": {"name": str(cfg.model_dir), "dtype": "float32", "enable_gradient_checkpointing": False},
         "data": {"labels_file": str(labels_file), "batch_size": cfg.batch_size},
         "projection": {"type": kind, "normalize_input": True, "init_scale": init_scale,
-                       "low_rank_rank": cfg.rank if "low_rank" in kind else None},
+                       "low_rank_rank": cfg.rank if PROJECTIONS[kind].needs_rank else None},
         "training": {"learning_rate": cfg.learning_rate, "max_steps": cfg.steps, "warmup_steps": 10,
                      "validation_every_n_steps": max(cfg.steps // 4, 1), "checkpoint_every_n_steps": cfg.steps,
                      "checkpoint_dir": str(runs)},

@@ -11,6 +11,7 @@ from ..vectors import chat_text
 from .world import World, load_world
 
 TOY_DIR = Path(__file__).resolve().parent / "weights"
+TOY_BLOCKS = 4  # decoder blocks of the toy Llama
 WORLD_FILE = "world.json"
 
 
@@ -24,7 +25,7 @@ def toy_config(vocab_size: int, tokenizer: PreTrainedTokenizerBase | None = None
         ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=TOY_BLOCKS,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
         tie_word_embeddings=False, **ids,
     )

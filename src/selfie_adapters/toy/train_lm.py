@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class ToyLMConfig:
     """Everything that decides the trained weights."""
 
     n_concepts: int = 500
@@ -49,7 +49,7 @@ def assistant_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, head
     return torch.where(keep, input_ids, torch.full_like(input_ids, -100))
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
+def _lr_factor(step: int, cfg: ToyLMConfig) -> float:
     """Linear warmup, then cosine to zero."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -57,7 +57,7 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(cfg: TrainConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, World]:
+def train_toy_lm(cfg: ToyLMConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, World]:
     """Build the world, tokenizer and model, and train the model; returns all three."""
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
@@ -108,16 +108,16 @@ def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerBase, world: World, ou
 def main(argv: list[str] | None = None) -> None:
     """Train, check, save."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--n-concepts", type=int, default=TrainConfig.n_concepts)
+    p.add_argument("--steps", type=int, default=ToyLMConfig.steps)
+    p.add_argument("--seed", type=int, default=ToyLMConfig.seed)
+    p.add_argument("--n-concepts", type=int, default=ToyLMConfig.n_concepts)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(TOY_DIR))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = TrainConfig(n_concepts=args.n_concepts, seed=args.seed, steps=args.steps, threads=args.threads)
+    cfg = ToyLMConfig(n_concepts=args.n_concepts, seed=args.seed, steps=args.steps, threads=args.threads)
     t0 = time.perf_counter()
-    model, tok, world = train(cfg)
+    model, tok, world = train_toy_lm(cfg)
     print(f"trained {sum(p.numel() for p in model.parameters()):,} params in {time.perf_counter() - t0:.0f} s")
     for name, acc in accuracy(model, tok, world).items():
         print(f"greedy accuracy {name}: {acc:.3f}")

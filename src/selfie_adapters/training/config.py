@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from ..errors import SelfieError, first_line
-from ..projections import PROJECTIONS
+from ..modeling import DTYPES
+from ..projections import INIT_FACTOR, trainable_kinds
 from ..template import INJECTION_TOKEN
 
 OPTIMIZERS = ("adamw", "sgd_momentum")
@@ -56,7 +57,7 @@ class ProjectionConfig:
     normalize_input: bool = True
     init_scale: float | None = None  # None: the mean input-embedding norm of the model
     low_rank_rank: int | None = None
-    low_rank_init_factor: float = 0.01
+    low_rank_init_factor: float = INIT_FACTOR
 
 
 @dataclass
@@ -269,7 +270,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     return config_from_dict(raw, base_dir)
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_LIMIT = 2**63
 
 
@@ -310,7 +310,7 @@ def validate(cfg: TrainConfig) -> None:
 
 def _check_choices(cfg: TrainConfig) -> None:
     t, p = cfg.training, cfg.projection
-    trainable = [k for k in PROJECTIONS if k != "identity"]
+    trainable = trainable_kinds()
     if p.type == "identity":
         raise SelfieError(f"projection.type 'identity' is not trainable; valid: {', '.join(trainable)}")
     for name, value, valid in (("projection.type", p.type, trainable),
