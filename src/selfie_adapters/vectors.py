@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -246,12 +247,17 @@ def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Ten
     return drop_zero_rows(W_dec[list(indices)].float(), indices, "dead latent")  # (K, d)
 
 
+def _import_sae_lens(what: str = "SAE features"):
+    try:
+        import sae_lens
+    except ImportError:
+        raise SelfieError(f"{what} needs sae-lens: pip install 'selfie-adapters[sae]'") from None
+    return sae_lens
+
+
 def load_sae(release: str, sae_id: str, device: str = "cpu"):
     """An SAE from sae-lens (``sae`` extra), e.g. ``load_sae("goodfire-llama-3.1-8b-instruct", "layer_19")``."""
-    try:
-        from sae_lens import SAE
-    except ImportError:
-        raise SelfieError("SAE features need sae-lens: pip install 'selfie-adapters[sae]'") from None
+    SAE = _import_sae_lens().SAE
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
     except Exception as e:  # unknown release/id or download failure: one line
@@ -264,3 +270,80 @@ def sae_decoder_vectors(release: str, sae_id: str, indices: Sequence[int],
     """Decoder vectors of SAE latents (dead ones skipped): ((K, d) fp32, kept indices)."""
     sae = load_sae(release, sae_id, device)
     return decoder_rows(sae.W_dec.detach(), indices)
+
+
+SAE_PREFIX = "sae-lens:"
+
+
+@dataclass(frozen=True)
+class VectorSource:
+    """Where vectors come from, in the one syntax every command takes (``describe --vectors``,
+    ``eval loss --vectors``, ``data.vectors_file``, ``eval generation --sae``):
+    ``FILE`` (.safetensors / .pt / .npy), ``FILE#KEY`` (one tensor of several) or
+    ``sae-lens:<release>/<sae_id>`` (an SAE's decoder rows, ``sae`` extra).
+
+    >>> VectorSource.parse("sae-lens:goodfire-llama-3.1-8b-instruct/layer_19").load([0, 5])[1]
+    [0, 5]
+    """
+
+    path: str | None = None
+    key: str | None = None
+    sae_release: str | None = None
+    sae_id: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike, key: str | None = None) -> VectorSource:
+        """Read ``spec``; ``key`` (the old ``--key`` flag) picks the tensor when the spec names none."""
+        spec = str(spec)
+        if spec.startswith(SAE_PREFIX):
+            release, _, sae_id = spec[len(SAE_PREFIX):].partition("/")
+            if not release or not sae_id:
+                raise SelfieError(f"an SAE source must be {SAE_PREFIX}<release>/<sae_id>, got {spec!r} "
+                                  f"(e.g. {SAE_PREFIX}goodfire-llama-3.1-8b-instruct/layer_19)")
+            return cls(sae_release=release, sae_id=sae_id)
+        path, _, inline_key = (spec, "", "") if Path(spec).exists() else spec.partition("#")
+        if inline_key and key and inline_key != key:
+            raise SelfieError(f"{spec!r} names tensor {inline_key!r} but --key says {key!r}; give one")
+        return cls(path=path, key=inline_key or key)
+
+    @classmethod
+    def sae(cls, release: str, sae_id: str | None) -> VectorSource:
+        """The decoder rows of an sae-lens SAE (the old ``--sae-release R --sae-id ID`` spelling)."""
+        return cls.parse(f"{SAE_PREFIX}{release}/{sae_id or ''}")
+
+    @property
+    def is_sae(self) -> bool:
+        return self.sae_release is not None
+
+    def __str__(self) -> str:
+        if self.is_sae:
+            return f"{SAE_PREFIX}{self.sae_release}/{self.sae_id}"
+        return f"{self.path}#{self.key}" if self.key else str(self.path)
+
+    def relative_to(self, base_dir: str | os.PathLike) -> VectorSource:
+        """A relative file path taken from ``base_dir`` (where a config file lives), unless it exists as is."""
+        if self.is_sae or Path(self.path).expanduser().is_absolute() or Path(self.path).exists():
+            return self
+        return VectorSource(path=str(Path(base_dir) / self.path), key=self.key)
+
+    def check(self, what: str = "vectors") -> None:
+        """Cheap checks before a model is loaded: the file exists, or sae-lens is installed."""
+        if self.is_sae:
+            _import_sae_lens(f"{what}={self}")
+        elif not Path(self.path).expanduser().is_file():
+            raise SelfieError(f"vectors file not found: {self.path} ({what})")
+
+    def load(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """((N, d) fp32 vectors, their row indices); ``indices`` picks rows (dead SAE latents are skipped)."""
+        if self.is_sae:
+            W_dec = load_sae(self.sae_release, self.sae_id).W_dec.detach()  # (d_sae, d)
+            if indices is None:
+                return W_dec.float().cpu(), list(range(len(W_dec)))
+            return decoder_rows(W_dec, indices)
+        t = load_vectors(self.path, self.key)
+        if indices is None:
+            return t, list(range(len(t)))
+        bad = [i for i in indices if not 0 <= i < len(t)]
+        if bad:
+            raise SelfieError(f"row indices {bad[:5]} out of range; {self.path} has {len(t)} rows")
+        return t[list(indices)], list(indices)

@@ -21,12 +21,11 @@ from ..jsonl import JsonlLog
 from ..modeling import load_model
 from ..template import INJECTION_TOKEN, PromptTemplate, resolve_template
 from ..vectors import (
+    VectorSource,
     drop_zero_rows,
     extract_hidden_states,
     load_mean_vectors,
     load_prompts,
-    load_vectors,
-    sae_decoder_vectors,
     save_mean_vectors,
     sum_hidden_states,
 )
@@ -35,6 +34,8 @@ from .checks import check_device, check_sampling, check_scales
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, parse_indices
 
 console = Console(stderr=True)
+VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several) "
+                "or sae-lens:RELEASE/ID (SAE decoder rows; with --features).")
 
 
 def progress_bar() -> Progress:
@@ -64,11 +65,12 @@ def describe(
     out: Path = typer.Option(..., help="Output JSONL; re-running with the same file resumes."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; none = untrained baseline."),
     scale: list[float] | None = typer.Option(None, help="Soft-token scale(s); repeat to sweep."),
-    vectors: Path | None = typer.Option(None, help="Vectors file: .safetensors / .pt / .npy, shape (N, d)."),
-    key: str | None = typer.Option(None, help="Tensor name inside the vectors file."),
-    sae_release: str | None = typer.Option(None, help="SAE release (sae-lens) for --features."),
-    sae_id: str | None = typer.Option(None, help="SAE id within the release, e.g. layer_19."),
-    features: str | None = typer.Option(None, help="SAE latent indices, e.g. '0,5,10-20'."),
+    vectors: str | None = typer.Option(None, help=VECTORS_HELP),
+    key: str | None = typer.Option(None, help="Tensor name inside the vectors file (same as FILE#KEY)."),
+    sae_release: str | None = typer.Option(None, help="Old spelling of --vectors sae-lens:RELEASE/ID."),
+    sae_id: str | None = typer.Option(None, help="With --sae-release: the SAE id, e.g. layer_19."),
+    features: str | None = typer.Option(None, help="Rows to describe, e.g. '0,5,10-20' (SAE latents; "
+                                        "required for an SAE)."),
     prompts: Path | None = typer.Option(None, help="Describe the state after block --layer at the last token of "
                                         "each prompt (one per line, or JSONL with \"prompt\")."),
     chat: bool = typer.Option(False, help="With --prompts: wrap each prompt in the chat template."),
@@ -99,10 +101,10 @@ def describe(
 
     Example: selfie describe --model meta-llama/Llama-3.1-8B-Instruct
       --adapter keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors
-      --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --features 0-99 --out labels.jsonl
+      --vectors sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --features 0-99 --out labels.jsonl
 
-    Vectors come from exactly one of --vectors FILE, --sae-release/--sae-id/--features, or
-    --prompts FILE --layer L [--chat] (with --mean-vectors for contrastive adapters).
+    Vectors come from exactly one of --vectors SOURCE (FILE, FILE#KEY or sae-lens:RELEASE/ID with
+    --features) or --prompts FILE --layer L [--chat] (with --mean-vectors for contrastive adapters).
     """
     # Everything that can be checked without the model is checked first.
     scales = check_scales(scale)
@@ -113,20 +115,22 @@ def describe(
     check_label_end(label_end)
     ad = load_adapter(adapter) if adapter else None
     if sum(x is not None for x in (vectors, sae_release, prompts)) != 1:
-        raise SelfieError("give exactly one vector source: --vectors FILE, --prompts FILE --layer L, or "
-                          "--sae-release/--sae-id/--features")
+        raise SelfieError("give exactly one vector source: --vectors FILE[#KEY], --vectors "
+                          "sae-lens:RELEASE/ID --features 0-99, or --prompts FILE --layer L")
     texts = _prompts_from_options(prompts, layer) if prompts is not None else None
-    vecs, indices = (None, None) if texts is not None else _vectors_from_options(vectors, key, sae_release,
-                                                                                 sae_id, features)
+    source = None if texts is not None else _source_from_options(vectors, key, sae_release, sae_id, features)
+    vecs, indices = (None, None) if source is None else source.load(
+        parse_indices(features, "--features") if features else None)
+    if source is not None and not source.is_sae:  # SAE rows drop their dead latents in load()
+        vecs, indices = drop_zero_rows(vecs, indices)
     mean = _mean_from_options(mean_vectors, layer)
     inputs = {"model": model_identity(model), "dtype": dtype, "adapter": FileInput(resolve_file(adapter))
               if adapter else None, "template": template, "injection_token": injection_token,
               "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
               "inject_layer": inject_layer, "mean_vectors": FileInput(mean_vectors) if mean_vectors else None,
-              "layer": layer, "vectors": FileInput(vectors) if vectors else None, "key": key,
+              "layer": layer, **_source_inputs(source),
               "prompts": sha256_text("\n".join(texts)) if texts is not None else None, "chat": chat,
-              "sae": f"{sae_release}/{sae_id}" if sae_release else None, "relevancy": relevancy,
-              "label_end": label_end}
+              "relevancy": relevancy, "label_end": label_end}
     with JsonlLog(out, inputs, command="describe", key_fields=("index", "scale", "sample"),
                   overwrite=overwrite) as log:
         m, tok = load_model(model, dtype=dtype, device=device)
@@ -160,14 +164,21 @@ def _prompts_from_options(prompts: Path, layer: int | None) -> list[str]:
     return load_prompts(prompts)
 
 
-def _vectors_from_options(vectors, key, sae_release, sae_id, features) -> tuple[torch.Tensor, list[int]]:
-    if vectors is not None:
-        v = load_vectors(vectors, key)
-        return drop_zero_rows(v, list(range(len(v))))
-    if not (sae_id and features):
-        raise SelfieError("--sae-release needs --sae-id and --features (e.g. --features 0-99)")
-    v, kept = sae_decoder_vectors(sae_release, sae_id, parse_indices(features, "--features"))
-    return v, kept
+def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None, sae_id: str | None,
+                         features: str | None) -> VectorSource:
+    """``--vectors SOURCE`` or the old spellings (``--key K``, ``--sae-release R --sae-id ID``)."""
+    source = VectorSource.sae(sae_release, sae_id) if sae_release else VectorSource.parse(vectors, key)
+    if source.is_sae and not features:
+        raise SelfieError(f"{source} needs --features: which latents to describe (e.g. --features 0-99)")
+    return source
+
+
+
+def _source_inputs(source: VectorSource | None) -> dict:
+    """The vector source as the run's recorded inputs; old and new spellings of one source record the same."""
+    file = source is not None and not source.is_sae
+    return {"vectors": FileInput(source.path) if file else None, "key": source.key if file else None,
+            "sae": f"{source.sae_release}/{source.sae_id}" if source is not None and source.is_sae else None}
 
 
 def _mean_from_options(mean_vectors: Path | None, layer: int | None) -> torch.Tensor | None:

@@ -14,7 +14,9 @@ from ..evals import bridge as bridge_mod
 from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
 from ..evals.report import print_table, read_jsonl, write_json
+from ..evals.sae_probe import open_sae
 from ..outputs import OutputLock, check_output_path
+from ..vectors import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
 from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices
@@ -61,9 +63,11 @@ def retrieval(
 def generation(
     model: ModelOpt,
     out: Path = typer.Option(..., help="Trial rows (JSONL); re-running with the same file resumes."),
-    sae_release: str | None = typer.Option(None, help="SAE release (sae-lens)."),
-    sae_id: str | None = typer.Option(None, help="SAE id within the release, e.g. layer_19."),
-    sae_file: Path | None = typer.Option(None, help="Local SAE .safetensors (W_enc, b_enc, b_dec[, threshold])."),
+    sae: str | None = typer.Option(None, help="The SAE: sae-lens:RELEASE/ID, or a local .safetensors with "
+                                   "W_enc, b_enc, b_dec[, threshold]."),
+    sae_release: str | None = typer.Option(None, help="Old spelling of --sae sae-lens:RELEASE/ID."),
+    sae_id: str | None = typer.Option(None, help="With --sae-release: the SAE id, e.g. layer_19."),
+    sae_file: Path | None = typer.Option(None, help="Old spelling of --sae FILE."),
     layer: int | None = typer.Option(None, help="Block whose output the SAE reads (default: from the SAE)."),
     labels: Path | None = typer.Option(None, help="Labels JSONL with latent (or index) + label."),
     adapter: str | None = typer.Option(None, help="Write labels on the fly with this adapter (needs --latents)."),
@@ -88,7 +92,7 @@ def generation(
     context of the instruction that named the label.
 
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
-      --sae-release goodfire-llama-3.1-8b-instruct --sae-id layer_19 --labels labels.jsonl --out gen.jsonl
+      --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
     check_sampling(temperature, top_p)
     check_device(device)
@@ -101,7 +105,7 @@ def generation(
         raise SelfieError("--adapter writes labels for --latents; add e.g. --latents 0-99")
     pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
     indices = parse_indices(latents, "--latents") if latents is not None else None
-    sae = _load_sae(sae_release, sae_id, sae_file, layer)
+    sae_model = open_sae(_sae_source(sae, sae_release, sae_id, sae_file), layer)
     from ..modeling import load_model
 
     m, tok = load_model(model, dtype=dtype, device=device)
@@ -109,7 +113,7 @@ def generation(
         from ..adapter import load_adapter
         from ..interpret import Interpreter
         interp = Interpreter(m, tok, load_adapter(adapter))
-        pairs = gen_mod.labels_from_adapter(interp, sae, indices, samples=label_samples,
+        pairs = gen_mod.labels_from_adapter(interp, sae_model, indices, samples=label_samples,
                                             temperature=0.0 if label_samples == 1 else 1.0, seed=seed)
     from .core import progress_bar
 
@@ -117,7 +121,7 @@ def generation(
     done = min(total, sum(1 for line in out.open() if line.strip())) if out.is_file() else 0  # resumed trials
     with progress_bar() as bar:
         task = bar.add_task("scoring", total=total, completed=done)
-        summary = gen_mod.generation_eval(m, tok, sae, pairs, out, layer=layer, samples=samples, prompt=prompt,
+        summary = gen_mod.generation_eval(m, tok, sae_model, pairs, out, layer=layer, samples=samples, prompt=prompt,
                                           system=system, max_new_tokens=max_new_tokens, temperature=temperature,
                                           top_p=top_p, seed=seed, batch_size=batch_size,
                                           progress=lambda n: bar.advance(task, n))
@@ -134,18 +138,15 @@ def generation(
                  ["  95% bootstrap CI", f"{lo:.3f} – {hi:.3f}"]])
 
 
-def _load_sae(release: str | None, sae_id: str | None, sae_file: Path | None, layer: int | None):
-    if sae_file is not None:
-        if release or sae_id:
-            raise SelfieError("give either --sae-file or --sae-release/--sae-id, not both")
-        from ..evals.sae_probe import SimpleSAE
-
-        return SimpleSAE.load(sae_file, layer)
-    if not (release and sae_id):
-        raise SelfieError("which SAE? pass --sae-release R --sae-id ID (sae-lens) or --sae-file SAE.safetensors")
-    from ..vectors import load_sae
-
-    return load_sae(release, sae_id)
+def _sae_source(sae: str | None, release: str | None, sae_id: str | None, sae_file: Path | None) -> VectorSource:
+    """``--sae SOURCE`` or the old spellings (``--sae-release R --sae-id ID``, ``--sae-file FILE``)."""
+    given = [flag for flag, v in (("--sae", sae), ("--sae-release", release), ("--sae-file", sae_file)) if v]
+    if len(given) != 1:
+        raise SelfieError(f"which SAE? give one of --sae sae-lens:RELEASE/ID or --sae SAE.safetensors "
+                          f"(got {', '.join(given) or 'none'})")
+    if release:
+        return VectorSource.sae(release, sae_id)
+    return VectorSource.parse(sae or sae_file)
 
 
 @eval_app.command()

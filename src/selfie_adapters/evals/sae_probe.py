@@ -17,6 +17,7 @@ import torch
 
 from ..errors import SelfieError
 from ..files import read_safetensors
+from ..vectors import VectorSource, load_sae
 
 COLUMN_ARCHS = ("standard", "relu", "jumprelu")
 
@@ -139,3 +140,13 @@ class SimpleSAE(torch.nn.Module):
             layer = int(meta["layer"])
         return cls(tensors["W_enc"], tensors["b_enc"], tensors["b_dec"], tensors.get("threshold"),
                    tensors.get("W_dec"), layer)
+
+
+def open_sae(source: str | VectorSource, layer: int | None = None):
+    """An SAE from a vector-source spec: ``sae-lens:<release>/<sae_id>`` or a local SimpleSAE ``.safetensors``."""
+    source = source if isinstance(source, VectorSource) else VectorSource.parse(source)
+    if source.is_sae:
+        return load_sae(source.sae_release, source.sae_id)
+    if source.key:
+        raise SelfieError(f"an SAE file holds W_enc, b_enc, b_dec; drop '#{source.key}' from {source}")
+    return SimpleSAE.load(source.path, layer)

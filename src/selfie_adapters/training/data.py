@@ -25,11 +25,10 @@ import torch
 from ..errors import SelfieError
 from ..files import iter_jsonl, open_text
 from ..template import end_of_turn_token
-from ..vectors import load_vectors
+from ..vectors import VectorSource
 from .config import DataConfig
 
 SPLITS = ("train", "val")
-SAE_PREFIX = "sae-lens:"
 
 
 @dataclass
@@ -81,9 +80,7 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
     path = _resolve(cfg.labels_file, base_dir)
     if not path.is_file():
         raise SelfieError(f"labels file not found: {path} (set data.labels_file)")
-    override = cfg.vectors_file
-    if override and not override.startswith(SAE_PREFIX):
-        override = str(_resolve(override, base_dir))
+    override = VectorSource.parse(cfg.vectors_file).relative_to(base_dir) if cfg.vectors_file else None
     if _is_jsonl(path):
         vectors, datasets, raw = _read_jsonl(path, override)
     else:
@@ -141,17 +138,8 @@ def check_sources(cfg: DataConfig, base_dir: str | os.PathLike = ".") -> None:
     Run before loading a big model so a typo fails in a second, not after minutes of loading."""
     if not _resolve(cfg.labels_file, base_dir).is_file():
         raise SelfieError(f"labels file not found: {cfg.labels_file} (data.labels_file)")
-    source = cfg.vectors_file
-    if source and source.startswith(SAE_PREFIX):
-        try:
-            import sae_lens  # noqa: F401
-        except ImportError:
-            raise SelfieError(f"data.vectors_file={source} needs sae-lens: pip install 'selfie-adapters[sae]'"
-                              ) from None
-    elif source:
-        path = source if Path(source).exists() else source.partition("#")[0]
-        if not _resolve(path, base_dir).is_file():
-            raise SelfieError(f"vectors file not found: {path} (data.vectors_file)")
+    if cfg.vectors_file:
+        VectorSource.parse(cfg.vectors_file).relative_to(base_dir).check("data.vectors_file")
 
 
 def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike) -> Path:
@@ -163,7 +151,7 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _read_sections(path: Path, override: str | None) -> tuple[torch.Tensor, list[str], _Raw]:
+def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], _Raw]:
     try:
         with open_text(path) as f:
             sections = json.load(f)
@@ -173,23 +161,23 @@ def _read_sections(path: Path, override: str | None) -> tuple[torch.Tensor, list
         sections = [sections]
     if not isinstance(sections, list) or not sections:
         raise SelfieError(f"{path.name} must hold a list of sections {{'metadata': ..., 'vectors': [...]}}")
-    sources: dict[str, tuple[int, torch.Tensor]] = {}  # source → (row offset, tensor)
+    sources: dict[VectorSource, tuple[int, torch.Tensor]] = {}  # source → (row offset, tensor)
     datasets: list[str] = []
     raw = _Raw([], [], [], [])
     for s, section in enumerate(sections):
         if not isinstance(section, dict) or not isinstance(section.get("vectors"), list):
             raise SelfieError(f"{path.name}: section {s} needs a 'vectors' list of {{index, labels, split}}")
         meta = section.get("metadata") or {}
-        source = override or (str(path.parent / meta["filename"]) if meta.get("filename") else None)
+        source = override or (VectorSource.parse(path.parent / meta["filename"]) if meta.get("filename") else None)
         if source is None:
             raise SelfieError(f"{path.name}: section {s} ({meta.get('dataset_name', '?')}) names no vectors "
                               "'filename'; pass the vectors with --set data.vectors_file=FILE (or "
                               "sae-lens:<release>/<sae_id> for SAE decoder rows)")
         if source not in sources:
             offset = sum(len(t) for _, t in sources.values())
-            sources[source] = (offset, load_vector_file(source))
+            sources[source] = (offset, source.load()[0])
         offset, tensor = sources[source]
-        name = str(meta.get("dataset_name") or Path(source).stem)
+        name = str(meta.get("dataset_name") or Path(str(source)).stem)
         key = f"{name}@l{meta['layer']}" if meta.get("layer") is not None else name
         if key not in datasets:
             datasets.append(key)
@@ -216,11 +204,11 @@ def _add_entries(raw: _Raw, entries: list, offset: int, n: int, dataset: int, wh
             raw.datasets.append(dataset)
 
 
-def _read_jsonl(path: Path, override: str | None) -> tuple[torch.Tensor, list[str], _Raw]:
+def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], _Raw]:
     inline: list[list[float]] = []
     datasets: list[str] = []
     raw = _Raw([], [], [], [])
-    table = load_vector_file(override) if override else None
+    table = override.load()[0] if override else None
     with open_text(path) as f:
         for lineno, rec in iter_jsonl(f, path.name, what="labels"):
             name = str(rec.get("dataset") or path.name.split(".")[0])
@@ -251,22 +239,3 @@ def _read_jsonl(path: Path, override: str | None) -> tuple[torch.Tensor, list[st
     if not inline:
         raise SelfieError(f"{path.name} has no examples")
     return vectors, datasets, raw
-
-
-def load_vector_file(source: str) -> torch.Tensor:
-    """An (N, d) tensor from ``file.pt`` / ``file.safetensors`` / ``file.npy`` (``file#key`` picks a
-    tensor) or ``sae-lens:<release>/<sae_id>`` (the SAE's decoder rows, ``sae`` extra)."""
-    if source.startswith(SAE_PREFIX):
-        return _sae_decoder(source[len(SAE_PREFIX):])
-    path, _, key = source.partition("#") if not Path(source).exists() else (source, "", "")
-    return load_vectors(path, key or None)
-
-
-def _sae_decoder(spec: str) -> torch.Tensor:
-    release, _, sae_id = spec.partition("/")
-    if not release or not sae_id:
-        raise SelfieError(f"SAE source must be sae-lens:<release>/<sae_id>, got {SAE_PREFIX}{spec!r} "
-                          "(e.g. sae-lens:goodfire-llama-3.1-8b-instruct/layer_19)")
-    from ..vectors import load_sae  # lazy: needs the optional `sae` extra (sae-lens)
-
-    return load_sae(release, sae_id).W_dec.detach().float().cpu()
