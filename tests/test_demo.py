@@ -8,7 +8,8 @@ import torch
 from selfie_adapters.cli import main
 from selfie_adapters.toy import TOY_DIR
 
-pytestmark = pytest.mark.skipif(not (TOY_DIR / "world.json").exists(), reason="toy weights missing")
+pytestmark = [pytest.mark.skipif(not (TOY_DIR / "world.json").exists(), reason="toy weights missing"),
+              pytest.mark.slow]  # trains two adapters on the toy model
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from selfie_adapters import Interpreter
@@ -51,10 +53,7 @@ def test_heatmap_mechanics(tiny_model, tokenizer, tmp_path):
         bridge_eval(interp, rec, layers=[9])
 
 
-def test_bridge_cli_resumes_finished_records(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import json
-
-    import selfie_adapters.modeling as modeling
+def test_bridge_cli_resumes_finished_records(tiny_model_dir, tmp_path, capsys):
     from selfie_adapters.cli import main
 
     records = tmp_path / "twohop.jsonl"
@@ -69,12 +68,26 @@ def test_bridge_cli_resumes_finished_records(tiny_model_dir, tmp_path, capsys, m
     assert [r["record"] for r in first["records"]] == ["q1", "q2"]
     assert (out / "q1.png").exists() and (out / "q2.json").exists()
 
-    def no_model(*a, **k):
-        raise AssertionError("finished records must not be recomputed")
-
-    monkeypatch.setattr(modeling, "load_model", no_model)
-    assert main(args) == 0  # both records done: nothing loads, the summary is rebuilt
+    reports = {p: p.stat().st_mtime_ns for p in out.glob("q*")}  # q1/q2 .json + .png
+    assert len(reports) == 4
+    assert main(args) == 0  # both records done: read back, not recomputed; the summary is rebuilt
     assert json.loads((out / "summary.json").read_text()) == first
+    assert {p: p.stat().st_mtime_ns for p in reports} == reports
     capsys.readouterr()
     assert main(args[:-3] + ["--samples", "2", "--out-dir", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_bridge_records_builds_no_interpreter_when_all_done(tmp_path):
+    from selfie_adapters.evals import bridge_records
+
+    rep = {"question": "Who?", "aliases": ["Paris"], "layers": [0, 1], "tokens": ["Who", "?"],
+           "scores": [[0.0, 0.5], [1.0, 0.0]]}
+    (tmp_path / "q1.json").write_text(json.dumps(rep))
+
+    def no_model():
+        raise AssertionError("finished records must not load the model")
+
+    summary = bridge_records([{"id": "q1", "question": "Who?", "e2_value": "Paris"}], tmp_path, no_model)
+    assert summary[0]["max_score"] == 1.0 and summary[0]["best_layer"] == 1 and summary[0]["best_token"] == "Who"
+    assert (tmp_path / "q1.png").exists() and json.loads((tmp_path / "summary.json").read_text())["records"] == summary

@@ -65,7 +65,6 @@ def test_layer_k_injection_equals_hand_made_hook(tiny_model, tokenizer):
     with residual_overwrite(tiny_model, 2, mask, vec):
         got = tiny_model(input_ids=input_ids).logits
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(tiny_model(input_ids=input_ids).logits, tiny_model(input_ids=input_ids).logits)
     assert not torch.allclose(tiny_model(input_ids=input_ids).logits, expected)  # hook removed
 
 

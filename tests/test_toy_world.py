@@ -93,6 +93,7 @@ def test_chat_template_matches_the_corpus_format(tok):
                     "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
+@pytest.mark.slow  # greedy generation with the trained toy model
 @pytest.mark.skipif(not (TOY_DIR / "world.json").is_file(), reason="toy weights not trained")
 def test_committed_model_answers_tell_me_about():
     model, tok, world = load_toy_model()

@@ -33,9 +33,10 @@ def test_train_and_eval_loss_commands(toy_dir, tmp_path, capsys):
     raw = toy_config_dict(toy_dir, checkpoint_dir=str(tmp_path))
     raw["model"]["name"] = str(toy_dir / "model")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    code = main(["train", str(tmp_path / "c.yaml"), "--set", "training.max_steps=4", "--no-progress"])
-    out = capsys.readouterr().out
+    code = main(["train", str(tmp_path / "c.yaml"), "--set", "training.max_steps=4"])
+    out, err = capsys.readouterr()
     assert code == 0, out
+    assert "train" in err and "4/4" in err  # the CLI's progress bar (the trainer only reports)
     final = tmp_path / "toy" / "final.safetensors"
     assert f"final: {final}" in out and "best:" in out
     metrics = [json.loads(x) for x in (tmp_path / "toy" / "metrics.jsonl").read_text().splitlines()]
@@ -73,15 +74,16 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         tok = toy_tokenizer()
         cfg = toy_config(__import__("pathlib").Path(root), checkpoint_dir=out, max_steps=4,
                          gradient_accumulation_steps=2)
-        train(cfg, model=toy_model(tok), tokenizer=tok, show_progress=False)
+        train(cfg, model=toy_model(tok), tokenizer=tok)
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two processes
 def test_ddp_two_processes_match_one(toy_dir, tmp_path):
     tok = toy_tokenizer()
     single = train(toy_config(toy_dir, checkpoint_dir=str(tmp_path / "one"), max_steps=4,
-                              gradient_accumulation_steps=2), model=toy_model(tok), tokenizer=tok, show_progress=False)
+                              gradient_accumulation_steps=2), model=toy_model(tok), tokenizer=tok)
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(toy_dir), str(tmp_path / "two")), nprocs=2, join=True)
     a, b = load_adapter(single.final_path), load_adapter(tmp_path / "two" / "toy" / "final.safetensors")
     for name, value in a.projection.state_dict().items():

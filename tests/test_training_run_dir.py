@@ -33,33 +33,33 @@ def _steps(run_dir):
 def test_finished_run_needs_resume_or_overwrite(toy, tmp_path):
     root, tok, model = toy
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=3)
-    first = train(cfg, model=model, tokenizer=tok, show_progress=False)
+    first = train(cfg, model=model, tokenizer=tok)
     before = (first.run_dir / "metrics.jsonl").read_bytes()
     with pytest.raises(SelfieError, match="already holds a run .* --resume .* --overwrite"):
-        train(cfg, model=model, tokenizer=tok, show_progress=False)
+        train(cfg, model=model, tokenizer=tok)
     assert (first.run_dir / "metrics.jsonl").read_bytes() == before  # nothing touched
     with pytest.raises(SelfieError, match="contradict"):
-        train(cfg, model=model, tokenizer=tok, resume=True, overwrite=True, show_progress=False)
-    again = train(cfg, model=model, tokenizer=tok, overwrite=True, show_progress=False)
+        train(cfg, model=model, tokenizer=tok, resume=True, overwrite=True)
+    again = train(cfg, model=model, tokenizer=tok, overwrite=True)
     assert _steps(again.run_dir) == [1, 2, 3]  # replaced, not appended
 
 
 def test_resume_refuses_changed_settings_but_allows_safe_ones(toy, tmp_path):
     root, tok, model = toy
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=6)
-    train(cfg, model=model, tokenizer=tok, stop_at_step=2, show_progress=False)
+    train(cfg, model=model, tokenizer=tok, stop_at_step=2)
     raw = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=6, learning_rate=5.0)
     raw["seed"] = 7
     with pytest.raises(SelfieError, match=r"changed settings: seed, training.learning_rate\. Only these"):
-        train(config_from_dict(raw), model=model, tokenizer=tok, resume=True, show_progress=False)
+        train(config_from_dict(raw), model=model, tokenizer=tok, resume=True)
     # left unset, the model-filled defaults resume as saved; set to something else, they are a change
     other_eos = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=6)
     other_eos["data"]["eos_token"] = "<|end_of_text|>"
     with pytest.raises(SelfieError, match=r"changed settings: data.eos_token\. Only these"):
-        train(config_from_dict(other_eos), model=model, tokenizer=tok, resume=True, show_progress=False)
+        train(config_from_dict(other_eos), model=model, tokenizer=tok, resume=True)
     safe = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=8, validation_every_n_steps=3)
     safe["logging"]["log_every_n_steps"] = 1
-    result = train(config_from_dict(safe), model=model, tokenizer=tok, resume=True, show_progress=False)
+    result = train(config_from_dict(safe), model=model, tokenizer=tok, resume=True)
     assert result.global_step == 8 and result.final_path.exists()
     assert read_state_info(result.run_dir / STATE_TENSORS)["config"]["training"]["max_steps"] == 8
 
@@ -67,18 +67,18 @@ def test_resume_refuses_changed_settings_but_allows_safe_ones(toy, tmp_path):
 def test_resume_truncates_metrics_to_the_saved_step(toy, tmp_path):
     root, tok, model = toy
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=6)
-    part = train(cfg, model=model, tokenizer=tok, stop_at_step=3, show_progress=False)
+    part = train(cfg, model=model, tokenizer=tok, stop_at_step=3)
     metrics = part.run_dir / "metrics.jsonl"
     # killed after logging steps 4-5 but before their checkpoint, mid-way through a line
     metrics.write_text(metrics.read_text() + '{"step": 4, "loss": 1.0}\n{"step": 5, "loss": 1.0}\n{"step": 6, "lo')
-    train(cfg, model=model, tokenizer=tok, resume=True, show_progress=False)
+    train(cfg, model=model, tokenizer=tok, resume=True)
     assert _steps(part.run_dir) == [1, 2, 3, 4, 5, 6]
 
 
 def test_state_is_one_atomic_file(toy, tmp_path, monkeypatch):
     root, tok, model = toy
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=4, checkpoint_every_n_steps=2)
-    result = train(cfg, model=model, tokenizer=tok, show_progress=False, stop_at_step=2)
+    result = train(cfg, model=model, tokenizer=tok, stop_at_step=2)
     assert sorted(p.name for p in result.run_dir.glob("training_state*")) == [STATE_TENSORS]
     saved = (result.run_dir / STATE_TENSORS).read_bytes()
 
@@ -89,11 +89,11 @@ def test_state_is_one_atomic_file(toy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(files, "save_file", torn)
     with pytest.raises(OSError):
-        train(cfg, model=model, tokenizer=tok, resume=True, show_progress=False)
+        train(cfg, model=model, tokenizer=tok, resume=True)
     assert (result.run_dir / STATE_TENSORS).read_bytes() == saved
     assert not list(result.run_dir.glob("*.tmp"))
     monkeypatch.undo()
-    assert train(cfg, model=model, tokenizer=tok, resume=True, show_progress=False).global_step == 4
+    assert train(cfg, model=model, tokenizer=tok, resume=True).global_step == 4
 
 
 def test_divergence_stops_and_keeps_the_last_state(toy, tmp_path, monkeypatch):
@@ -110,7 +110,7 @@ def test_divergence_stops_and_keeps_the_last_state(toy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(_Run, "_optimizer_step", poisoned)
     with pytest.raises(SelfieError, match=r"diverged at step 3 .*non-finite parameter.*state of step 2 is kept"):
-        train(cfg, model=model, tokenizer=tok, show_progress=False)
+        train(cfg, model=model, tokenizer=tok)
     assert read_state_info(cfg.run_dir / STATE_TENSORS)["global_step"] == 2
     assert not (cfg.run_dir / "final.safetensors").exists()
 

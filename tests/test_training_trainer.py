@@ -1,16 +1,20 @@
-"""Trainer: learns a toy task, max_steps is exact, resume is exact, files carry full metadata."""
+"""Trainer: learns a toy task with every trainable kind, max_steps and resume are exact (AdamW and SGD
+optimizer state), files carry full metadata, per-parameter learning rates, samples and wandb logging."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from selfie_adapters import load_adapter, read_safetensors
-from selfie_adapters.testing import toy_config, toy_model, toy_tokenizer, write_toy_data
+from selfie_adapters.projections import PROJECTIONS, trainable_kinds
+from selfie_adapters.testing import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
+from selfie_adapters.training.config import config_from_dict
 from selfie_adapters.training.loss import SelfieLoss
-from selfie_adapters.training.trainer import lr_factor, train
+from selfie_adapters.training.trainer import build_optimizer, lr_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +29,22 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_lowers_val_loss_and_writes_files(toy, tmp_path):
+def _config(root, kind: str = "full_rank", logging: dict | None = None, **training):
+    raw = toy_config_dict(root, **training)
+    raw["projection"] = {"type": kind, "init_scale": 5.0,
+                         "low_rank_rank": 4 if PROJECTIONS[kind].needs_rank else None}
+    raw["logging"].update(logging or {})
+    return config_from_dict(raw)
+
+
+@pytest.mark.parametrize("kind", trainable_kinds())
+def test_every_kind_lowers_val_loss_and_writes_files(kind, toy, tmp_path):
     root, tok, model = toy
-    cfg = toy_config(root, checkpoint_dir=str(tmp_path), num_epochs=4, validation_every_n_steps=4,
-                     learning_rate=0.2)
-    result = train(cfg, model=model, tokenizer=tok, show_progress=False)
+    cfg = _config(root, kind, checkpoint_dir=str(tmp_path), num_epochs=4, validation_every_n_steps=4,
+                  learning_rate=0.2)
+    result = train(cfg, model=model, tokenizer=tok)
     vals = [m["val_loss"] for m in _metrics(result.run_dir) if "val_loss" in m]
-    assert vals[-1] < 0.8 * vals[0]
+    assert vals[-1] < (0.8 if kind == "full_rank" else 1.0) * vals[0]
     assert result.best_val_loss == min(vals)
     _, meta = read_safetensors(result.final_path)
     assert meta["global_step"] == str(result.global_step) == "20"
@@ -44,20 +57,25 @@ def test_training_lowers_val_loss_and_writes_files(toy, tmp_path):
     assert meta["eos_token"] == cfg_json["data"]["eos_token"] == "<|eot_id|>"
     assert meta["injection_token"] == cfg_json["soft_prompt"]["reserved_token"]
     best = load_adapter(result.best_path)
-    assert best.kind == "full_rank" and float(best.metadata["best_val_loss"]) == pytest.approx(min(vals))
+    assert best.kind == kind and float(best.metadata["best_val_loss"]) == pytest.approx(min(vals))
 
 
-def test_max_steps_is_exact_and_resume_matches_uninterrupted(toy, tmp_path):
+@pytest.mark.parametrize("kind, optimizer", [(k, "adamw") for k in trainable_kinds()] + [("scalar_affine_plus_low_rank",
+                                                                                          "sgd_momentum")])
+def test_max_steps_is_exact_and_resume_matches_uninterrupted(kind, optimizer, toy, tmp_path):
     root, tok, model = toy
     # max_steps 7 with batch 8, 36 train examples: crosses an epoch boundary (5 batches per epoch)
-    full = train(toy_config(root, checkpoint_dir=str(tmp_path / "a"), max_steps=7), model=model, tokenizer=tok,
-                 show_progress=False)
+    common = {"max_steps": 7, "optimizer_type": optimizer, "learning_rate": 0.05}
+    full = train(_config(root, kind, checkpoint_dir=str(tmp_path / "a"), **common), model=model, tokenizer=tok)
     assert full.global_step == 7
     assert [m["step"] for m in _metrics(full.run_dir) if "loss" in m] == list(range(1, 8))
-    cfg = toy_config(root, checkpoint_dir=str(tmp_path / "b"), max_steps=7)
-    part = train(cfg, model=model, tokenizer=tok, stop_at_step=3, show_progress=False)
+    cfg = _config(root, kind, checkpoint_dir=str(tmp_path / "b"), **common)
+    part = train(cfg, model=model, tokenizer=tok, stop_at_step=3)
     assert part.final_path is None and part.global_step == 3
-    resumed = train(cfg, model=model, tokenizer=tok, resume=True, show_progress=False)
+    state, _ = read_safetensors(part.run_dir / "training_state.safetensors")
+    moments = "momentum_buffer" if optimizer == "sgd_momentum" else "exp_avg"
+    assert any(k.startswith("optimizer.") and k.endswith(moments) for k in state)  # optimizer state is saved
+    resumed = train(cfg, model=model, tokenizer=tok, resume=True)
     assert resumed.global_step == 7
     a, b = load_adapter(full.final_path), load_adapter(resumed.final_path)
     for name, value in a.projection.state_dict().items():
@@ -65,11 +83,55 @@ def test_max_steps_is_exact_and_resume_matches_uninterrupted(toy, tmp_path):
     assert resumed.best_val_loss == full.best_val_loss
 
 
+def test_per_parameter_learning_rates_and_sgd(toy, tmp_path):
+    root, _, _ = toy
+    from selfie_adapters.projections import build_projection
+
+    proj = build_projection("scalar_affine_plus_low_rank", 32, rank=4)
+    cfg = _config(root, "scalar_affine_plus_low_rank", learning_rate=0.1, scale_learning_rate=0.5,
+                  bias_learning_rate=0.01, optimizer_type="sgd_momentum", momentum=0.8)
+    opt = build_optimizer(proj, cfg)
+    assert isinstance(opt, torch.optim.SGD)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"log_scale": 0.5, "bias": 0.01, "U": 0.1, "V": 0.1}
+    assert all(g["momentum"] == 0.8 for g in opt.param_groups)
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups}["log_scale"] == 0.0  # a scale is not decayed
+    assert isinstance(build_optimizer(proj, _config(root, "scalar_affine_plus_low_rank")), torch.optim.AdamW)
+
+
+def test_sample_generations_are_logged_during_training(toy, tmp_path):
+    root, tok, model = toy
+    cfg = _config(root, "full_rank", logging={"log_sample_generations": 2, "log_generations_every_n_steps": 3},
+                  checkpoint_dir=str(tmp_path), max_steps=6)
+    result = train(cfg, model=model, tokenizer=tok)
+    samples = [m for m in _metrics(result.run_dir) if "samples" in m]
+    assert [m["step"] for m in samples] == [3, 6]
+    for m in samples:
+        assert len(m["samples"]) == 2 and all(set(s) == {"label", "generated"} for s in m["samples"])
+        assert all(isinstance(s["generated"], str) for s in m["samples"])
+
+
+def test_missing_wandb_warns_and_trains_on(toy, tmp_path, monkeypatch):
+    root, tok, model = toy
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    cfg = _config(root, "scale_only", logging={"use_wandb": True}, checkpoint_dir=str(tmp_path), max_steps=2)
+    with pytest.warns(UserWarning, match="wandb is not installed; continuing without it"):
+        result = train(cfg, model=model, tokenizer=tok)
+    assert result.global_step == 2 and result.final_path.exists()
+
+
+def test_progress_callback_reports_every_step(toy, tmp_path):
+    root, tok, model = toy
+    seen = []
+    train(toy_config(root, checkpoint_dir=str(tmp_path), max_steps=3), model=model, tokenizer=tok,
+          progress=lambda step, total, info: seen.append((step, total, sorted(info))))
+    assert seen == [(0, 3, [])] + [(s, 3, ["loss", "lr", "steps_per_s"]) for s in (1, 2, 3)]
+
+
 def test_resume_without_state_says_how_to_fix(toy, tmp_path):
     root, tok, model = toy
     with pytest.raises(ValueError, match="start without --resume"):
-        train(toy_config(root, checkpoint_dir=str(tmp_path)), model=model, tokenizer=tok, resume=True,
-              show_progress=False)
+        train(toy_config(root, checkpoint_dir=str(tmp_path)), model=model, tokenizer=tok, resume=True)
 
 
 def test_schedule_shapes():

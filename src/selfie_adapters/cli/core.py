@@ -8,8 +8,6 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..adapter import load_adapter
 from ..chunks import ChunkStore
@@ -32,15 +30,10 @@ from ..vectors import (
 from .app import app
 from .checks import check_device, check_sampling, check_scales
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, parse_indices
+from .output import console, progress_bar
 
-console = Console(stderr=True)
 VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several) "
                 "or sae-lens:RELEASE/ID (SAE decoder rows; with --features).")
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
 
 
 @app.command()

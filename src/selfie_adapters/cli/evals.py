@@ -9,17 +9,21 @@ from pathlib import Path
 
 import typer
 
+from ..adapter import load_adapter
 from ..errors import SelfieError
 from ..evals import bridge as bridge_mod
 from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
-from ..evals.report import print_table, read_jsonl, write_json
 from ..evals.sae_probe import open_sae
-from ..outputs import OutputLock, check_output_path
+from ..files import read_jsonl, write_json
+from ..interpret import Interpreter
+from ..modeling import load_model
+from ..outputs import check_output_path
 from ..vectors import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
 from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices
+from .output import print_table, progress_bar
 
 
 def _emit_json(obj: dict) -> None:
@@ -106,17 +110,11 @@ def generation(
     pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
     indices = parse_indices(latents, "--latents") if latents is not None else None
     sae_model = open_sae(_sae_source(sae, sae_release, sae_id, sae_file), layer)
-    from ..modeling import load_model
-
     m, tok = load_model(model, dtype=dtype, device=device)
     if pairs is None:
-        from ..adapter import load_adapter
-        from ..interpret import Interpreter
         interp = Interpreter(m, tok, load_adapter(adapter))
         pairs = gen_mod.labels_from_adapter(interp, sae_model, indices, samples=label_samples,
                                             temperature=0.0 if label_samples == 1 else 1.0, seed=seed)
-    from .core import progress_bar
-
     total = len(pairs) * samples
     done = min(total, sum(1 for line in out.open() if line.strip())) if out.is_file() else 0  # resumed trials
     with progress_bar() as bar:
@@ -181,48 +179,19 @@ def bridge(
     scale = list(check_scales(scale) or ()) or None
     check_sampling(temperature, 1.0)
     check_device(device)
-    from ..adapter import load_adapter
-    from ..interpret import Interpreter
-    from ..jsonl import check_settings
-    from ..modeling import load_model
-
     ad = load_adapter(adapter) if adapter else None
+
+    def interpreter() -> Interpreter:  # loads the model, only if some record is not done yet
+        return Interpreter(*load_model(model, dtype=dtype, device=device), ad)
+
     settings = {"model": model, "adapter": adapter, "layers": layers, "samples": samples, "scale": scale,
                 "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "chat": chat}
-    names = [str(rec.get("id", f"record{n}")) for n, rec in enumerate(rows)]
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise SelfieError(f"--out-dir {out_dir} is not a folder (or is a link); give a folder path")
-    state: dict = {}
-
-    def interp():  # the model loads only if some record is not done yet
-        if "interp" not in state:
-            m, tok = load_model(model, dtype=dtype, device=device)
-            state["interp"] = Interpreter(m, tok, ad)
-        return state["interp"]
-
-    with OutputLock(out_dir):  # one writer per folder
-        out_dir.mkdir(parents=True, exist_ok=True)  # a rerun keeps finished records (same settings only)
-        check_settings(out_dir / "settings.json", settings, any((out_dir / f"{x}.json").exists() for x in names),
-                       out_dir)
-        summary = [_bridge_record(out_dir, name, rec, interp, layers=layer_list, samples=samples, scales=scale,
-                                  temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                                  batch_size=batch_size, chat=chat) for name, rec in zip(names, rows)]
-        write_json(out_dir / "summary.json", {"records": summary})
+    summary = bridge_mod.bridge_records(rows, out_dir, interpreter, settings=settings, layers=layer_list,
+                                        samples=samples, scales=scale, temperature=temperature,
+                                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat)
     if as_json:
         _emit_json({"records": summary})
         return
     print_table("bridge entities", ["record", "bridge", "max cell", "layer", "token", "heatmap"],
                 [[s["record"], s["bridge"], s["max_score"], s["best_layer"], repr(s["best_token"]), s["png"]]
                  for s in summary])
-
-
-def _bridge_record(out_dir: Path, name: str, rec: dict, interp, **kw) -> dict:
-    """One record's report (read back when a previous run finished it) and its summary row."""
-    if (out_dir / f"{name}.json").exists():
-        rep = json.loads((out_dir / f"{name}.json").read_text(encoding="utf-8"))
-    else:
-        rep = bridge_mod.bridge_eval(interp(), rec, **kw)
-    json_path, png = bridge_mod.write_bridge_report(rep, out_dir, name)
-    best = max(((s, L, t) for L, row in zip(rep["layers"], rep["scores"]) for s, t in zip(row, rep["tokens"])))
-    return {"record": name, "question": rep["question"], "bridge": rep["aliases"][0], "max_score": best[0],
-            "best_layer": best[1], "best_token": best[2], "json": str(json_path), "png": str(png)}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.progress import TextColumn
 
 from ..adapter import load_adapter
 from ..errors import SelfieError
@@ -18,6 +19,7 @@ from ..training.trainer import train as run_training
 from .app import app, eval_app
 from .checks import check_device, check_scales
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
+from .output import progress_bar
 
 
 @app.command("train")
@@ -37,7 +39,17 @@ def train_command(
     Example: selfie train examples/goodfire-l19-scalar-affine.yaml --set training.max_steps=200
     """
     cfg = load_config(config, set_)
-    result = run_training(cfg, resume=resume, overwrite=overwrite, show_progress=progress)
+    if not progress:
+        result = run_training(cfg, resume=resume, overwrite=overwrite)
+    else:
+        with progress_bar(TextColumn("{task.fields[info]}")) as bar:
+            task = bar.add_task("train", total=None, info="")
+
+            def show(step: int, total: int, info: dict) -> None:
+                text = f"loss {info['loss']:.4f}  lr {info['lr']:.2e}  {info['steps_per_s']:.2f} step/s" if info else ""
+                bar.update(task, completed=step, total=total, info=text)
+
+            result = run_training(cfg, resume=resume, overwrite=overwrite, progress=show)
     if result.best_path is None and result.final_path is None:
         print(f"stopped at step {result.global_step}; no adapter written (resume with --resume)")
         return

@@ -1,6 +1,6 @@
 """Evaluations: topic retrieval, generation scoring of SAE latents, bridge-entity heatmaps."""
 
-from .bridge import bridge_eval, write_bridge_report
+from .bridge import bridge_eval, bridge_records, write_bridge_report
 from .generation import (
     DEFAULT_PROMPT,
     content_token_mask,
@@ -24,7 +24,7 @@ from .sae_probe import LatentProbe, SimpleSAE, latent_probe, sae_layer
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_PROMPT", "STRATEGIES", "LabelRow", "LatentProbe", "SimpleSAE", "Topic",
-    "bridge_eval", "content_token_mask", "generate_and_score", "generation_eval", "labels_from_adapter",
-    "latent_probe", "load_labels", "load_topics", "retrieval_eval", "sae_layer", "score_conversations",
-    "sentence_embedder", "summarize", "write_bridge_report",
+    "bridge_eval", "bridge_records", "content_token_mask", "generate_and_score", "generation_eval",
+    "labels_from_adapter", "latent_probe", "load_labels", "load_topics", "retrieval_eval", "sae_layer",
+    "score_conversations", "sentence_embedder", "summarize", "write_bridge_report",
 ]

@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from ..errors import SelfieError
+from ..files import write_json
+from ..jsonl import check_settings
 from ..modeling import check_layers, decoder_layers, pad_token_id
+from ..outputs import OutputLock
 from ..vectors import chat_text, hidden_states_batch
-from .report import save_heatmap, write_json
+from .report import save_heatmap
 
 QUESTION_FIELDS = ("question", "prompt", "query")
 
@@ -126,3 +129,50 @@ def write_bridge_report(report: dict, out_dir: str | os.PathLike, name: str = "b
                        title=f"{report['question'][:70]}\nbridge: {report['aliases'][0]}",
                        xlabel="question token", ylabel="layer")
     return json_path, png
+
+
+def bridge_records(records: Sequence[dict], out_dir: str | os.PathLike, interpreter: Callable[[], object], *,
+                   settings: dict | None = None, **eval_kw) -> list[dict]:
+    """``bridge_eval`` every record into ``OUT_DIR/NAME.json`` + ``.png`` and a ``summary.json``; resumable.
+
+    A record whose JSON is already there (written with the same ``settings``) is read back, never
+    recomputed; ``interpreter()`` (which loads the model) is called only when some record needs it.
+    NAME is the record's ``id`` (default ``record<N>``). Returns the summary rows.
+    """
+    out_dir = Path(out_dir)
+    names = [str(rec.get("id", f"record{n}")) for n, rec in enumerate(records)]
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise SelfieError(f"--out-dir {out_dir} is not a folder (or is a link); give a folder path")
+    built: list = []
+
+    def once():  # the interpreter (model) is built at most once, and only if a record needs it
+        if not built:
+            built.append(interpreter())
+        return built[0]
+
+    with OutputLock(out_dir):  # one writer per folder
+        out_dir.mkdir(parents=True, exist_ok=True)  # a rerun keeps finished records (same settings only)
+        check_settings(out_dir / "settings.json", settings, any((out_dir / f"{x}.json").exists() for x in names),
+                       out_dir)
+        summary = [_record(out_dir, name, rec, once, eval_kw) for name, rec in zip(names, records)]
+        write_json(out_dir / "summary.json", {"records": summary})
+    return summary
+
+
+def _record(out_dir: Path, name: str, rec: dict, interpreter: Callable[[], object], eval_kw: dict) -> dict:
+    """One record's summary row; its report is read back when a previous run finished it."""
+    json_path, png = out_dir / f"{name}.json", out_dir / f"{name}.png"
+    if json_path.exists():
+        rep = json.loads(json_path.read_text(encoding="utf-8"))
+        if not png.exists():
+            json_path, png = write_bridge_report(rep, out_dir, name)
+    else:
+        rep = bridge_eval(interpreter(), rec, **eval_kw)
+        json_path, png = write_bridge_report(rep, out_dir, name)
+    return _summary_row(name, rep, json_path, png)
+
+
+def _summary_row(name: str, rep: dict, json_path: Path, png: Path) -> dict:
+    best = max((s, L, t) for L, row in zip(rep["layers"], rep["scores"]) for s, t in zip(row, rep["tokens"]))
+    return {"record": name, "question": rep["question"], "bridge": rep["aliases"][0], "max_score": best[0],
+            "best_layer": best[1], "best_token": best[2], "json": str(json_path), "png": str(png)}

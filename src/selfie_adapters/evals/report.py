@@ -1,35 +1,12 @@
-"""Shared helpers for evals: JSON/JSONL files, summary tables (rich) and PNG figures (matplotlib)."""
+"""Figures for evals: PNG heatmaps (matplotlib, imported lazily). Tables are printed by the CLI."""
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SelfieError
-from ..files import read_jsonl, write_json
-
-__all__ = ["fmt", "print_table", "read_jsonl", "save_heatmap", "write_json"]  # JSON I/O lives in files.py
-
-
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console=None) -> None:
-    """A rich table on stdout (the CLI's only printing path for summaries)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(str(c), justify="left" if c == columns[0] else "right")
-    for row in rows:
-        table.add_row(*[fmt(v) for v in row])
-    (console or Console()).print(table)
-
-
-def fmt(v) -> str:
-    if isinstance(v, float):
-        return "—" if not math.isfinite(v) else f"{v:.3f}"
-    return "—" if v is None else str(v)
 
 
 def save_heatmap(path: str | os.PathLike, values, *, row_labels: Sequence[str], col_labels: Sequence[str],

@@ -96,7 +96,7 @@ def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, 
                      "checkpoint_dir": str(runs)},
         "logging": {"use_wandb": False, "log_sample_generations": 0},
     }
-    return train(config_from_dict(raw), model=model, tokenizer=tokenizer, show_progress=False)
+    return train(config_from_dict(raw), model=model, tokenizer=tokenizer)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path,

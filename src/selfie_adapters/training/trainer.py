@@ -10,6 +10,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +44,18 @@ class TrainResult:
     final_val_loss: float | None
 
 
+Progress = Callable[[int, int, dict], None]  # (step, total steps, {"loss", "lr", "steps_per_s"})
+
+
 def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False, overwrite: bool = False,
-          stop_at_step: int | None = None, show_progress: bool = True) -> TrainResult:
+          stop_at_step: int | None = None, progress: Progress | None = None) -> TrainResult:
     """Train an adapter as ``cfg`` says; returns where the best and final adapters went.
 
     ``model``/``tokenizer`` default to loading ``cfg.model.name``; ``resume`` continues from the run's
     training state (same settings, see ``run_dir.RESUME_SAFE``); ``overwrite`` replaces a run already
     in the run folder; ``stop_at_step`` ends early with a resumable state (e.g. to fit a job time limit).
+    ``progress(step, total, info)`` is called on the main process at the start and after every
+    optimizer step (info: loss, lr, steps_per_s), e.g. to drive a progress bar.
 
     >>> result = train(load_config("examples/goodfire-l19-scalar-affine.yaml"))
     >>> load_adapter(result.best_path)
@@ -61,7 +67,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     try:
         if model is None or tokenizer is None:
             model, tokenizer = _load_frozen_model(cfg, dist)
-        run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, show_progress)
+        run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, progress)
         try:
             return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
         finally:
@@ -117,7 +123,7 @@ def build_optimizer(projection: Projection, cfg: TrainConfig) -> torch.optim.Opt
 class _Run:
     """State of one training run (kept in one place so that ``fit`` reads as the loop it is)."""
 
-    def __init__(self, cfg: TrainConfig, model, tokenizer, dist: ddp.DistInfo, show_progress: bool) -> None:
+    def __init__(self, cfg: TrainConfig, model, tokenizer, dist: ddp.DistInfo, progress: Progress | None) -> None:
         self.cfg, self.model, self.tokenizer, self.dist = cfg, model, tokenizer, dist
         if dist.device is not None and model_device(model) != dist.device:
             model.to(dist.device)
@@ -151,7 +157,7 @@ class _Run:
         self.run_dir = cfg.run_dir
         self.best_val_loss: float | None = None
         self._orders: dict[int, torch.Tensor] = {}
-        self.logger = _Logger(cfg, self.run_dir, dist, show_progress, self.total_steps)
+        self.logger = _Logger(cfg, self.run_dir, dist, progress, self.total_steps)
 
     # ------------------------------------------------------------------ the loop
 
@@ -302,13 +308,14 @@ class _Run:
 
 
 class _Logger:
-    """Progress bar, metrics JSONL in the run folder, optional wandb; only rank 0 writes."""
+    """Progress callback, metrics JSONL in the run folder, optional wandb; only rank 0 reports."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: ddp.DistInfo, show_progress: bool, total: int) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: ddp.DistInfo, progress: Progress | None,
+                 total: int) -> None:
         self.cfg, self.active, self.total = cfg, dist.is_main, total
         self.path = run_dir / "metrics.jsonl"
-        self.progress = self.task = self.wandb = None
-        self.show_progress = show_progress and self.active
+        self.wandb = None
+        self.progress = progress if self.active else None
         self._t0, self._s0 = time.perf_counter(), 0
         if self.active:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -318,18 +325,13 @@ class _Logger:
         self._t0, self._s0 = time.perf_counter(), step
         if self.active:
             truncate_metrics(self.path, step)  # rows past the resumed state would be logged twice
-        if self.show_progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=self.total, completed=step, info="")
+        if self.progress is not None:
+            self.progress(step, self.total, {})
 
     def step(self, step: int, *, loss: float, lr: float, grad_norm: float, projection: Projection) -> None:
         rate = (step - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} step/s")
+            self.progress(step, self.total, {"loss": loss, "lr": lr, "steps_per_s": rate})
         if step % self.cfg.logging.log_every_n_steps == 0 or step == self.total:
             row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "steps_per_s": rate}
             row.update(_adapter_stats(projection, step, self.cfg.logging.log_singular_values_every_n_steps))
@@ -347,8 +349,6 @@ class _Logger:
         self.metrics({"step": step, "samples": rows})
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
         if self.wandb is not None:
             self.wandb.finish()
 
