@@ -59,7 +59,7 @@ def test_load_extract_train_describe(smollm2, tmp_path):
         "training": {"max_steps": 10, "learning_rate": 0.05, "validation_every_n_steps": 5,
                      "checkpoint_dir": str(tmp_path / "runs")},
         "logging": {"use_wandb": False, "log_sample_generations": 0}})
-    result = train(cfg, model=model, tokenizer=tok, show_progress=False)
+    result = train(cfg, model=model, tokenizer=tok)
     metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 10 and losses[-1] < losses[0]  # 10 steps on 6 examples: the loss falls

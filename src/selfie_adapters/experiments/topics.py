@@ -28,7 +28,7 @@ from ..evals.report import read_jsonl, write_json
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
 from ..interpret import Interpreter
 from ..jsonl import JsonlLog
-from ..modeling import embedding_norm, load_model
+from ..modeling import check_layers, embedding_norm, load_model
 from ..vectors import extract_hidden_states, load_prompts
 
 PROMPT = "Tell me about {title}."
@@ -153,7 +153,7 @@ def train_kind(kind: str, cfg: TopicsConfig, labels: Path, runs: Path, model, to
         loss = load_adapter(final).metadata.get("best_val_loss")  # validated once, at the last step
         return final, None if loss is None else float(loss)
     resume = (run_cfg.run_dir / STATE_TENSORS).is_file()  # else: start over (no state to continue)
-    result = train(run_cfg, model=model, tokenizer=tok, resume=resume, overwrite=not resume, show_progress=False)
+    result = train(run_cfg, model=model, tokenizer=tok, resume=resume, overwrite=not resume)
     return result.final_path, result.final_val_loss
 
 
@@ -199,8 +199,7 @@ def run_topics(cfg: TopicsConfig, out: Path, say: Callable[[str], None] = lambda
     model, tok = load_model(cfg.model, device=device)
     torch.manual_seed(cfg.seed)
     n_blocks = model.config.num_hidden_layers
-    if any(not 0 <= L < n_blocks for L in cfg.layers):
-        raise SelfieError(f"--layers {list(cfg.layers)} out of range; {cfg.model} has blocks 0..{n_blocks - 1}")
+    check_layers(model, cfg.layers, "--layers")
     norm = embedding_norm(model)
     say(f"{cfg.model}: {n_blocks} blocks, d={model.config.hidden_size}, embedding norm {norm:.3g}; "
         f"{len(train_rows)} train / {len(held_rows)} held-out topics")
