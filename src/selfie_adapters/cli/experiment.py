@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from ..catalogue import catalogue_rows
 from ..errors import SelfieError
-from ..evals.report import print_table
-from ..projections import PROJECTIONS
+from ..projections import trainable_kinds
 from .app import app
+from .output import console, print_table
 
-TRAINABLE = [k for k in PROJECTIONS if k != "identity"]
+TRAINABLE = trainable_kinds()
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that run the whole pipeline on a model.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -65,7 +64,6 @@ def topics(
                        heldout=heldout, layers=tuple(layers), kinds=tuple(kind), steps=steps, batch_size=batch_size,
                        learning_rate=lr, rank=rank, init_scale=init_scale, max_new_tokens=max_new_tokens, seed=seed,
                        score=score, device=device)
-    console = Console(stderr=True)
     report = run_topics(cfg, out, say=lambda s: console.print(s, highlight=False))
     if not score:
         console.print(f"described, not scored: {out / 'report.json'} (rerun with --score to score)", highlight=False)

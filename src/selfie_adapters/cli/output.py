@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from ..evals.report import fmt
 
 console = Console(stderr=True)
 
@@ -26,10 +27,3 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], ou
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
     (out or Console()).print(table)
-
-
-def fmt(v) -> str:
-    """A table cell: floats to 3 decimals, None/NaN as a dash."""
-    if isinstance(v, float):
-        return "—" if not math.isfinite(v) else f"{v:.3f}"
-    return "—" if v is None else str(v)

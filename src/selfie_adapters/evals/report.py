@@ -1,12 +1,23 @@
-"""Figures for evals: PNG heatmaps (matplotlib, imported lazily). Tables are printed by the CLI."""
+"""Report helpers for evals: table cells (``fmt``) and PNG heatmaps (matplotlib, imported lazily).
+
+Tables are printed by the CLI (``cli/output.py``); Markdown reports format their cells here too.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SelfieError
+
+
+def fmt(v) -> str:
+    """A table cell: floats to 3 decimals, None/NaN as a dash."""
+    if isinstance(v, float):
+        return "—" if not math.isfinite(v) else f"{v:.3f}"
+    return "—" if v is None else str(v)
 
 
 def save_heatmap(path: str | os.PathLike, values, *, row_labels: Sequence[str], col_labels: Sequence[str],
