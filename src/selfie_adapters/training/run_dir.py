@@ -10,10 +10,10 @@ long to train, how often to evaluate/save/log, where to write) may change.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import SelfieError
+from ..files import write_text
 from .checkpoint import STATE_JSON, STATE_TENSORS, read_state_info, state_path
 from .config import TrainConfig
 
@@ -93,9 +93,4 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue  # a torn last line from a kill
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(path, "".join(kept))
