@@ -158,6 +158,20 @@ def make_chatml_tokenizer():
     return tok
 
 
+def _add_gguf_tokenizer(w, tokenizer) -> None:
+    """A byte-level BPE tokenizer and its chat template as GGUF metadata."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = sorted(backend["model"]["vocab"].items(), key=lambda kv: kv[1])
+    specials = set(tokenizer.all_special_tokens) | set(CHATML_SPECIALS)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if t in specials else 1 for t, _ in vocab])  # 3 = control
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]])
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_chat_template(tokenizer.chat_template)
+
+
 def write_tiny_gguf(path, model, tokenizer) -> None:
     """Write a HF Llama + byte-level BPE tokenizer as a GGUF file the way llama.cpp's converter does
     (fp32 tensors, q/k rows permuted for its rotary layout, tokenizer and chat template as metadata)."""
@@ -176,16 +190,7 @@ def write_tiny_gguf(path, model, tokenizer) -> None:
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    vocab = sorted(backend["model"]["vocab"].items(), key=lambda kv: kv[1])
-    specials = set(tokenizer.all_special_tokens) | set(CHATML_SPECIALS)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([t for t, _ in vocab])
-    w.add_token_types([3 if t in specials else 1 for t, _ in vocab])  # 3 = control
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]])
-    w.add_bos_token_id(tokenizer.bos_token_id)
-    w.add_eos_token_id(tokenizer.eos_token_id)
-    w.add_chat_template(tokenizer.chat_template)
+    _add_gguf_tokenizer(w, tokenizer)
 
     def permute(t, heads):  # HF rotary layout → llama.cpp's (its loader reverses this)
         return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
