@@ -326,12 +326,13 @@ class VectorSource:
             return self
         return VectorSource(path=str(Path(base_dir) / self.path), key=self.key)
 
-    def check(self, what: str = "vectors") -> None:
-        """Cheap checks before a model is loaded: the file exists, or sae-lens is installed."""
+    def check(self, what: str = "vectors", name: str | None = None) -> None:
+        """Cheap checks before a model is loaded: the file exists, or sae-lens is installed.
+        ``name``: how the file was given (before ``relative_to``), for the message."""
         if self.is_sae:
             _import_sae_lens(f"{what}={self}")
         elif not Path(self.path).expanduser().is_file():
-            raise SelfieError(f"vectors file not found: {self.path} ({what})")
+            raise SelfieError(f"vectors file not found: {name or self.path} ({what})")
 
     def load(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """((N, d) fp32 vectors, their row indices); ``indices`` picks rows (dead SAE latents are skipped)."""

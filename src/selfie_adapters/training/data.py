@@ -139,7 +139,8 @@ def check_sources(cfg: DataConfig, base_dir: str | os.PathLike = ".") -> None:
     if not _resolve(cfg.labels_file, base_dir).is_file():
         raise SelfieError(f"labels file not found: {cfg.labels_file} (data.labels_file)")
     if cfg.vectors_file:
-        VectorSource.parse(cfg.vectors_file).relative_to(base_dir).check("data.vectors_file")
+        given = VectorSource.parse(cfg.vectors_file)
+        given.relative_to(base_dir).check("data.vectors_file", name=given.path)
 
 
 def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike) -> Path:
