@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import load_adapter, read_safetensors, save_tensors
+from ..adapter import load_adapter
 from ..chunks import ChunkStore
 from ..errors import SelfieError
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
-from ..files import read_jsonl, write_json
+from ..files import read_jsonl, read_safetensors, save_tensors, write_json
 from ..interpret import Interpreter
 from ..jsonl import JsonlLog
 from ..modeling import check_layers, embedding_norm, load_model
