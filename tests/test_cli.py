@@ -224,7 +224,7 @@ def test_describe_relevancy_rows(files, tiny_model_dir, tmp_path, capsys):
 
 
 def test_extract_positions(files, tiny_model_dir, tmp_path, capsys):
-    base = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt")
+    base = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt", "--raw")
     assert run(capsys, *base, "--out", tmp_path / "last.safetensors")[0] == 0
     assert run(capsys, *base, "--position", 0, "--position", -1, "--out", tmp_path / "two.safetensors")[0] == 0
     assert run(capsys, *base, "--position", 0, "--out", tmp_path / "first.safetensors")[0] == 0
@@ -260,3 +260,26 @@ def test_label_end_flag_and_baseline_sweep(files, tiny_model_dir, tmp_path, caps
     assert sorted({r["scale"] for r in rows(out)}) == [0.5, 0.8, 1.3, 2.1, 3.4, 5.5]
     code, _, err = run(capsys, *args[:-1], tmp_path / "x.jsonl", "--label-end", "middle")
     assert code == 2 and "last-quote" in err and "Traceback" not in err
+
+
+def test_prompts_render_with_the_chat_template_by_default(files, tiny_model_dir, tmp_path, capsys):
+    """As the reference (and the published mean vector): chat template + generation prompt unless --raw."""
+    from selfie_adapters.testing import make_llama3_tokenizer
+    from selfie_adapters.vectors import render_prompts
+
+    base = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt")
+    for name, flag in (("default", ()), ("chat", ("--chat",)), ("raw", ("--raw",))):
+        assert run(capsys, *base, *flag, "--out", tmp_path / f"{name}.safetensors")[0] == 0
+    got = {n: load_file(str(tmp_path / f"{n}.safetensors")) for n in ("default", "chat", "raw")}
+    torch.testing.assert_close(got["default"]["layer_1"], got["chat"]["layer_1"])
+    assert not torch.allclose(got["default"]["layer_1"], got["raw"]["layer_1"])
+    mean = tmp_path / "m.safetensors"
+    assert run(capsys, "mean", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt",
+               "--out", mean)[0] == 0
+    torch.testing.assert_close(load_mean_vectors(mean)[1], got["chat"]["layer_1"].mean(0), atol=1e-5, rtol=1e-5)
+    tok = make_llama3_tokenizer()
+    ids = render_prompts(tok, ["Tell me about Paris."])[0]
+    text = tok.decode(ids)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")  # Llama-3.1 system block
+    assert text.endswith("Tell me about Paris.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert render_prompts(tok, ["Tell me about Paris."], chat=False)[0] == tok("Tell me about Paris.")["input_ids"]

@@ -33,7 +33,8 @@ def test_train_and_eval_loss_commands(toy_dir, tmp_path, capsys):
     raw = toy_config_dict(toy_dir, checkpoint_dir=str(tmp_path))
     raw["model"]["name"] = str(toy_dir / "model")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    code = main(["train", str(tmp_path / "c.yaml"), "--set", "training.max_steps=4"])
+    code = main(["train", str(tmp_path / "c.yaml"), "--set", "training.max_steps=4", "--set",
+                 "training.val_fraction=0.5"])
     out, err = capsys.readouterr()
     assert code == 0, out
     assert "train" in err and "4/4" in err  # the CLI's progress bar (the trainer only reports)
@@ -46,7 +47,10 @@ def test_train_and_eval_loss_commands(toy_dir, tmp_path, capsys):
             "--batch-size", "8", "--json"]
     assert main(args + ["--adapter", str(final)]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert row["num_examples"] == 12 and row["loss"] == pytest.approx(last_val, abs=1e-5)
+    # the adapter's own val_fraction and seed pick the same int(12·0.5) examples the trainer validated on
+    assert row["num_examples"] == 6 and row["loss"] == pytest.approx(last_val, abs=1e-5)
+    assert main(args + ["--adapter", str(final), "--val-fraction", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_examples"] == 12
     assert main(args + ["--scale", "1", "--scale", "5"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["scale"] for r in rows] == [1.0, 5.0] and rows[0]["loss"] != rows[1]["loss"]

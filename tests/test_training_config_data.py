@@ -10,7 +10,7 @@ import torch
 
 from selfie_adapters.errors import SelfieError
 from selfie_adapters.testing import toy_tokenizer, write_toy_data
-from selfie_adapters.training.config import config_from_dict, load_config
+from selfie_adapters.training.config import apply_override, config_from_dict, load_config
 from selfie_adapters.training.data import DataConfig, load_training_data
 from selfie_adapters.training.sampling import EpochSampler, parse_ratios
 
@@ -29,8 +29,23 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
     (tmp_path / "c.yaml").write_text("training:\n  learning_rat: 0.1\n")
     with pytest.raises(SelfieError, match=r"training\.'learning_rat'.*valid keys in training: learning_rate"):
         load_config(tmp_path / "c.yaml")
-    with pytest.raises(SelfieError, match="unknown config key 'trainer' at the top level"):
-        config_from_dict({"trainer": {}})
+
+
+
+def test_reference_keys_unknown_top_level_ignored_direction_lr_accepted(caplog):
+    """As the reference: unknown top-level keys are ignored (logged), direction_learning_rate is valid."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="selfie_adapters.training.config"):
+        cfg = config_from_dict({"trainer": {}, "notes": "x", "training": {"direction_learning_rate": None}})
+    assert cfg.training.direction_learning_rate is None and "'trainer', 'notes'" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="selfie_adapters.training.config"):
+        cfg = config_from_dict({"training": {"direction_learning_rate": 0.05}})
+    assert cfg.training.direction_learning_rate == 0.05 and "scale_direction" in caplog.text
+    with pytest.raises(SelfieError, match="direction_learning_rate"):
+        config_from_dict({"training": {"direction_learning_rate": -1}})
+    with pytest.raises(SelfieError, match="unknown key 'trainig'"):
+        apply_override({}, "trainig.max_steps=3")
 
 
 def test_set_overrides_parse_yaml(tmp_path):
@@ -147,8 +162,27 @@ def test_validation_subset_mixes_by_val_dataset_ratios():
     assert mixed.dataset_ids.tolist().count(0) == 20 and mixed.dataset_ids.tolist().count(1) == 20
     again = validation_subset(val, ["a", "b"], {"a": 1, "b": 1}, 1.0, seed=0)
     assert mixed.rows.tolist() == again.rows.tolist()  # a fixed subset
-    half = validation_subset(val, ["a", "b"], None, 0.5, seed=0)
-    assert len(half) == 40 and set(half.rows.tolist()) <= set(range(80))
+    only_a = validation_subset(val, ["a", "b"], {"a": 1}, 1.0, seed=0)
+    assert set(only_a.dataset_ids.tolist()) == {0} and len(only_a) == 60  # only the named datasets
+    by_train = validation_subset(val, ["a", "b"], None, 1.0, seed=0, train_ratios={"b": 1})
+    assert by_train.rows.tolist() == list(range(60, 80))  # the reference loads only datasets it names
+
+
+def test_validation_subset_is_the_reference_draw():
+    """int(n·f) indices from np.random.RandomState(seed).choice(n, size, replace=False), sorted."""
+    import numpy as np
+
+    from selfie_adapters.training.data import Split
+    from selfie_adapters.training.sampling import validation_subset
+
+    n = 4541  # the Goodfire val split
+    val = Split(torch.arange(n), torch.ones(n, 1, dtype=torch.long), torch.ones(n, dtype=torch.long),
+                torch.zeros(n, dtype=torch.long), [""] * n)
+    got = validation_subset(val, ["goodfire"], None, 0.1, seed=42)
+    rng = np.random.RandomState(42)  # written out as the reference's trainer does it
+    want = sorted(rng.choice(n, size=int(n * 0.1), replace=False))
+    assert len(got) == 454 and got.rows.tolist() == [int(i) for i in want]
+    assert len(validation_subset(val, ["goodfire"], None, 1.0, seed=42)) == n
 
 
 def test_sources_checked_before_any_model_loads(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ def test_extract_equals_plain_forward_hidden_states(tiny_model, tokenizer, chat)
 
 
 def test_extract_chosen_positions(tiny_model, tokenizer):
-    got = extract_hidden_states(tiny_model, tokenizer, PROMPTS[:2], 0, positions=[0, -2])[0]
+    got = extract_hidden_states(tiny_model, tokenizer, PROMPTS[:2], 0, positions=[0, -2], chat=False)[0]
     ids = tokenizer(PROMPTS[1])["input_ids"]
     hs = tiny_model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
     assert got.shape == (2, 2, 64)

@@ -17,7 +17,7 @@ import torch
 
 from .errors import SelfieError
 from .files import check_finite, load_torch, read_safetensors, resolve_file, save_tensors
-from .projections import INIT_FACTOR, INIT_SCALE, PROJECTIONS, Projection, build_projection
+from .projections import INIT_FACTOR, INIT_SCALE, PROJECTIONS, Projection, build_projection, l2_normalize
 
 
 class Adapter:
@@ -84,6 +84,18 @@ class Adapter:
         with torch.no_grad():
             out = self.projection(x.to(device), normalize_input=normalize_input)
         return out.to(x.device)
+
+    def scaled_transform(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """(N, d) → (N, d) fp32 soft tokens ``adapter(scale · x̂)``: the scale multiplies the adapter's
+        input after its L2 normalisation (if it normalises), so a trained bias is not scaled — the
+        reference's eval semantics. ``scale``: one number or one per row, shape (N,)."""
+        return self.transform(torch.as_tensor(scale, dtype=torch.float32, device=x.device).reshape(-1, 1)
+                              * self.prepare(x), normalize_input=False).float()
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) → fp32, L2-normalised when the adapter normalises its input (eps as in training)."""
+        x = x.float()
+        return l2_normalize(x) if self.normalize_input else x  # overflow-safe, as the projections
 
     def save(self, path: str | os.PathLike, **extra_metadata: str) -> Path:
         """Write the published single-file format (atomically); loads back identically."""

@@ -34,7 +34,6 @@ from .modeling import (
     model_device,
     pad_token_id,
 )
-from .projections import l2_normalize
 from .template import PromptTemplate, derive_template, resolve_template, template_from_metadata
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
@@ -134,18 +133,11 @@ class Interpreter:
         is ``scale · x̂``. An adapter with ``normalize_input`` false gets ``scale · (v − mean)``.
         ``scale`` may be one number or one per row, shape (N,).
         """
-        v = self._prepared(vectors)
-        scale = torch.as_tensor(scale, dtype=torch.float32, device=v.device)
-        return self.adapter.transform(scale.reshape(-1, 1) * v, normalize_input=False).float()
+        return self.adapter.scaled_transform(self._centred(vectors), scale)
 
-    def _prepared(self, vectors: torch.Tensor) -> torch.Tensor:
-        """(N, d) → (N, d) fp32: minus the mean, then L2-normalised if the adapter normalises."""
+    def _centred(self, vectors: torch.Tensor) -> torch.Tensor:
         v = vectors.float()
-        if self.mean is not None:
-            v = v - self.mean.to(v.device)
-        if self.adapter.normalize_input:
-            v = l2_normalize(v)  # overflow-safe: 1e30-sized vectors stay finite
-        return v
+        return v if self.mean is None else v - self.mean.to(v.device)
 
     def describe(self, vectors: torch.Tensor, **kwargs) -> list[Description]:
         """All descriptions at once; see ``iter_describe`` for the arguments."""
@@ -171,7 +163,7 @@ class Interpreter:
                 if (job := DescribeJob(row, indices[row], s, k)).key not in done]
         todo = sorted({job.row for job in jobs})
         where = {row: u for u, row in enumerate(todo)}
-        base = self._prepared(vectors[todo]) if jobs else None  # (U, d): x̂ once per vector
+        base = self.adapter.prepare(self._centred(vectors[todo])) if jobs else None  # (U, d): x̂ once per vector
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start + batch_size]
             rows = torch.tensor([where[job.row] for job in batch], device=base.device)

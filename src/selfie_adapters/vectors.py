@@ -20,7 +20,7 @@ class _StopForward(Exception):
     """Raised by the hook on the deepest requested block: nothing above it runs."""
 
 
-NO_CHAT_FIX = "drop --chat or use the model's own tokenizer"
+NO_CHAT_FIX = "pass --raw (chat=False) or use the model's own tokenizer"
 
 
 def render_chat(tokenizer, messages: list[dict], *, generation_prompt: bool = True, fix: str = NO_CHAT_FIX) -> str:
@@ -35,7 +35,7 @@ def chat_text(tokenizer, question: str, fix: str = NO_CHAT_FIX) -> str:
     return render_chat(tokenizer, [{"role": "user", "content": question}], fix=fix)
 
 
-def render_prompts(tokenizer, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
+def render_prompts(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[list[int]]:
     """Token ids per prompt; with ``chat`` through the tokenizer's chat template + generation prompt."""
     out = []
     for p in prompts:
@@ -78,7 +78,7 @@ def hidden_states_batch(model, batch: list[list[int]], layers: Sequence[int], pa
 
 
 def extract_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
-                          positions: int | Sequence[int] = -1, chat: bool = False, batch_size: int = 8,
+                          positions: int | Sequence[int] = -1, chat: bool = True, batch_size: int = 8,
                           progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
     """Residual stream after block L (= HF ``hidden_states[L + 1]``) at chosen token positions.
 
@@ -111,7 +111,7 @@ def extract_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int 
 
 
 def sum_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
-                      chat: bool = False, batch_size: int = 8,
+                      chat: bool = True, batch_size: int = 8,
                       progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
     """fp64 sums of the last-token state over prompts, streamed batch by batch: {L: (d,)}."""
     layers = [layers] if isinstance(layers, int) else list(layers)
@@ -127,7 +127,7 @@ def sum_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Se
 
 
 def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | Sequence[int], *,
-                       chat: bool = False, batch_size: int = 8,
+                       chat: bool = True, batch_size: int = 8,
                        progress: Callable[[int], None] | None = None) -> dict[int, torch.Tensor]:
     """Streaming mean of the last-token state over prompts, several layers in one pass: {L: (d,)} fp32.
 

@@ -66,7 +66,9 @@ def describe(
                                         "required for an SAE)."),
     prompts: Path | None = typer.Option(None, help="Describe the state after block --layer at the last token of "
                                         "each prompt (one per line, or JSONL with \"prompt\")."),
-    chat: bool = typer.Option(False, help="With --prompts: wrap each prompt in the chat template."),
+    chat: bool = typer.Option(True, "--chat/--raw", help="With --prompts: render each prompt with the chat "
+                              "template + generation prompt (default, as the reference and the published mean "
+                              "vector) or as raw text with BOS (--raw)."),
     mean_vectors: Path | None = typer.Option(None, help="mean-vectors.safetensors to subtract (contrastive)."),
     layer: int | None = typer.Option(None, help="Layer L of --prompts and of the layer_{L} mean to subtract."),
     samples: int = typer.Option(1, min=1, help="Descriptions per vector and scale."),
@@ -97,7 +99,7 @@ def describe(
       --vectors sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --features 0-99 --out labels.jsonl
 
     Vectors come from exactly one of --vectors SOURCE (FILE, FILE#KEY or sae-lens:RELEASE/ID with
-    --features) or --prompts FILE --layer L [--chat] (with --mean-vectors for contrastive adapters).
+    --features) or --prompts FILE --layer L [--raw] (with --mean-vectors for contrastive adapters).
     """
     # Everything that can be checked without the model is checked first.
     scales = check_scales(scale)
@@ -209,7 +211,9 @@ def _run_chunks(store: ChunkStore, name: str, total: int, chunk: int, compute) -
 # Options shared by `extract` and `mean`.
 LayersOpt = Annotated[list[int], typer.Option("--layer", help="Residual stream after block L; repeat for several.")]
 PromptsOpt = Annotated[Path, typer.Option(help="One prompt per line, or JSONL with \"prompt\".")]
-ChatOpt = Annotated[bool, typer.Option(help="Wrap each prompt in the chat template with generation prompt.")]
+ChatOpt = Annotated[bool, typer.Option("--chat/--raw", help="Render each prompt with the chat template + "
+                                      "generation prompt (default: as the reference and the published mean "
+                                      "vector), or as raw text with BOS (--raw).")]
 BatchOpt = Annotated[int, typer.Option(min=1)]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Prompts per resumable chunk (a killed run restarts at the "
                                                    "last unfinished chunk).")]
@@ -221,7 +225,7 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out (
 def extract(
     model: ModelOpt, layer: LayersOpt, prompts: PromptsOpt,
     out: Path = typer.Option(..., help="Output .safetensors with one (N, d) fp32 tensor per layer_{L}."),
-    chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
+    chat: ChatOpt = True, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
     device: DeviceOpt = None, overwrite: OverwriteOpt = False,
     position: list[int] | None = typer.Option(None, help="Token position(s) to read (negative = from the end; "
                                               "default: the last token). Several give (N, P, d)."),
@@ -257,7 +261,7 @@ def extract(
 def mean(
     model: ModelOpt, layer: LayersOpt, prompts: PromptsOpt,
     out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
-    chat: ChatOpt = False, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
+    chat: ChatOpt = True, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
     device: DeviceOpt = None, overwrite: OverwriteOpt = False,
 ) -> None:
     """Mean last-token state over a prompt set, for contrastive vectors (vector − mean).

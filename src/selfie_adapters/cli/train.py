@@ -65,10 +65,13 @@ def loss_command(
     labels: Path = typer.Option(..., help="Labels file (.json[.gz] sections or .jsonl), see docs/training.md."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; omit for the untrained "
                                        "baseline (identity + L2 normalisation) at --scale values."),
-    scale: list[float] = typer.Option([], help="Soft token = scale · adapter(x); repeatable (one loss each)."),
+    scale: list[float] = typer.Option([], help="Soft token = adapter(scale · x/‖x‖); repeatable (one loss each)."),
     vectors: str | None = typer.Option(None, help="Vectors file when the labels file names none "
                                        "(.pt, .safetensors[#key], or sae-lens:<release>/<sae_id>)."),
     split: str = typer.Option("val", help="train or val."),
+    val_fraction: float | None = typer.Option(None, help="Validate on int(n·f) examples drawn as the reference "
+                                              "does (default: the adapter's training.val_fraction, else 1)."),
+    seed: int | None = typer.Option(None, help="Seed of that draw (default: the adapter's config seed, else 42)."),
     batch_size: int = typer.Option(80, help="Examples per forward pass (the loss is a mean over batches)."),
     allow_model_mismatch: AllowMismatchOpt = False,
     dtype: DtypeOpt = "auto",
@@ -89,7 +92,8 @@ def loss_command(
     ad = load_adapter(adapter) if adapter is not None else None
     lm, tok = load_model(model, dtype=dtype, device=device)
     rows = adapter_loss(lm, tok, ad, str(labels), vectors_file=vectors, split=split, batch_size=batch_size,
-                        scales=scale or [1.0], allow_model_mismatch=allow_model_mismatch)
+                        scales=scale or [1.0], allow_model_mismatch=allow_model_mismatch,
+                        val_fraction=val_fraction, seed=seed)
     for row in rows:
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")

@@ -8,6 +8,7 @@ overrides a field (the value is parsed as YAML, so ``1e-3``, ``true`` and ``null
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,7 @@ from ..modeling import DTYPES
 from ..projections import INIT_FACTOR, trainable_kinds
 from ..template import INJECTION_TOKEN
 
+log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd_momentum")
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -72,6 +74,9 @@ class SoftPromptConfig:
 class TrainingConfig:
     learning_rate: float = 0.01
     scale_learning_rate: float | None = None
+    # The reference gives this learning rate to parameters named `scale_direction` only; none of the
+    # five adapter kinds has one (U, V and W take learning_rate there too), so it changes nothing.
+    direction_learning_rate: float | None = None
     bias_learning_rate: float | None = None
     optimizer_type: str = "adamw"
     weight_decay: float = 0.01
@@ -161,8 +166,9 @@ def config_from_dict(raw: dict[str, Any] | None, base_dir: str | os.PathLike = "
     raw = dict(raw or {})
     valid_top = list(_TOP_KEYS) + list(_SECTION_CLASSES)
     unknown = [k for k in raw if k not in valid_top]
-    if unknown:
-        raise SelfieError(f"unknown config key {unknown[0]!r} at the top level; valid keys: {', '.join(valid_top)}")
+    if unknown:  # the reference trainer ignores them too; keys inside a section stay strict
+        log.warning("ignoring unknown top-level config key(s) %s; valid: %s", ", ".join(map(repr, unknown)),
+                    ", ".join(valid_top))
     sections = {}
     for name, cls in _SECTION_CLASSES.items():
         values = raw.get(name) or {}
@@ -178,6 +184,9 @@ def config_from_dict(raw: dict[str, Any] | None, base_dir: str | os.PathLike = "
     cfg = TrainConfig(**{k: _coerce(k, top[k], raw[k]) for k in _TOP_KEYS if k in raw},
                       base_dir=str(base_dir), **sections)
     validate(cfg)
+    if cfg.training.direction_learning_rate is not None:
+        log.warning("training.direction_learning_rate applies to 'scale_direction' parameters (as in the "
+                    "reference); no adapter kind has one, so it has no effect")
     return cfg
 
 
@@ -238,6 +247,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    if parts[0] not in (*_TOP_KEYS, *_SECTION_CLASSES):  # a typo on the command line is an error
+        raise SelfieError(f"--set {assignment!r}: unknown key {parts[0]!r}; valid: "
+                          f"{', '.join((*_TOP_KEYS, *_SECTION_CLASSES))}")
     if len(parts) == 1:
         raw[parts[0]] = parsed
     elif len(parts) == 2:
@@ -289,6 +301,7 @@ def validate(cfg: TrainConfig) -> None:
         "training.learning_rate": (t.learning_rate, 0.0, True, None),
         "training.scale_learning_rate": (t.scale_learning_rate, 0.0, True, None),
         "training.bias_learning_rate": (t.bias_learning_rate, 0.0, True, None),
+        "training.direction_learning_rate": (t.direction_learning_rate, 0.0, True, None),
         "training.weight_decay": (t.weight_decay, 0.0, False, None),
         "training.momentum": (t.momentum, 0.0, False, 1.0),
         "training.gradient_clip_norm": (t.gradient_clip_norm, 0.0, True, None),

@@ -16,6 +16,7 @@ from . import ddp
 from .config import DataConfig, SoftPromptConfig
 from .data import LabelledData, Split, load_training_data
 from .loss import SelfieLoss
+from .sampling import validation_subset
 
 
 def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
@@ -39,11 +40,15 @@ def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split
 
 def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *, vectors_file: str | None = None,
                  split: str = "val", batch_size: int = 80, scales: Sequence[float] = (1.0,),
-                 strip_labels: bool | None = None, allow_model_mismatch: bool = False) -> list[dict]:
+                 strip_labels: bool | None = None, allow_model_mismatch: bool = False,
+                 val_fraction: float | None = None, seed: int | None = None) -> list[dict]:
     """The published val loss of ``adapter`` (None → identity with L2 normalisation, the untrained
-    baseline) at each scale: soft token = scale · adapter(x). Template, eos and label stripping come
-    from the adapter's training config when it has one. An adapter for another model is refused
-    (``check_model``) unless ``allow_model_mismatch``.
+    baseline) at each scale: soft token = adapter(scale · x/‖x‖), as in the reference's evals.
+    Template, eos and label stripping come from the adapter's training config when it has one; so
+    do ``val_fraction`` and ``seed`` of the validation subset (the reference's: ``int(n·f)`` sorted
+    indices from ``RandomState(seed)``), so a published adapter is scored on the examples its published
+    val loss was measured on. An adapter for another model is refused (``check_model``) unless
+    ``allow_model_mismatch``.
 
     >>> adapter_loss(model, tok, None, "labels.json.gz", vectors_file="w_dec.pt", scales=[2.5, 10])
     [{'scale': 2.5, 'loss': ..., 'num_examples': 4541, 'split': 'val'}, ...]
@@ -62,17 +67,30 @@ def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *,
     part = data.split(split)
     if len(part) == 0:
         raise SelfieError(f"{labels_file} has no examples with split {split!r}; try --split train")
+    if split == "val":
+        part = _published_subset(part, data, trained, val_fraction, seed)
     adapter = adapter if adapter is not None else Adapter.identity(dim, normalize_input=True)
     adapter.to(model_device(model))
     loss_fn = SelfieLoss(model, tokenizer, resolve_template(tokenizer, sp.template, sp.reserved_token))
     out = []
     for scale in scales:
         def soft(v: torch.Tensor, s: float = float(scale)) -> torch.Tensor:
-            return s * adapter.transform(v.float()).float()
+            return adapter.scaled_transform(v, s)
 
         loss = evaluate_loss(loss_fn, soft, data, part, batch_size)
         out.append({"scale": float(scale), "loss": loss, "num_examples": len(part), "split": split})
     return out
+
+
+def _published_subset(part: Split, data: LabelledData, trained: dict, val_fraction: float | None,
+                      seed: int | None) -> Split:
+    """The reference trainer's validation subset, with the adapter's own val_fraction and seed by default."""
+    fraction = val_fraction if val_fraction is not None else (trained.get("training") or {}).get("val_fraction")
+    fraction = 1.0 if fraction is None else float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise SelfieError(f"val_fraction must be in (0, 1], got {fraction}")
+    seed = seed if seed is not None else int(trained.get("seed", 42))
+    return validation_subset(part, data.datasets, None, fraction, seed)
 
 
 def _training_config(adapter: Adapter | None) -> dict:

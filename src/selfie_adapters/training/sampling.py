@@ -10,9 +10,9 @@ to its ratio; larger groups are subsampled (afresh each epoch if ``resample_each
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import SelfieError
@@ -98,13 +98,23 @@ class EpochSampler:
         return chosen
 
 
-def validation_subset(val, dataset_names: list[str], ratios, fraction: float, seed: int):
-    """The fixed validation examples: mixed by ``val_dataset_ratios`` (one fixed draw), then a seeded
-    ``val_fraction`` of them. ``val`` is a ``data.Split``."""
+def validation_subset(val, dataset_names: list[str], ratios, fraction: float, seed: int, train_ratios=None):
+    """The fixed validation examples, as the reference trainer picks them (its published val losses).
+
+    With ``val_dataset_ratios`` the named datasets are mixed by ratio (one fixed draw); without them but
+    with ``train_dataset_ratios``, only the datasets those name (the reference loads no others). Then
+    ``int(n · val_fraction)`` examples: ``np.random.RandomState(seed).choice(n, size, replace=False)``,
+    sorted. ``val`` is a ``data.Split``.
+    """
     if ratios is not None:
         groups = parse_ratios(ratios, dataset_names, "data.val_dataset_ratios")
         mixed = EpochSampler(val.dataset_ids, groups, shuffle=False, seed=seed, resample_each_epoch=False)
         val = val.subset(mixed.order(0))
-    n = max(1, math.ceil(fraction * len(val)))
-    gen = torch.Generator().manual_seed(seed)
-    return val.subset(torch.randperm(len(val), generator=gen)[:n].sort().values)
+    elif train_ratios is not None:
+        named = {i for g in parse_ratios(train_ratios, dataset_names) for i in g.datasets}
+        val = val.subset(torch.nonzero(torch.isin(val.dataset_ids, torch.tensor(sorted(named))))[:, 0])
+    if fraction >= 1.0:
+        return val
+    size = max(1, int(len(val) * fraction))  # the reference would validate on nothing at size 0
+    chosen = np.sort(np.random.RandomState(seed).choice(len(val), size=size, replace=False))
+    return val.subset(torch.from_numpy(chosen).long())

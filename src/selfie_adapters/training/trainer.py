@@ -252,7 +252,7 @@ class _Run:
             warnings.warn("no 'val' examples: no validation, the best adapter is not tracked", stacklevel=3)
             return None
         return validation_subset(val, self.data.datasets, self.cfg.data.val_dataset_ratios,
-                                 self.cfg.training.val_fraction, self.cfg.seed)
+                                 self.cfg.training.val_fraction, self.cfg.seed, self.cfg.data.train_dataset_ratios)
 
     def _validate(self, step: int) -> float | None:
         if self.val is None:
