@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -218,16 +219,44 @@ def _pick(state: dict, key: str | None, name: str):
     return next(iter(state.values()))
 
 
-def load_mean_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
-    """``mean-vectors.safetensors`` → {layer: (d,) fp32 tensor} from its ``layer_{L}`` keys."""
-    state, _ = read_safetensors(resolve_file(path))
+def load_mean_vectors(path: str | os.PathLike, layer: int | None = None) -> dict[int, torch.Tensor]:
+    """Mean vectors → {layer: (d,) fp32}: ``mean-vectors.safetensors`` (``layer_{L}`` keys), or the
+    reference's bare-tensor ``…_l{L}_mean.pt`` (layer from the file name, else ``layer``).
+
+    >>> load_mean_vectors("wiki_l19_mean.pt")[19].shape
+    torch.Size([4096])
+    """
+    p = resolve_file(path)
+    if p.suffix in (".pt", ".pth", ".bin"):
+        return means_from_torch(load_torch(p), p.name, layer)
+    state, _ = read_safetensors(p)
+    return _layer_means(state, p.name)
+
+
+def means_from_torch(obj, name: str, layer: int | None = None) -> dict[int, torch.Tensor]:
+    """A loaded ``.pt`` mean file: a bare (d,) tensor (the reference's format) or {``layer_L`` | L: (d,)}."""
+    if torch.is_tensor(obj):
+        vec = obj.reshape(-1) if obj.dim() == 2 and obj.shape[0] == 1 else obj
+        if vec.dim() != 1:
+            raise SelfieError(f"{name} holds a tensor of shape {tuple(obj.shape)}; a mean vector has shape (d,)")
+        found = re.search(r"_l(\d+)(?:_mean)?\.[a-z]+$", name)
+        if found is None and layer is None:
+            raise SelfieError(f"{name} holds one mean vector but its name does not say the layer (the "
+                              "reference names them ..._l{L}_mean.pt); pass the layer (--layer L)")
+        return _layer_means({f"layer_{int(found.group(1)) if found else layer}": vec}, name)
+    if isinstance(obj, dict):
+        return _layer_means({k if isinstance(k, str) else f"layer_{k}": v for k, v in obj.items()}, name)
+    raise SelfieError(f"{name} holds a {type(obj).__name__}; expected a mean-vector tensor or {{layer_L: tensor}}")
+
+
+def _layer_means(state: dict, name: str) -> dict[int, torch.Tensor]:
     out: dict[int, torch.Tensor] = {}
     for key, t in state.items():
-        if key.startswith("layer_") and key[6:].isdigit():
+        if key.startswith("layer_") and key[6:].isdigit() and torch.is_tensor(t):
             check_finite(t, f"mean vector {key}")
             out[int(key[6:])] = t.float()
     if not out:
-        raise SelfieError(f"{path}: no 'layer_<L>' tensors found (keys: {sorted(state)})")
+        raise SelfieError(f"{name}: no 'layer_<L>' tensors found (keys: {sorted(map(str, state))})")
     return out
 
 

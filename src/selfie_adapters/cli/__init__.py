@@ -10,7 +10,8 @@ import typer
 
 from ..errors import SelfieError
 from . import (
-    core,  # noqa: F401  (registers commands)
+    compat,  # noqa: F401  (registers commands)
+    core,  # noqa: F401
     demo,  # noqa: F401
     evals,  # noqa: F401
     experiment,  # noqa: F401

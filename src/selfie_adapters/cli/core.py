@@ -69,7 +69,8 @@ def describe(
     chat: bool = typer.Option(True, "--chat/--raw", help="With --prompts: render each prompt with the chat "
                               "template + generation prompt (default, as the reference and the published mean "
                               "vector) or as raw text with BOS (--raw)."),
-    mean_vectors: Path | None = typer.Option(None, help="mean-vectors.safetensors to subtract (contrastive)."),
+    mean_vectors: Path | None = typer.Option(None, help="Mean vectors to subtract (contrastive): "
+                                             "mean-vectors.safetensors or a reference ..._l{L}_mean.pt."),
     layer: int | None = typer.Option(None, help="Layer L of --prompts and of the layer_{L} mean to subtract."),
     samples: int = typer.Option(1, min=1, help="Descriptions per vector and scale."),
     max_new_tokens: int = typer.Option(40, min=1),
@@ -179,7 +180,7 @@ def _source_inputs(source: VectorSource | None) -> dict:
 def _mean_from_options(mean_vectors: Path | None, layer: int | None) -> torch.Tensor | None:
     if mean_vectors is None:
         return None
-    means = load_mean_vectors(mean_vectors)
+    means = load_mean_vectors(mean_vectors, layer)
     if layer is None:
         if len(means) != 1:
             raise SelfieError(f"{mean_vectors} holds layers {sorted(means)}; choose one with --layer")

@@ -8,6 +8,7 @@ optimizer tensors, the step counter and the best validation loss so far.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -67,6 +68,10 @@ def read_state_info(path: Path) -> dict:
     if not path.is_file() and not path.with_name(STATE_JSON).is_file():
         raise SelfieError(f"no training state at {path}; start without --resume, or point "
                           "training.resume_from_checkpoint at a run folder that has one")
+    if path.is_file() and (path.suffix in (".pt", ".pth") or zipfile.is_zipfile(path)):
+        raise SelfieError(f"{path} is a PyTorch checkpoint (the reference trainer's format), not a selfie "
+                          f"training state; convert it: selfie convert {path} --out RUN_DIR, then "
+                          "selfie train RUN_DIR/config.yaml --resume")
     legacy = path.with_name(STATE_JSON)
     if legacy.is_file():  # written by an older version: JSON beside the tensors
         info = json.loads(legacy.read_text(encoding="utf-8"))
