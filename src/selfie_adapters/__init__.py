@@ -4,9 +4,20 @@ from .adapter import Adapter, load_adapter
 from .errors import SelfieError
 from .files import read_safetensors, save_tensors
 from .guard import check_model
+from .inference import SelfIEAdapter
 from .interpret import Description, Interpreter, generate
 from .modeling import load_model
+from .projection import (  # the reference implementation's names, at its import paths
+    FullRankAffineProjection,
+    LowRankOnlyProjection,
+    ProjectionModule,
+    ScalarAffinePlusLowRankProjection,
+    ScalarAffineProjection,
+    ScaleOnlyProjection,
+    create_projection_module,
+)
 from .projections import PROJECTIONS, Projection, build_projection
+from .sae_utils import ObservableLanguageModel, load_sae
 from .template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
 from .vectors import (
     decoder_rows,
@@ -23,4 +34,8 @@ __all__ = [
     "PromptTemplate", "SelfieError", "build_projection", "check_model", "decoder_rows", "extract_hidden_states",
     "generate", "load_adapter", "load_mean_vectors", "load_model", "load_vectors", "mean_hidden_states",
     "read_safetensors", "sae_decoder_vectors", "save_mean_vectors", "save_tensors",
+    # the reference implementation's API
+    "FullRankAffineProjection", "LowRankOnlyProjection", "ObservableLanguageModel", "ProjectionModule",
+    "ScalarAffinePlusLowRankProjection", "ScalarAffineProjection", "ScaleOnlyProjection", "SelfIEAdapter",
+    "create_projection_module", "load_sae",
 ]

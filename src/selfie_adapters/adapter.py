@@ -8,6 +8,7 @@ Legacy ``.pt`` checkpoints are read with ``weights_only=True`` only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 
 from .errors import SelfieError
 from .files import check_finite, load_torch, read_safetensors, resolve_file, save_tensors
+from .projection import projection_stats
 from .projections import INIT_FACTOR, INIT_SCALE, PROJECTIONS, Projection, build_projection, l2_normalize
 
 
@@ -69,6 +71,40 @@ class Adapter:
             except json.JSONDecodeError:
                 info["config"] = self.metadata["config_json"]
         return info
+
+    # ---- the reference implementation's SelfIEAdapter API (its scripts call these) ----
+
+    @property
+    def model_dim(self) -> int:
+        return self.dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.projection.parameters(), torch.empty(0)).device
+
+    @property
+    def config(self) -> dict:
+        """The ``projection`` section of the training config (type, normalize_input, init_scale, ...)."""
+        cfg = projection_config(self.projection)
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            cfg.update(json.loads(self.metadata.get("config_json", "{}")).get("projection") or {})
+        return cfg
+
+    def get_metadata(self) -> dict:
+        """Architecture and training facts, with the reference's keys and value types."""
+        meta = {"projection_type": self.kind, "model_dim": self.dim, "normalize_input": self.normalize_input,
+                "num_parameters": self.num_parameters(), "device": str(self.device),
+                "checkpoint_format_version": int(self.metadata.get("checkpoint_format_version") or 0)}
+        for key, cast in (("global_step", int), ("best_val_loss", float)):
+            if self.metadata.get(key) not in (None, "", "None"):
+                meta[key] = cast(float(self.metadata[key])) if cast is int else cast(self.metadata[key])
+        meta.update({k: v for k in ("init_scale", "low_rank_rank", "low_rank_init_factor")
+                     if (v := self.config.get(k)) is not None})
+        return meta
+
+    def get_projection_stats(self) -> dict[str, float]:
+        """Scale, bias/weight norms and ‖UVᵀ‖_F, where this kind has them."""
+        return projection_stats(self.projection)
 
     def to(self, device: torch.device | str | None) -> Adapter:
         if device is not None:
@@ -237,7 +273,7 @@ def _load_legacy(path: Path, normalize_input: bool | None) -> Adapter:
             "model_name": str((config.get("model") or {}).get("name", "")) if isinstance(config, dict) else ""}
     if proj_cfg.get("type"):
         meta["projection_type"] = str(proj_cfg["type"])
-    for key in ("model_dim", "global_step", "best_val_loss"):
+    for key in ("model_dim", "global_step", "best_val_loss", "checkpoint_format_version"):
         if ckpt.get(key) is not None:
             meta[key] = str(ckpt[key])
     state = {k.removeprefix("projection."): v for k, v in ckpt["projection_state"].items()}
