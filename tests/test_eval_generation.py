@@ -194,3 +194,22 @@ def test_bad_inputs(wired, tokenizer, tmp_path):
         run(model, tokenizer, sae, tmp_path, [(0, "x")], layer=7)
     with pytest.raises(SelfieError, match="needs an integer 'latent'"):
         run(model, tokenizer, sae, tmp_path, [{"label": "x"}])
+
+
+def test_reference_protocol_counts_the_system_block_and_tags(wired, tokenizer, tmp_path):
+    """The reference's rule reads every token after BOS: "Cut" (only in the Llama-3.1 system block) and
+    <|eot_id|> (only in the template) hit there and never under ours; the report names the protocol."""
+    model, sae = wired
+    labels = [(LAT[k], "Cutting edge") for k in LAT]
+    ref, rows = run(model, tokenizer, sae, tmp_path, labels, protocol="reference", samples=1)
+    by = {r["latent"]: r["hit"] for r in rows}
+    assert by == {LAT["hello"]: True, LAT["world"]: True, LAT["eot"]: True, LAT["cut"]: True,
+                  LAT["never"]: False, LAT["label"]: False}
+    assert ref["protocol"] == "reference" and ref["mean_max_hit_rate"] == pytest.approx(4 / 6)
+    settings = json.loads((tmp_path / "gen.jsonl.settings.json").read_text())
+    assert settings["protocol"] == "reference" and settings["prompt"].startswith("Produce a VERY SHORT")
+    assert settings["system"].endswith("[ASSISTANT] I'm the assistant.") and settings["top_p"] == 0.9
+    ours, _ = run(model, tokenizer, sae, tmp_path / "ours", labels, samples=1)
+    assert ours["protocol"] == "default" and ours["mean_max_hit_rate"] == pytest.approx(2 / 6)
+    with pytest.raises(SelfieError, match="unknown protocol 'paper'"):
+        run(model, tokenizer, sae, tmp_path / "x", labels, protocol="paper")

@@ -34,9 +34,12 @@ def _emit_json(obj: dict) -> None:
 def retrieval(
     labels: Path = typer.Option(..., help="Labels JSONL (e.g. `selfie describe` output): label + id or index."),
     topics: Path = typer.Option(..., help="Topics JSONL: {\"id\", \"title\", \"labels\": [...]} per line."),
-    model: str = typer.Option(ret_mod.DEFAULT_MODEL, help="sentence-transformers model (default: offline "
-                              "all-MiniLM-L6-v2; the paper used thenlper/gte-large)."),
-    strategy: str = typer.Option("title", help=f"Topic index: {', '.join(ret_mod.STRATEGIES)}."),
+    protocol: str = typer.Option("default", help="default: index by title, offline all-MiniLM-L6-v2; reference: "
+                                 "the reference CLI's title_plus_all_labels document and thenlper/gte-large."),
+    model: str | None = typer.Option(None, help="sentence-transformers model (default: offline all-MiniLM-L6-v2; "
+                                     "reference protocol and the paper: thenlper/gte-large)."),
+    strategy: str | None = typer.Option(None, help=f"Topic index: {', '.join(ret_mod.STRATEGIES)} (or the "
+                                        "reference's names) [default title; reference title+labels]."),
     out: Path | None = typer.Option(None, help="Write the JSON report here."),
     cache_dir: Path | None = typer.Option(None, help="Topic-index cache (default ~/.cache/selfie-adapters)."),
     device: str | None = typer.Option(None, help="Embedding device: cpu, cuda, ..."),
@@ -46,20 +49,25 @@ def retrieval(
 
     Example: selfie eval retrieval --labels labels.jsonl --topics topics.jsonl --out retrieval.json
     """
+    if protocol not in ret_mod.PROTOCOLS:
+        raise SelfieError(f"unknown --protocol {protocol!r}; choose one of {', '.join(ret_mod.PROTOCOLS)}")
+    strategy = ret_mod.REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or ret_mod.PROTOCOLS[protocol][0]
+    model = model or ret_mod.PROTOCOLS[protocol][1]
     if strategy not in ret_mod.STRATEGIES:
         raise SelfieError(f"unknown --strategy {strategy!r}; choose one of {', '.join(ret_mod.STRATEGIES)}")
     if out is not None:  # a folder, FIFO or link at --out is refused before the work, not after it
         check_output_path(out)
     ts = ret_mod.load_topics(topics)
     rows = ret_mod.load_labels(labels, ts)
-    report = ret_mod.retrieval_eval(rows, ts, model=model, strategy=strategy, cache_dir=cache_dir, device=device)
+    report = ret_mod.retrieval_eval(rows, ts, model=model, strategy=strategy, cache_dir=cache_dir, device=device,
+                                    protocol=protocol)
     if out is not None:
         write_json(out, report)
     if as_json:
         _emit_json(report)
         return
     cols, table = ret_mod.summary_rows(report)
-    print_table(f"topic retrieval — {report['n_labels']} labels, {report['n_topics']} topics, "
+    print_table(f"topic retrieval ({protocol} protocol) — {report['n_labels']} labels, {report['n_topics']} topics, "
                 f"{model}, index {strategy}", cols, table)
 
 
@@ -77,12 +85,17 @@ def generation(
     adapter: str | None = typer.Option(None, help="Write labels on the fly with this adapter (needs --latents)."),
     latents: str | None = typer.Option(None, help="Latents for --adapter, e.g. '0-99'."),
     label_samples: int = typer.Option(1, min=1, help="Labels per latent written by --adapter."),
-    samples: int = typer.Option(4, min=1, help="Conversations written per (latent, label)."),
-    prompt: str = typer.Option(gen_mod.DEFAULT_PROMPT, help="User message; {label} is replaced."),
-    system: str | None = typer.Option(None, help="Optional system message."),
-    max_new_tokens: int = typer.Option(64, min=1),
-    temperature: float = typer.Option(1.0, min=0.0),
-    top_p: float = typer.Option(0.95, min=0.0, max=1.0),
+    protocol: str = typer.Option("default", help="default: this project's (content tokens only); reference: "
+                                 "the reference implementation's prompt, [USER]/[ASSISTANT] parsing, sampling and "
+                                 "every token after BOS (its published numbers). Options below override it."),
+    samples: int | None = typer.Option(None, min=1, help="Conversations per (latent, label) [default 4; "
+                                       "reference 10]."),
+    prompt: str | None = typer.Option(None, help="User message; {label} (reference: _) is replaced."),
+    system: str | None = typer.Option(None, help="System message [default none; reference: its [USER]/[ASSISTANT] "
+                                      "format message]."),
+    max_new_tokens: int | None = typer.Option(None, min=1, help="[default 64; reference 100]"),
+    temperature: float | None = typer.Option(None, min=0.0, help="[default 1.0; reference 0.7]"),
+    top_p: float | None = typer.Option(None, min=0.0, max=1.0, help="[default 0.95; reference 0.9]"),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1),
     report: Path | None = typer.Option(None, help="JSON report (default: OUT with .report.json)."),
@@ -93,11 +106,13 @@ def generation(
     """Generation scoring: conversations written about each label; hit = the latent fires on content.
 
     The latent is read on the written conversation alone (rendered with the chat template), not in the
-    context of the instruction that named the label.
+    context of the instruction that named the label; --protocol reference reads every token after BOS
+    as the reference implementation does (its published hit rates).
 
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
+    proto = gen_mod.get_protocol(protocol)
     check_sampling(temperature, top_p)
     check_device(device)
     check_output_path(out)
@@ -113,23 +128,27 @@ def generation(
     m, tok = load_model(model, dtype=dtype, device=device)
     if pairs is None:
         interp = Interpreter(m, tok, load_adapter(adapter))
-        pairs = gen_mod.labels_from_adapter(interp, sae_model, indices, samples=label_samples,
-                                            temperature=0.0 if label_samples == 1 else 1.0, seed=seed)
+        # the reference's label generator samples (T 0.7, top-p 0.9, 30 tokens); ours is greedy for one label
+        sampling = ({"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 30} if proto.name == "reference" else
+                    {"temperature": 0.0 if label_samples == 1 else 1.0})
+        pairs = gen_mod.labels_from_adapter(interp, sae_model, indices, samples=label_samples, seed=seed, **sampling)
+    samples = samples or proto.samples
     total = len(pairs) * samples
     done = min(total, sum(1 for line in out.open() if line.strip())) if out.is_file() else 0  # resumed trials
     with progress_bar() as bar:
         task = bar.add_task("scoring", total=total, completed=done)
-        summary = gen_mod.generation_eval(m, tok, sae_model, pairs, out, layer=layer, samples=samples, prompt=prompt,
-                                          system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-                                          top_p=top_p, seed=seed, batch_size=batch_size,
+        summary = gen_mod.generation_eval(m, tok, sae_model, pairs, out, layer=layer, protocol=protocol,
+                                          samples=samples, prompt=prompt, system=system,
+                                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                          seed=seed, batch_size=batch_size,
                                           progress=lambda n: bar.advance(task, n))
     write_json(report or out.with_suffix(".report.json"), summary)
     if as_json:
         _emit_json(summary)
         return
     lo, hi = summary["mean_hit_rate_ci95"]
-    print_table(f"generation scoring — {summary['n_latents']} latents, {summary['n_trials']} trials "
-                f"({summary['n_failed']} failed)", ["metric", "value"],
+    print_table(f"generation scoring ({protocol} protocol) — {summary['n_latents']} latents, "
+                f"{summary['n_trials']} trials ({summary['n_failed']} failed)", ["metric", "value"],
                 [["mean-max hit rate (best label per latent)", summary["mean_max_hit_rate"]],
                  ["held-out best-label hit rate", summary["heldout_best_label_hit_rate"]],
                  ["mean hit rate (all labels)", summary["mean_hit_rate"]],
@@ -156,10 +175,14 @@ def bridge(
     adapter: str | None = typer.Option(None, help="Adapter file; none = untrained baseline."),
     layers: str | None = typer.Option(None, help="Layers, e.g. '0-31' (default: all)."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N records."),
-    samples: int = typer.Option(4, min=1, help="Descriptions per (layer, token) and scale."),
-    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s)."),
-    temperature: float = typer.Option(1.0, min=0.0),
-    max_new_tokens: int = typer.Option(24, min=1),
+    protocol: str = typer.Option("default", help="default: question tokens, aliases in the label; reference: "
+                                 "the reference script ('Complete the statement: ', first question token to the end "
+                                 "of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, whole text)."),
+    samples: int | None = typer.Option(None, min=1, help="Descriptions per (layer, token) and scale [default 4; "
+                                       "reference 10]."),
+    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s) [reference: 10 untrained]."),
+    temperature: float | None = typer.Option(None, min=0.0, help="[default 1.0; reference 0.7]"),
+    max_new_tokens: int | None = typer.Option(None, min=1, help="[default 24; reference 20]"),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(64, min=1),
     chat: bool = typer.Option(True, help="Render the question with the chat template."),
@@ -172,6 +195,8 @@ def bridge(
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """
+    if protocol not in bridge_mod.PROTOCOLS:
+        raise SelfieError(f"unknown --protocol {protocol!r}; choose one of {', '.join(bridge_mod.PROTOCOLS)}")
     rows = read_jsonl(records, what="records")[:limit]
     for r in rows:  # validate every record before loading the model
         bridge_mod.question_of(r), bridge_mod.aliases_of(r)
@@ -185,13 +210,16 @@ def bridge(
         return Interpreter(*load_model(model, dtype=dtype, device=device), ad)
 
     settings = {"model": model, "adapter": adapter, "layers": layers, "samples": samples, "scale": scale,
-                "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "chat": chat}
+                "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "chat": chat,
+                "protocol": protocol}
     summary = bridge_mod.bridge_records(rows, out_dir, interpreter, settings=settings, layers=layer_list,
                                         samples=samples, scales=scale, temperature=temperature,
-                                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat)
+                                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat,
+                                        protocol=protocol)
     if as_json:
-        _emit_json({"records": summary})
+        _emit_json({"protocol": protocol, "records": summary})
         return
-    print_table("bridge entities", ["record", "bridge", "max cell", "layer", "token", "heatmap"],
+    print_table(f"bridge entities ({protocol} protocol)",
+                ["record", "bridge", "max cell", "layer", "token", "heatmap"],
                 [[s["record"], s["bridge"], s["max_score"], s["best_layer"], repr(s["best_token"]), s["png"]]
                  for s in summary])

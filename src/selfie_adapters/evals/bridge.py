@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,30 @@ from ..vectors import chat_text, hidden_states_batch
 from .report import save_heatmap
 
 QUESTION_FIELDS = ("question", "prompt", "query")
+
+
+@dataclass(frozen=True)
+class BridgeProtocol:
+    """Which states are described and how a description counts (``default`` or ``reference``)."""
+
+    name: str
+    prefix: str  # put before the question in the user turn
+    to_end: bool  # read from the first question token to the end of the prompt (else question tokens only)
+    samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    untrained_scale: float | None  # the baseline's scale (None: the interpreter's sweep)
+    match_on: str  # "label" (text before the closing quote) or "text" (the whole generation)
+
+
+PROTOCOLS = {
+    "default": BridgeProtocol("default", "", False, 4, 1.0, 1.0, 24, None, "label"),
+    # the reference script: "Complete the statement: ", from the first question token (34 for Llama-3.1)
+    # to the end of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, aliases in the whole text.
+    # Its top-p is not set there (the model's generation config applies: 0.9 for Llama-3.1-Instruct).
+    "reference": BridgeProtocol("reference", "Complete the statement: ", True, 10, 0.7, 0.9, 20, 10.0, "text"),
+}
 
 
 def question_of(record: dict) -> str:
@@ -70,13 +95,15 @@ def alias_pattern(aliases: Sequence[str]) -> re.Pattern:
     return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
 
 
-def question_tokens(tokenizer, question: str, *, chat: bool = True) -> tuple[list[int], list[int], list[str]]:
-    """(prompt ids, positions of the question's tokens, their strings) for the rendered prompt."""
+def question_tokens(tokenizer, question: str, *, chat: bool = True, prefix: str = "",
+                    to_end: bool = False) -> tuple[list[int], list[int], list[str]]:
+    """(prompt ids, positions of the question's tokens — through the end of the prompt with ``to_end`` —,
+    their strings) for the rendered prompt; ``prefix`` goes before the question in the user turn."""
     if chat:
-        text = chat_text(tokenizer, question, fix="pass --no-chat to use the raw question")
+        text = chat_text(tokenizer, prefix + question, fix="pass --no-chat to use the raw question")
     else:
         bos = getattr(tokenizer, "bos_token", None) or ""
-        text = bos + question
+        text = bos + prefix + question
     start = text.rfind(question.strip())
     if start < 0:
         raise SelfieError("the chat template changed the question text; pass --no-chat")
@@ -84,36 +111,52 @@ def question_tokens(tokenizer, question: str, *, chat: bool = True) -> tuple[lis
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     pos = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start]
+    if to_end and pos:
+        pos = list(range(pos[0], len(ids)))
     return ids, pos, [tokenizer.decode([ids[i]]) for i in pos]
 
 
-def bridge_eval(interpreter, record: dict, *, layers: Sequence[int] | None = None, samples: int = 4,
-                scales: Sequence[float] | None = None, temperature: float = 1.0, max_new_tokens: int = 24,
-                seed: int = 0, batch_size: int = 64, chat: bool = True) -> dict:
+def bridge_eval(interpreter, record: dict, *, layers: Sequence[int] | None = None, samples: int | None = None,
+                scales: Sequence[float] | None = None, temperature: float | None = None,
+                max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 64, chat: bool = True,
+                protocol: str = "default") -> dict:
     """Describe every (layer, question token) state and score each cell by alias matches.
+
+    ``protocol``: ``"default"`` (question tokens, aliases in the label) or ``"reference"`` (the reference
+    script's prompt, positions, sampling and whole-text matching, see ``PROTOCOLS``); arguments left
+    None take the protocol's values.
 
     >>> rep = bridge_eval(Interpreter(model, tok, adapter), {"question": "Who is the mother of the singer "
     ...                   "of 'Superstition'?", "e2_value": "Stevie Wonder"}, layers=range(32))
     >>> rep["scores"][19]   # one row per layer, one column per question token
     """
+    if protocol not in PROTOCOLS:
+        raise SelfieError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    proto = PROTOCOLS[protocol]
+    samples = proto.samples if samples is None else samples
+    temperature = proto.temperature if temperature is None else temperature
+    max_new_tokens = max_new_tokens or proto.max_new_tokens
+    if scales is None and proto.untrained_scale is not None and interpreter.adapter.kind == "identity":
+        scales = [proto.untrained_scale]
     model, tok = interpreter.model, interpreter.tokenizer
     layers = check_layers(model, range(len(decoder_layers(model))) if layers is None else layers, "layers")
     if samples < 1:
         raise SelfieError(f"samples must be ≥ 1, got {samples}")
     question, aliases = question_of(record), aliases_of(record)
-    ids, pos, strings = question_tokens(tok, question, chat=chat)
+    ids, pos, strings = question_tokens(tok, question, chat=chat, prefix=proto.prefix, to_end=proto.to_end)
     states = hidden_states_batch(model, [ids], layers, pad_token_id(tok))  # {L: (1, T, d)}
     vectors = torch.cat([states[L][0, pos].float() for L in layers])  # (n_layers · n_pos, d), layer-major
     descs = interpreter.describe(vectors, scales=scales, samples=samples, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+                                 top_p=proto.top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     match = alias_pattern(aliases)
     cells: list[list[str]] = [[] for _ in range(len(vectors))]
     for d in descs:
-        cells[d.index].append(d.label)
+        cells[d.index].append(d.text if proto.match_on == "text" else d.label)
     P = len(pos)
     scores = [[sum(bool(match.search(x)) for x in cells[li * P + p]) / max(len(cells[li * P + p]), 1)
                for p in range(P)] for li in range(len(layers))]
-    return {"question": question, "aliases": aliases, "layers": layers, "positions": pos, "tokens": strings,
+    return {"protocol": protocol, "question": question, "aliases": aliases, "layers": layers, "positions": pos,
+            "tokens": strings,
             "samples": samples, "scales": sorted({d.scale for d in descs}),
             "scores": scores, "max_score": max(max(r) for r in scores),
             "descriptions": [[cells[li * P + p] for p in range(P)] for li in range(len(layers))]}

