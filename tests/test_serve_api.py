@@ -147,7 +147,7 @@ def test_extract_lists_and_base64(client, toy):
     model, tok, _ = toy
     body = {"prompts": [PROMPT, "hello"], "layers": [0, 2], "positions": [-1, 0]}
     got = post_ok(client, "/extract", body)["layers"]
-    want = extract_hidden_states(model, tok, [PROMPT, "hello"], [0, 2], positions=[-1, 0])
+    want = extract_hidden_states(model, tok, [PROMPT, "hello"], [0, 2], positions=[-1, 0], chat=False)  # API default
     assert got["layer_2"]["shape"] == [2, 2, 128]
     torch.testing.assert_close(torch.tensor(got["layer_2"]["values"]), want[2])
     b64 = post_ok(client, "/extract", {**body, "encoding": "base64"})["layers"]["layer_0"]
