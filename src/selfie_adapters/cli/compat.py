@@ -30,3 +30,64 @@ def convert_command(
         print(f"wrote {path}")
     if result.next_step:
         print(f"next: {result.next_step}")
+
+
+labels_app = typer.Typer(no_args_is_help=True, help="Labels to and from other tools (Neuronpedia, delphi).")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("export")
+def labels_export(
+    rows: Path = typer.Argument(..., help="`selfie describe` output (JSONL: index, label, scale, ...)."),
+    out: Path = typer.Option(..., help="neuronpedia: a .json / .jsonl / .jsonl.gz file; delphi: a folder."),
+    format_: str = typer.Option("neuronpedia", "--format", help="neuronpedia (every label) or delphi (the best "
+                                "label per latent: closed, then highest log-prob)."),
+    model_id: str = typer.Option("llama3.1-8b-it", help="Neuronpedia modelId."),
+    source: str = typer.Option("19-resid-post-gf", help="Neuronpedia source id (its 'layer' field)."),
+    explanation_model: str = typer.Option("selfie-adapter", help="Neuronpedia explanationModelName (e.g. the "
+                                          "adapter's name)."),
+    module: str = typer.Option("layers.19", help="delphi module name: files are {module}_latent{index}.txt."),
+) -> None:
+    """Write labels as Neuronpedia explanation rows or a delphi explanations folder.
+
+    Example: selfie labels export labels.jsonl --format neuronpedia --out explanations.json
+    """
+    from ..errors import SelfieError
+    from ..files import read_jsonl
+    from ..interop import best_labels, neuronpedia_rows, write_delphi, write_neuronpedia
+
+    data = read_jsonl(rows, what="labels")
+    if any("index" not in r for r in data):
+        raise SelfieError(f"{rows}: every row needs 'index' and 'label' (as `selfie describe` writes)")
+    if format_ == "neuronpedia":
+        path = write_neuronpedia(neuronpedia_rows(data, model_id=model_id, source=source,
+                                                  explanation_model=explanation_model), out)
+        print(f"wrote {path}")
+    elif format_ == "delphi":
+        print(f"wrote {len(write_delphi(best_labels(data), out, module))} explanations to {out}")
+    else:
+        raise SelfieError(f"unknown --format {format_!r}; choose neuronpedia or delphi")
+
+
+@labels_app.command("import")
+def labels_import(
+    export: Path = typer.Argument(..., help="A Neuronpedia explanations export (JSON array or JSONL, .gz too)."),
+    out: Path = typer.Option(..., help="Training labels file (the reference's sections JSON)."),
+    dataset_name: str = typer.Option("neuronpedia", help="dataset_name of the section."),
+    layer: int = typer.Option(..., help="Layer of the vectors (e.g. 19)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of latents marked 'val' (seeded)."),
+    seed: int = typer.Option(42),
+) -> None:
+    """Turn Neuronpedia explanations into training labels (vectors from data.vectors_file, e.g. an SAE).
+
+    Example: selfie labels import explanations.jsonl.gz --layer 19 --out labels.json
+    """
+    from ..files import write_json
+    from ..interop import neuronpedia_training_sections, read_neuronpedia
+
+    sections = neuronpedia_training_sections(read_neuronpedia(export), dataset_name=dataset_name, layer=layer,
+                                             val_fraction=val_fraction, seed=seed)
+    write_json(out, sections)
+    n = len(sections[0]["vectors"])
+    print(f"wrote {out}: {n} latents, {sum(len(v['labels']) for v in sections[0]['vectors'])} labels; train with "
+          "data.vectors_file (e.g. sae-lens:<release>/<sae_id>)")
