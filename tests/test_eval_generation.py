@@ -206,7 +206,7 @@ def test_reference_protocol_counts_the_system_block_and_tags(wired, tokenizer, t
     assert by == {LAT["hello"]: True, LAT["world"]: True, LAT["eot"]: True, LAT["cut"]: True,
                   LAT["never"]: False, LAT["label"]: False}
     assert ref["protocol"] == "reference" and ref["mean_max_hit_rate"] == pytest.approx(4 / 6)
-    settings = json.loads((tmp_path / "gen.jsonl.settings.json").read_text())
+    settings = json.loads((tmp_path / "gen.jsonl.settings.json").read_text())["inputs"]
     assert settings["protocol"] == "reference" and settings["prompt"].startswith("Produce a VERY SHORT")
     assert settings["system"].endswith("[ASSISTANT] I'm the assistant.") and settings["top_p"] == 0.9
     ours, _ = run(model, tokenizer, sae, tmp_path / "ours", labels, samples=1)
