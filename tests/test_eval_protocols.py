@@ -9,8 +9,8 @@ from selfie_adapters.evals.generation import (
     REFERENCE_SYSTEM,
     after_bos_mask,
     content_token_mask,
+    encode_chat,
     parse_tagged_conversation,
-    render_chat,
 )
 
 LLAMA31_SYSTEM_HEAD = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
@@ -22,7 +22,7 @@ def test_reference_generation_prompt_text(tokenizer):
     assert (proto.samples, proto.max_new_tokens, proto.temperature, proto.top_p) == (10, 100, 0.7, 0.9)
     messages = [{"role": "system", "content": REFERENCE_SYSTEM},
                 {"role": "user", "content": REFERENCE_PROMPT.replace(proto.placeholder, "elephants")}]
-    text, ids = render_chat(tokenizer, messages, generation_prompt=True)
+    text, ids = encode_chat(tokenizer, messages, generation_prompt=True)
     assert text == (LLAMA31_SYSTEM_HEAD + "You are a helpful AI assistant who generates EXTREMELY SHORT example "
                     "conversations. The conversations are between a user and an assistant, and have the following "
                     "format:\n[USER] I'm a user.\n[ASSISTANT] I'm the assistant.<|eot_id|>"

@@ -145,7 +145,7 @@ def parse_tagged_conversation(text: str) -> list[dict]:
 def after_bos_mask(tokenizer, messages: list[dict], **_) -> tuple[list[int], list[bool]]:
     """The reference protocol's read positions: the rendered chat (system block and role headers
     included), every token after the first (BOS)."""
-    _, ids = render_chat(tokenizer, messages, generation_prompt=False)
+    _, ids = encode_chat(tokenizer, messages, generation_prompt=False)
     return ids, [i > 0 for i in range(len(ids))]
 
 
