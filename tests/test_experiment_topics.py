@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,7 @@ def test_packaged_topics_and_the_split_by_topic():
         choose_topics(titles[:10], TopicsConfig(num_topics=0, heldout=10))
 
 
-def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys):
+def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys, monkeypatch):
     topics = tmp_path / "topics.txt"
     topics.write_text("\n".join(TITLES))
     out = tmp_path / "run"
@@ -35,8 +37,21 @@ def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys):
     assert main([*args, "--no-score"]) == 0  # describe only (e.g. on a GPU box without the eval extra) ...
     assert json.loads((out / "report.json").read_text())["layers"]["1"]["scalar_affine"]["mrr"] is None
     assert not (out / "report.md").exists()
+    # the described run, copied elsewhere without its tensors, scores from its files alone (no model)
+    elsewhere = tmp_path / "copied"
+    shutil.copytree(out, elsewhere, ignore=shutil.ignore_patterns("*.safetensors"))
+    with monkeypatch.context() as m:
+        m.setattr("selfie_adapters.experiments.topics.load_model", _no_model)
+        assert main(["experiment", "topics", "--score-only", "--out", str(elsewhere)]) == 0
+    assert (elsewhere / "topics.png").is_file() and "| layer | method |" in (elsewhere / "report.md").read_text()
     assert main(args) == 0  # ... then score the same run: nothing is trained or described again
     report = json.loads((out / "report.json").read_text())
+    scored_elsewhere = json.loads((elsewhere / "report.json").read_text())
+    for layer, result in report["layers"].items():
+        for method in ("untrained", "scalar_affine"):
+            for metric in ("scale", "recall@1", "recall@10", "mrr", "n"):
+                assert scored_elsewhere["layers"][layer][method][metric] == result[method][metric]
+        assert scored_elsewhere["layers"][layer]["examples"] == result["examples"]
     assert set(report["layers"]) == {"1", "2"} and report["heldout_topics"] == 4
     for result in report["layers"].values():
         assert set(result) == {"untrained", "scalar_affine", "examples"}
@@ -49,6 +64,31 @@ def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys):
     stamp = final.stat().st_mtime
     assert main(args) == 0  # resumes: nothing is retrained
     assert final.stat().st_mtime == stamp
+
+
+def test_topics_from_json_lists_and_the_vital_articles_file(tmp_path):
+    import gzip
+
+    (tmp_path / "a.json").write_text(json.dumps(["Paris", "Jazz"]))
+    with gzip.open(tmp_path / "b.json.gz", "wt", encoding="utf-8") as f:
+        json.dump({"titles": ["Tiger", "Opera"]}, f)
+    assert load_topic_titles(str(tmp_path / "a.json")) == ["Paris", "Jazz"]
+    assert load_topic_titles(str(tmp_path / "b.json.gz")) == ["Tiger", "Opera"]
+    (tmp_path / "c.json").write_text(json.dumps({"titles": [1, 2]}))
+    with pytest.raises(SelfieError, match="list of title strings"):
+        load_topic_titles(str(tmp_path / "c.json"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia-vital-articles-level5.json.gz"
+    if shared.is_file():  # the development data beside the checkout (not in CI's clone)
+        assert len(load_topic_titles(str(shared))) == 50006
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("--score-only must not load a model")
+
+
+def test_score_only_needs_a_described_run(tmp_path, capsys):
+    assert main(["experiment", "topics", "--score-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert "describe first" in capsys.readouterr().err
 
 
 def test_bad_kind_and_layer_are_one_line_errors(tiny_model_dir, tmp_path, capsys):

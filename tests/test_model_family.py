@@ -83,6 +83,9 @@ def test_catalogue_and_model_specs(tmp_path, monkeypatch):
     assert resolve_model("meta-llama/Llama-3.1-8B-Instruct").path == "meta-llama/Llama-3.1-8B-Instruct"
     assert resolve_model("llama-3.1-8b-instruct").path == CATALOGUE["llama-3.1-8b-instruct"].hub_id
     assert resolve_model(str(tmp_path)).path == str(tmp_path)
+    from selfie_adapters.toy import TOY_DIR
+
+    assert resolve_model("toy").path == str(TOY_DIR) and not resolve_model("toy").is_gguf  # every --model toy
     with pytest.raises(SelfieError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(SelfieError, match="model folder not found"):
@@ -162,3 +165,20 @@ def test_gguf_file_loads_with_the_same_weights_tokenizer_and_chat_template(tiny_
         got = model(torch.tensor([ids])).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert derive_template(tok).text == derive_template(chatml).text
+
+
+def test_serve_prompts_with_the_model_familys_template(tiny_gguf, chatml, monkeypatch):
+    pytest.importorskip("fastapi")
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from selfie_adapters.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    assert main(["serve", "--model", str(tiny_gguf[0])]) == 0
+    with TestClient(seen["app"]) as c:
+        info = c.get("/info").json()
+    want = derive_template(chatml)
+    assert (info["template"], info["injection_token"]) == (want.text, want.injection_token)
+    assert "<|im_start|>assistant" in info["template"]  # not the Llama-3 prompt

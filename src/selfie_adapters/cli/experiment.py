@@ -45,6 +45,8 @@ def topics(
     seed: int = typer.Option(0),
     score: bool = typer.Option(True, "--score/--no-score", help="Score by retrieval (needs the eval extra); "
                                "--no-score describes only — rerun with --score elsewhere to score the same run."),
+    score_only: bool = typer.Option(False, "--score-only", help="Only score a run described elsewhere with "
+                                    "--no-score (e.g. on a GPU machine): reads --out, loads no model."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
 ) -> None:
     """The topic experiment: train adapters on `Tell me about {title}.` vectors, describe held-out
@@ -52,9 +54,11 @@ def topics(
 
     Example: selfie experiment topics --model smollm2-135m-instruct --layers 12 18 --out topics-run
     """
-    from ..experiments.topics import TopicsConfig, run_topics
-    from ..experiments.topics_report import COLUMNS, markdown, save_figure, table_rows
+    from ..experiments.topics import TopicsConfig, run_topics, score_run
 
+    if score_only:
+        _write_report(score_run(out), out)
+        return
     bad = [k for k in kind if k not in TRAINABLE]
     if bad:
         raise SelfieError(f"unknown adapter kind(s) {bad}; valid: {', '.join(TRAINABLE)}")
@@ -66,8 +70,15 @@ def topics(
                        score=score, device=device)
     report = run_topics(cfg, out, say=lambda s: console.print(s, highlight=False))
     if not score:
-        console.print(f"described, not scored: {out / 'report.json'} (rerun with --score to score)", highlight=False)
+        console.print(f"described, not scored: {out / 'report.json'} (score it with --score-only, no model "
+                      "needed)", highlight=False)
         return
+    _write_report(report, out)
+
+
+def _write_report(report: dict, out: Path) -> None:
+    from ..experiments.topics_report import COLUMNS, markdown, save_figure, table_rows
+
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     figure = save_figure(report, out / "topics.png")
     print_table(f"held-out topic retrieval ({report['heldout_topics']} titles)", list(COLUMNS), table_rows(report))

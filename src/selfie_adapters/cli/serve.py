@@ -9,14 +9,15 @@ import sys
 import typer
 
 from ..errors import SelfieError
-from ..template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
+from ..template import INJECTION_TOKEN, PromptTemplate
 from .app import app
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt
 
 
 @app.command()
 def serve(
-    model: str = typer.Option(..., help="Model folder or hub id; 'toy' = the packaged toy model."),
+    model: str = typer.Option(..., help="Model: catalogue name (`selfie models`; 'toy' = the packaged toy "
+                              "model), hub id, folder or folder/file.gguf."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; the baseline is always served."),
     mean_vectors: str | None = typer.Option(None, help="mean-vectors.safetensors: prompt states of layer L get "
                                             "layer_L subtracted (contrastive)."),
@@ -37,8 +38,10 @@ def serve(
     max_body_mb: float = typer.Option(256.0, min=0.001, help="Largest request body, in MiB."),
     inject_layer: int | None = typer.Option(None, help="Overwrite the residual entering block K instead of the "
                                             "input embeddings."),
-    template: str | None = typer.Option(None, help="Prompt template (default: the SelfIE template)."),
-    injection_token: str = typer.Option(INJECTION_TOKEN, help="Token in the template replaced by the vector."),
+    template: str | None = typer.Option(None, help="Prompt template (default: the adapter's, else the model "
+                                        "family's SelfIE prompt)."),
+    injection_token: str | None = typer.Option(None, help="Token in the template replaced by the vector "
+                                               "(default: the template's own)."),
     allow_model_mismatch: AllowMismatchOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
@@ -53,7 +56,6 @@ def serve(
         import uvicorn
 
         from ..serve import Limits, Service, create_app
-        from ..serve.service import default_model_path
     except ImportError as e:
         raise SelfieError(f"selfie serve needs the serve extra ({e.name} is missing): "
                           "pip install 'selfie-adapters[serve]'") from None
@@ -64,9 +66,10 @@ def serve(
     limits = Limits(max_vectors=max_vectors, max_prompt_tokens=max_prompt_tokens, max_samples=max_samples,
                     max_scales=max_scales, max_new_tokens=max_new_tokens, max_generations=max_generations,
                     max_body_bytes=int(max_body_mb * 2**20))
-    prompt = PromptTemplate(template or SELFIE_TEMPLATE, injection_token)
-    service = Service.load(default_model_path(model), adapter, mean_vectors=mean_vectors, dtype=dtype,
-                           device=device, template=prompt, inject_layer=inject_layer,
+    if template is not None:
+        PromptTemplate(template, injection_token or INJECTION_TOKEN)  # a bad template fails before model loading
+    service = Service.load(model, adapter, mean_vectors=mean_vectors, dtype=dtype, device=device,
+                           template=template, injection_token=injection_token, inject_layer=inject_layer,
                            allow_model_mismatch=allow_model_mismatch, limits=limits, batch_size=batch_size,
                            batch_wait_ms=batch_wait_ms)
     if token is None and not _is_loopback(host):

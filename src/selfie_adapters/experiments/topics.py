@@ -25,7 +25,7 @@ from ..adapter import load_adapter
 from ..chunks import ChunkStore
 from ..errors import SelfieError
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
-from ..files import read_jsonl, read_safetensors, save_tensors, write_json
+from ..files import open_text, read_jsonl, read_safetensors, save_tensors, write_json
 from ..interpret import Interpreter
 from ..jsonl import JsonlLog
 from ..modeling import check_layers, embedding_norm, load_model
@@ -62,11 +62,23 @@ class TopicsConfig:
 
 
 def load_topic_titles(path: str | None) -> list[str]:
-    """Titles from a text/JSONL file, or the packaged vital-articles sample when ``path`` is None."""
+    """Titles from a text file (one a line), JSONL (``{"title": ...}`` rows), or JSON (a list of titles or
+    ``{"titles": [...]}``, optionally ``.gz``, as the 50,006-title vital-articles list); the packaged
+    3,000-title sample when ``path`` is None."""
     if path is None:
         text = resources.files("selfie_adapters.experiments").joinpath("data", DEFAULT_TOPICS).read_text("utf-8")
         return [t for t in text.splitlines() if t.strip()]
     p = Path(path)
+    if p.name.endswith((".json", ".json.gz")):
+        with open_text(p) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise SelfieError(f"{p.name}: not valid JSON ({e.msg})") from None
+        titles = data.get("titles") if isinstance(data, dict) else data
+        if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+            raise SelfieError(f"{p.name}: needs a JSON list of title strings or {{\"titles\": [...]}}")
+        return titles
     if p.suffix == ".jsonl":
         rows = read_jsonl(p, what="topics")
         bad = [n for n, r in enumerate(rows) if not isinstance(r.get("title"), str)]
@@ -217,6 +229,31 @@ def run_topics(cfg: TopicsConfig, out: Path, say: Callable[[str], None] = lambda
     return report
 
 
+def score_run(out: Path, embed=None) -> dict:
+    """Score a run described with ``score=False`` (say on a GPU machine without the embedder), from its
+    files alone: no model is loaded. Rewrites ``out/report.json`` and returns it."""
+    path = out / "report.json"
+    if not path.is_file():
+        raise SelfieError(f"{path} not found: describe first (selfie experiment topics --no-score --out {out})")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    cfg = TopicsConfig(**report["config"])
+    topics, _, held_rows = choose_topics(load_topic_titles(cfg.topics_file), cfg)
+    embed = embed or sentence_embedder(cfg.embedder)
+    for L, result in report["layers"].items():
+        for method, m in result.items():
+            if method == "examples":
+                continue
+            rows = read_jsonl(out / f"layer-{L}" / m["descriptions"], what="descriptions")
+            m.update(score(rows, topics, held_rows, embed))
+            if method == "untrained":  # the examples show the untrained labels at its best scale
+                best = _at_scale(rows, m["scale"])
+                for ex, i in zip(result["examples"], held_rows):
+                    ex["untrained"] = best.get(i, "")
+    report["config"]["score"] = True
+    write_json(path, report)
+    return report
+
+
 def _run_layer(L: int, vecs: torch.Tensor, cfg: TopicsConfig, folder: Path, model, tok, topics, train_rows,
                held_rows, norm: float, embed, say) -> dict:
     labels = write_labels(folder / "data", vecs, topics, train_rows, held_rows, L)
@@ -225,17 +262,20 @@ def _run_layer(L: int, vecs: torch.Tensor, cfg: TopicsConfig, folder: Path, mode
     scales = [round(m * norm, 4) for m in BASELINE_MULTIPLES]
     rows = describe_rows(Interpreter(model, tok), vecs, held_rows, folder / "untrained.jsonl", scales,
                          settings, cfg.max_new_tokens)
-    result = {"untrained": {**score(rows, topics, held_rows, embed), "seconds": round(time.perf_counter() - t, 1)}}
+    result = {"untrained": {**score(rows, topics, held_rows, embed), "seconds": round(time.perf_counter() - t, 1),
+                            "descriptions": "untrained.jsonl"}}
     described = {"untrained": _at_scale(rows, result["untrained"]["scale"] or scales[0])}
     say(f"layer {L} untrained: {_fmt(result['untrained'])}")
     for kind in cfg.kinds:
         t = time.perf_counter()
         path, val_loss = train_kind(kind, cfg, labels, folder / "runs", model, tok)
         adapter = load_adapter(path)
-        rows = describe_rows(Interpreter(model, tok, adapter), vecs, held_rows, path.parent / "heldout.jsonl", [1.0],
+        heldout = path.parent / "heldout.jsonl"
+        rows = describe_rows(Interpreter(model, tok, adapter), vecs, held_rows, heldout, [1.0],
                              {**settings, "adapter": str(path)}, cfg.max_new_tokens)
         result[kind] = {**score(rows, topics, held_rows, embed), "val_loss": val_loss,
-                        "num_parameters": adapter.num_parameters(), "seconds": round(time.perf_counter() - t, 1)}
+                        "num_parameters": adapter.num_parameters(), "seconds": round(time.perf_counter() - t, 1),
+                        "descriptions": heldout.resolve().relative_to(folder.resolve()).as_posix()}
         described[kind] = _at_scale(rows, 1.0)
         say(f"layer {L} {kind}: {_fmt(result[kind])}")
     result["examples"] = [{"title": topics[i], **{m: d.get(i, "") for m, d in described.items()}}

@@ -8,7 +8,6 @@ ranges, token counts) happens here, before any work is queued.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -16,7 +15,7 @@ from ..adapter import Adapter, load_adapter
 from ..evals.bridge import question_tokens
 from ..interpret import Interpreter
 from ..modeling import decoder_layers, load_model, model_device, pad_token_id
-from ..template import PromptTemplate
+from ..template import PromptTemplate, resolve_template
 from ..vectors import extract_hidden_states, hidden_states_batch, load_mean_vectors, render_prompts
 from .limits import Limits, RequestError
 from .scheduler import DescribeJob, Scheduler, Settings
@@ -54,12 +53,15 @@ class Service:
 
     @classmethod
     def load(cls, model: str, adapter: str | None = None, *, mean_vectors: str | None = None, dtype: str = "auto",
-             device: str | None = None, **kwargs) -> Service:
-        """Load the model (once), the adapter and the mean vectors from files or hub references."""
+             device: str | None = None, template: str | None = None, injection_token: str | None = None,
+             **kwargs) -> Service:
+        """Load the model (once), the adapter and the mean vectors from files or hub references. The prompt
+        is ``template`` if given, else the adapter's, else the model family's (as in `selfie describe`)."""
         ad = load_adapter(adapter) if adapter else None
         means = load_mean_vectors(mean_vectors) if mean_vectors else None
         m, tok = load_model(model, dtype=dtype, device=device)
-        return cls(m, tok, ad, means=means, adapter_source=adapter, **kwargs)
+        prompt = resolve_template(tok, template, injection_token) if template or injection_token else None
+        return cls(m, tok, ad, means=means, adapter_source=adapter, template=prompt, **kwargs)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -192,12 +194,3 @@ class Service:
         """The lens uses one scale: the mode's only default, else the embedding-norm baseline scale."""
         scales = self.interpreters[mode].default_scales
         return scales[0] if len(scales) == 1 else self.baseline_scale
-
-
-def default_model_path(model: str) -> str:
-    """``toy`` names the packaged toy model; anything else is passed through."""
-    if model == "toy":
-        from ..toy import TOY_DIR
-
-        return str(Path(TOY_DIR))
-    return model
