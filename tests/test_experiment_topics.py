@@ -33,7 +33,7 @@ def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys, m
     out = tmp_path / "run"
     args = ["experiment", "topics", "--model", str(tiny_model_dir), "--topics", str(topics), "--num-topics", "0",
             "--heldout", "4", "--layers", "1", "2", "--kind", "scalar_affine", "--steps", "3", "--batch-size", "4",
-            "--max-new-tokens", "3", "--out", str(out)]
+            "--max-new-tokens", "3", "--autocast", "bfloat16", "--out", str(out)]
     assert main([*args, "--no-score"]) == 0  # describe only (e.g. on a GPU box without the eval extra) ...
     assert json.loads((out / "report.json").read_text())["layers"]["1"]["scalar_affine"]["mrr"] is None
     assert not (out / "report.md").exists()
@@ -97,3 +97,5 @@ def test_bad_kind_and_layer_are_one_line_errors(tiny_model_dir, tmp_path, capsys
     assert main(["experiment", "topics", "--model", str(tiny_model_dir), "--layers", "9",
                  "--out", str(tmp_path / "x")]) == 2
     assert "out of range" in capsys.readouterr().err
+    assert main(["experiment", "topics", "--model", str(tiny_model_dir), "--autocast", "bf16"]) == 2
+    assert "--autocast 'bf16' is not one of: bfloat16, float16" in capsys.readouterr().err

@@ -69,3 +69,31 @@ def test_load_extract_train_describe(smollm2, tmp_path):
 
     found = Interpreter(model, tok, adapter).describe(vecs[:4], max_new_tokens=8)
     assert len(found) == 4 and all(isinstance(d.label, str) and d.text for d in found)
+
+
+def test_cli_extract_train_describe_need_no_template_or_end_of_turn_options(tmp_path):
+    """The commands a user types, with nothing model-specific but the catalogue name."""
+    import yaml
+
+    from selfie_adapters.cli import main
+
+    (tmp_path / "topics.txt").write_text("\n".join(f"Tell me about {t}." for t in TOPICS))
+    assert main(["extract", "--model", "smollm2-135m-instruct", "--layer", "12", "--prompts",
+                 str(tmp_path / "topics.txt"), "--out", str(tmp_path / "v.safetensors")]) == 0
+    section = {"metadata": {"dataset_name": "topics", "filename": "v.safetensors#layer_12", "layer": 12},
+               "vectors": [{"index": i, "labels": [lab], "split": "train" if i < 6 else "val"}
+                           for i, lab in enumerate(LABELS)]}
+    (tmp_path / "labels.json").write_text(json.dumps([section]))
+    config = {"model": {"name": "smollm2-135m-instruct", "enable_gradient_checkpointing": False},
+              "data": {"labels_file": str(tmp_path / "labels.json"), "batch_size": 4},
+              "projection": {"type": "scalar_affine"},
+              "training": {"max_steps": 2, "validation_every_n_steps": 2, "checkpoint_dir": str(tmp_path / "runs")},
+              "experiment_name": "cli", "logging": {"use_wandb": False, "log_sample_generations": 0}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "config.yaml")]) == 0
+    adapter = tmp_path / "runs" / "cli" / "final.safetensors"
+    assert main(["describe", "--model", "smollm2-135m-instruct", "--adapter", str(adapter), "--vectors",
+                 str(tmp_path / "v.safetensors"), "--key", "layer_12", "--features", "0-1",
+                 "--max-new-tokens", "6", "--out", str(tmp_path / "d.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1] and all(isinstance(r["label"], str) for r in rows)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from selfie_adapters import load_adapter, read_safetensors
+from selfie_adapters.errors import SelfieError
 from selfie_adapters.projections import PROJECTIONS, trainable_kinds
 from selfie_adapters.testing import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 from selfie_adapters.training.config import config_from_dict
@@ -81,6 +82,30 @@ def test_max_steps_is_exact_and_resume_matches_uninterrupted(kind, optimizer, to
     for name, value in a.projection.state_dict().items():
         torch.testing.assert_close(b.projection.state_dict()[name], value, rtol=0, atol=0)
     assert resumed.best_val_loss == full.best_val_loss
+
+
+def test_autocast_runs_the_frozen_model_in_bf16_and_still_learns(toy, tmp_path, monkeypatch):
+    root, tok, model = toy
+    seen = []
+    real = torch.autocast
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    fp32 = train(_config(root, checkpoint_dir=str(tmp_path / "a"), max_steps=8), model=model, tokenizer=tok)
+    assert seen == []
+    bf16 = train(_config(root, checkpoint_dir=str(tmp_path / "b"), max_steps=8, autocast="bfloat16"),
+                 model=model, tokenizer=tok)
+    assert seen and set(seen) == {torch.bfloat16}
+    first = [[m["loss"] for m in _metrics(r.run_dir) if "loss" in m] for r in (fp32, bf16)]
+    assert first[1][0] == pytest.approx(first[0][0], rel=0.05) and first[1][0] != first[0][0]  # close, not exact
+    vals = [m["val_loss"] for m in _metrics(bf16.run_dir) if "val_loss" in m]
+    assert vals[-1] < vals[0]
+    assert json.loads(read_safetensors(bf16.final_path)[1]["config_json"])["training"]["autocast"] == "bfloat16"
+    with pytest.raises(SelfieError, match="training.autocast 'bf16' is not one of: None, bfloat16, float16"):
+        _config(root, autocast="bf16")
 
 
 def test_per_parameter_learning_rates_and_sgd(toy, tmp_path):

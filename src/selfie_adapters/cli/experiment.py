@@ -10,6 +10,7 @@ import typer
 from ..catalogue import catalogue_rows
 from ..errors import SelfieError
 from ..projections import trainable_kinds
+from ..training.config import AUTOCAST_DTYPES
 from .app import app
 from .output import console, print_table
 
@@ -41,6 +42,8 @@ def topics(
     lr: float = typer.Option(1e-2, help="Learning rate."),
     rank: int = typer.Option(16, min=1, help="Rank of the low-rank kinds."),
     init_scale: float | None = typer.Option(None, help="Adapter init scale (default: mean embedding norm)."),
+    autocast: str | None = typer.Option(None, help="bfloat16 or float16: train with the frozen model under "
+                                        "autocast (about 2x faster on CPU; the loss stays fp32)."),
     max_new_tokens: int = typer.Option(16, min=1),
     seed: int = typer.Option(0),
     score: bool = typer.Option(True, "--score/--no-score", help="Score by retrieval (needs the eval extra); "
@@ -62,12 +65,14 @@ def topics(
     bad = [k for k in kind if k not in TRAINABLE]
     if bad:
         raise SelfieError(f"unknown adapter kind(s) {bad}; valid: {', '.join(TRAINABLE)}")
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise SelfieError(f"--autocast {autocast!r} is not one of: {', '.join(AUTOCAST_DTYPES)}")
     if topics_file is not None and not topics_file.is_file():
         raise SelfieError(f"topics file not found: {topics_file}")
     cfg = TopicsConfig(model=model, topics_file=str(topics_file) if topics_file else None, num_topics=num_topics,
                        heldout=heldout, layers=tuple(layers), kinds=tuple(kind), steps=steps, batch_size=batch_size,
                        learning_rate=lr, rank=rank, init_scale=init_scale, max_new_tokens=max_new_tokens, seed=seed,
-                       score=score, device=device)
+                       score=score, device=device, autocast=autocast)
     report = run_topics(cfg, out, say=lambda s: console.print(s, highlight=False))
     if not score:
         console.print(f"described, not scored: {out / 'report.json'} (score it with --score-only, no model "

@@ -25,6 +25,7 @@ from ..template import INJECTION_TOKEN
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd_momentum")
 SCHEDULERS = ("cosine", "linear", "constant")
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
 @dataclass
@@ -95,6 +96,9 @@ class TrainingConfig:
     checkpoint_dir: str = "./checkpoints"
     save_final_checkpoint: bool = True
     resume_from_checkpoint: str | None = None
+    # Our addition: "bfloat16" or "float16" runs the frozen model's blocks under torch.autocast (the
+    # adapter, the LM head and the loss stay fp32): about 2x faster on CPU for a small loss difference.
+    autocast: str | None = None
 
 
 @dataclass
@@ -329,9 +333,10 @@ def _check_choices(cfg: TrainConfig) -> None:
     for name, value, valid in (("projection.type", p.type, trainable),
                                ("training.optimizer_type", t.optimizer_type, OPTIMIZERS),
                                ("training.scheduler_type", t.scheduler_type, SCHEDULERS),
-                               ("model.dtype", cfg.model.dtype, DTYPES)):
+                               ("model.dtype", cfg.model.dtype, DTYPES),
+                               ("training.autocast", t.autocast, (None, *AUTOCAST_DTYPES))):
         if value not in valid:
-            raise SelfieError(f"{name} {value!r} is not one of: {', '.join(valid)}")
+            raise SelfieError(f"{name} {value!r} is not one of: {', '.join(map(str, valid))}")
     sp = cfg.soft_prompt  # template None: derived from the model's tokenizer at training time
     token = sp.reserved_token or INJECTION_TOKEN
     if sp.template is not None and token not in sp.template:

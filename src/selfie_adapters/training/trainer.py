@@ -145,7 +145,8 @@ class _Run:
         self.template = template
         self.loss_fn = SelfieLoss(model, tokenizer, template, label_smoothing=cfg.training.label_smoothing,
                                   max_loss=cfg.training.max_loss,
-                                  prefix_cache=not cfg.model.enable_gradient_checkpointing)
+                                  prefix_cache=not cfg.model.enable_gradient_checkpointing,
+                                  autocast=getattr(torch, cfg.training.autocast) if cfg.training.autocast else None)
         groups = parse_ratios(cfg.data.train_dataset_ratios, self.data.datasets)
         self.sampler = EpochSampler(self.data.train.dataset_ids, groups, shuffle=cfg.data.shuffle, seed=cfg.seed,
                                     resample_each_epoch=cfg.data.resample_each_epoch,
