@@ -29,7 +29,16 @@ from ..vectors import (
 )
 from .app import app
 from .checks import check_device, check_sampling, check_scales
-from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, parse_indices
+from .options import (
+    AllowMismatchOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InjectionTokenOpt,
+    InjectLayerOpt,
+    ModelOpt,
+    TemplateOpt,
+    parse_indices,
+)
 from .output import console, progress_bar
 
 VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several) "
@@ -78,12 +87,9 @@ def describe(
     top_p: float = typer.Option(1.0, min=0.0, max=1.0),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(32, min=1),
-    inject_layer: int | None = typer.Option(None, help="Overwrite the residual entering block K instead of "
-                                            "the input embeddings."),
-    template: str | None = typer.Option(None, help="Prompt template (default: the adapter's, else the model "
-                                        "family's SelfIE prompt)."),
-    injection_token: str | None = typer.Option(None, help="Token in the template replaced by the vector "
-                                               "(default: the adapter's, else one the tokenizer keeps whole)."),
+    inject_layer: InjectLayerOpt = None,
+    template: TemplateOpt = None,
+    injection_token: InjectionTokenOpt = None,
     allow_model_mismatch: AllowMismatchOpt = False,
     relevancy: bool = typer.Option(False, help="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|."),
     label_end: str = typer.Option("last-quote", help="last-quote: generate to end-of-turn, label = text "

@@ -15,6 +15,13 @@ DtypeOpt = Annotated[Literal[DTYPES], typer.Option("--dtype", help="Model dtype.
 AllowMismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
                                                help="Use the adapter on a model it was not trained for.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: the model's).")]
+InjectLayerOpt = Annotated[int | None, typer.Option("--inject-layer", help="Overwrite the residual entering "
+                                                    "block K instead of the input embeddings.")]
+TemplateOpt = Annotated[str | None, typer.Option("--template", help="Prompt template (default: the adapter's, "
+                                                 "else the model family's SelfIE prompt).")]
+InjectionTokenOpt = Annotated[str | None, typer.Option("--injection-token", help="Token in the template replaced "
+                                                       "by the vector (default: the adapter's, else one the "
+                                                       "tokenizer keeps whole).")]
 
 
 def parse_indices(spec: str, flag: str) -> list[int]:

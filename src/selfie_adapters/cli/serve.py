@@ -11,7 +11,7 @@ import typer
 from ..errors import SelfieError
 from ..template import INJECTION_TOKEN, PromptTemplate
 from .app import app
-from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt
+from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, InjectionTokenOpt, InjectLayerOpt, TemplateOpt
 
 
 @app.command()
@@ -36,12 +36,9 @@ def serve(
     max_new_tokens: int = typer.Option(256, min=1, help="Largest max_new_tokens a request may ask for."),
     max_generations: int = typer.Option(16384, min=1, help="Vectors × scales × samples per request."),
     max_body_mb: float = typer.Option(256.0, min=0.001, help="Largest request body, in MiB."),
-    inject_layer: int | None = typer.Option(None, help="Overwrite the residual entering block K instead of the "
-                                            "input embeddings."),
-    template: str | None = typer.Option(None, help="Prompt template (default: the adapter's, else the model "
-                                        "family's SelfIE prompt)."),
-    injection_token: str | None = typer.Option(None, help="Token in the template replaced by the vector "
-                                               "(default: the template's own)."),
+    inject_layer: InjectLayerOpt = None,
+    template: TemplateOpt = None,
+    injection_token: InjectionTokenOpt = None,
     allow_model_mismatch: AllowMismatchOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,

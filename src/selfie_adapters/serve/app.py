@@ -58,8 +58,14 @@ def build_app(service: Service, *, token: str | None = None) -> FastAPI:
 
 
 def api_routes(service: Service) -> APIRouter:
+    """The JSON API: /info, /describe and /compare (vectors in), /extract and /lens (prompts in)."""
     router = APIRouter()
+    describe_routes(router, service)
+    prompt_routes(router, service)
+    return router
 
+
+def describe_routes(router: APIRouter, service: Service) -> None:
     @router.get("/info")
     async def info() -> dict:
         """Model, adapter, template, dimensions, layers, limits and load."""
@@ -82,6 +88,25 @@ def api_routes(service: Service) -> APIRouter:
         rows = await until_disconnect(request, job.collect(), job.cancel)
         return {**head, "rows": [d.to_row() for d in rows]}
 
+    @router.post("/compare")
+    async def compare(req: CompareRequest, request: Request) -> dict:
+        """Describe the difference a − b of two vectors or prompt states."""
+        mode = service.mode(req.mode)
+        settings = service.settings(mode, req.scales, req.samples, 1, **req.generation())
+
+        def one(n: int) -> None:
+            if n != 1:
+                raise RequestError(f"'a' and 'b' must each be one vector or one prompt state, got {n} vectors")
+
+        a = await source_vectors(service, req.a, request, one, "a")
+        b = await source_vectors(service, req.b, request, one, "b")
+        job = service.describe(a - b, settings, mode)
+        rows = await until_disconnect(request, job.collect(), job.cancel)
+        return {"mode": mode, "scales": list(settings.scales), "norm": float((a - b).norm()),
+                "rows": [d.to_row() for d in rows]}
+
+
+def prompt_routes(router: APIRouter, service: Service) -> None:
     @router.post("/extract")
     async def extract(req: ExtractRequest, request: Request) -> dict:
         """Hidden states: {"layer_L": {"shape", "values" | "b64"}} (one position → (N, d), several → (N, P, d))."""
@@ -110,25 +135,6 @@ def api_routes(service: Service) -> APIRouter:
             grid[d.index // P][d.index % P].append(d.to_row())
         return {**header, "grid": [[{"label": c[0]["label"], "logprob": c[0]["logprob"], "samples": c} for c in row]
                                    for row in grid]}
-
-    @router.post("/compare")
-    async def compare(req: CompareRequest, request: Request) -> dict:
-        """Describe the difference a − b of two vectors or prompt states."""
-        mode = service.mode(req.mode)
-        settings = service.settings(mode, req.scales, req.samples, 1, **req.generation())
-
-        def one(n: int) -> None:
-            if n != 1:
-                raise RequestError(f"'a' and 'b' must each be one vector or one prompt state, got {n} vectors")
-
-        a = await source_vectors(service, req.a, request, one, "a")
-        b = await source_vectors(service, req.b, request, one, "b")
-        job = service.describe(a - b, settings, mode)
-        rows = await until_disconnect(request, job.collect(), job.cancel)
-        return {"mode": mode, "scales": list(settings.scales), "norm": float((a - b).norm()),
-                "rows": [d.to_row() for d in rows]}
-
-    return router
 
 
 async def source_vectors(service: Service, src: VectorSource, request: Request, check: Callable[[int], object],
