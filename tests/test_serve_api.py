@@ -147,9 +147,13 @@ def test_extract_lists_and_base64(client, toy):
     model, tok, _ = toy
     body = {"prompts": [PROMPT, "hello"], "layers": [0, 2], "positions": [-1, 0]}
     got = post_ok(client, "/extract", body)["layers"]
-    want = extract_hidden_states(model, tok, [PROMPT, "hello"], [0, 2], positions=[-1, 0], chat=False)  # API default
+    # unset chat: the chat template, as `selfie extract` (the toy model has one); chat false: raw text
+    want = extract_hidden_states(model, tok, [PROMPT, "hello"], [0, 2], positions=[-1, 0], chat=True)
     assert got["layer_2"]["shape"] == [2, 2, 128]
     torch.testing.assert_close(torch.tensor(got["layer_2"]["values"]), want[2])
+    raw = post_ok(client, "/extract", {**body, "chat": False})["layers"]["layer_2"]
+    want_raw = extract_hidden_states(model, tok, [PROMPT, "hello"], 2, positions=[-1, 0], chat=False)[2]
+    torch.testing.assert_close(torch.tensor(raw["values"]), want_raw)
     b64 = post_ok(client, "/extract", {**body, "encoding": "base64"})["layers"]["layer_0"]
     decoded = torch.frombuffer(bytearray(base64.b64decode(b64["b64"])), dtype=torch.float32).view(*b64["shape"])
     torch.testing.assert_close(decoded, want[0])

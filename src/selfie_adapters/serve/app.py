@@ -112,7 +112,8 @@ def prompt_routes(router: APIRouter, service: Service) -> None:
         """Hidden states: {"layer_L": {"shape", "values" | "b64"}} (one position → (N, d), several → (N, P, d))."""
         prompts = [req.prompts] if isinstance(req.prompts, str) else req.prompts
         layers = [req.layers] if isinstance(req.layers, int) else req.layers
-        states = await until_disconnect(request, service.extract(prompts, layers, req.positions, req.chat))
+        chat = service.use_chat(req.chat)
+        states = await until_disconnect(request, service.extract(prompts, layers, req.positions, chat))
         return {"layers": {f"layer_{L}": encode_tensor(v, req.encoding) for L, v in states.items()}}
 
     @router.post("/lens", response_model=None)
@@ -122,7 +123,8 @@ def prompt_routes(router: APIRouter, service: Service) -> None:
         layers = list(range(service.n_layers)) if req.layers is None else req.layers
         scale = req.scale if req.scale is not None else service.lens_scale(mode)
         settings = service.settings(mode, [scale], req.samples, 1, **req.generation())
-        header, job = await until_disconnect(request, service.lens(req.prompt, layers, settings, mode, req.chat))
+        chat = service.use_chat(req.chat)
+        header, job = await until_disconnect(request, service.lens(req.prompt, layers, settings, mode, chat))
         P = len(header["positions"])
 
         def cell(d: Description) -> dict:
@@ -154,7 +156,8 @@ async def source_vectors(service: Service, src: VectorSource, request: Request, 
         raise RequestError(f"'{field}': a prompt needs 'layer' (the state after block L is described)")
     prompts = [src.prompt] if isinstance(src.prompt, str) else src.prompt
     check(len(prompts) * (1 if isinstance(src.position, int) else len(src.position)))
-    return await until_disconnect(request, service.prompt_vectors(prompts, src.layer, src.position, src.chat))
+    chat = service.use_chat(src.chat)
+    return await until_disconnect(request, service.prompt_vectors(prompts, src.layer, src.position, chat))
 
 
 async def until_disconnect(request: Request, work: Awaitable, on_cancel: Callable[[], None] | None = None):

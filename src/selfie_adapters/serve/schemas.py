@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 Mode = Literal["adapter", "baseline"]
 
 
+CHAT = ("Render prompts with the chat template + generation prompt (as `selfie extract` and the reference do); "
+        "default: yes when the model has a chat template, else raw text.")
+
+
 class Strict(BaseModel):
     """Unknown fields are errors (a typo like ``scale`` for ``scales`` must not pass silently)."""
 
@@ -45,7 +49,7 @@ class VectorSource(Strict):
                                                 "subtract the server's layer-L mean vector, if it has one.")
     position: int | list[int] = Field(-1, description="With prompt: token position(s); negative counts from the "
                                       "end. Row index = prompt number × len(position) + position number.")
-    chat: bool = Field(False, description="With prompt: render it with the chat template + generation prompt.")
+    chat: bool | None = Field(None, description=CHAT)
 
 
 class DescribeRequest(VectorSource, Generation):
@@ -56,15 +60,14 @@ class ExtractRequest(Strict):
     prompts: list[str] | str
     layers: list[int] | int
     positions: list[int] | int = -1
-    chat: bool = False
+    chat: bool | None = Field(None, description=CHAT)
     encoding: Literal["list", "base64"] = "list"
 
 
 class LensRequest(Sampling):
     prompt: str
     layers: list[int] | None = Field(None, description="Layers (rows); default: every layer.")
-    chat: bool = Field(True, description="Render the prompt with the chat template (columns include its "
-                                         "closing tokens).")
+    chat: bool | None = Field(None, description=CHAT + " Columns then include its closing tokens.")
     scale: float | None = Field(None, description="One scale for every cell; default: see GET /info lens_scale.")
     stream: bool = Field(False, description="Stream the header, then cells, as NDJSON.")
 

@@ -103,6 +103,10 @@ class Service:
             return vectors
         return vectors - self.means[layer]
 
+    def use_chat(self, chat: bool | None) -> bool:
+        """A request's ``chat``; unset: the chat template when the model has one (the CLI's default)."""
+        return bool(getattr(self.tokenizer, "chat_template", None)) if chat is None else chat
+
     def _check_prompts(self, prompts: Sequence[str], chat: bool) -> list[list[int]]:
         self.limits.check_count("prompts", len(prompts), self.limits.max_vectors, "--max-vectors")
         if not prompts:
