@@ -76,6 +76,17 @@ def test_bridge_cli_resumes_finished_records(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:-3] + ["--samples", "2", "--out-dir", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+    assert main([*args, "--dtype", "bfloat16"]) == 2  # inputs by content: the dtype counts ...
+    assert "dtype" in capsys.readouterr().err
+    same_model = str(tiny_model_dir / ".." / tiny_model_dir.name)  # ... another path to the same model does not
+    assert main([a if a != str(tiny_model_dir) else same_model for a in args]) == 0
+    assert {p: p.stat().st_mtime_ns for p in reports} == reports
+    capsys.readouterr()
+    changed = records.read_text().replace("Thriller", "Bad")  # the same id, another question
+    records.write_text(changed)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "record 'q1' changed" in err and "Traceback" not in err
 
 
 def test_bridge_records_builds_no_interpreter_when_all_done(tmp_path):

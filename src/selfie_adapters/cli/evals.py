@@ -15,7 +15,8 @@ from ..evals import bridge as bridge_mod
 from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
 from ..evals.sae_probe import open_sae
-from ..files import read_jsonl, write_json
+from ..files import read_jsonl, resolve_file, write_json
+from ..fingerprint import FileInput, model_identity
 from ..interpret import Interpreter
 from ..modeling import load_model
 from ..outputs import check_output_path
@@ -209,7 +210,9 @@ def bridge(
     def interpreter() -> Interpreter:  # loads the model, only if some record is not done yet
         return Interpreter(*load_model(model, dtype=dtype, device=device), ad)
 
-    settings = {"model": model, "adapter": adapter, "layers": layers, "samples": samples, "scale": scale,
+    settings = {"model": model_identity(model), "dtype": dtype,  # inputs by content, not by path string
+                "adapter": FileInput(resolve_file(adapter)) if adapter else None, "layers": layers, "samples": samples,
+                "scale": scale,
                 "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "chat": chat,
                 "protocol": protocol}
     summary = bridge_mod.bridge_records(rows, out_dir, interpreter, settings=settings, layers=layer_list,

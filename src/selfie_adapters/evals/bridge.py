@@ -207,6 +207,9 @@ def _record(out_dir: Path, name: str, rec: dict, interpreter: Callable[[], objec
     json_path, png = out_dir / f"{name}.json", out_dir / f"{name}.png"
     if json_path.exists():
         rep = json.loads(json_path.read_text(encoding="utf-8"))
+        if (rep.get("question"), rep.get("aliases")) != (question_of(rec), aliases_of(rec)):
+            raise SelfieError(f"record {name!r} changed since {json_path} was written (question or answers "
+                              "differ); use another --out-dir, or delete that file to score it again")
         if not png.exists():
             json_path, png = write_bridge_report(rep, out_dir, name)
     else:
