@@ -40,10 +40,12 @@ def test_experiment_runs_reports_and_resumes(tiny_model_dir, tmp_path, capsys, m
     # the described run, copied elsewhere without its tensors, scores from its files alone (no model)
     elsewhere = tmp_path / "copied"
     shutil.copytree(out, elsewhere, ignore=shutil.ignore_patterns("*.safetensors"))
+    topics.rename(tmp_path / "moved.txt")  # nor the topics file: the report carries the held-out titles
     with monkeypatch.context() as m:
         m.setattr("selfie_adapters.experiments.topics.load_model", _no_model)
         assert main(["experiment", "topics", "--score-only", "--out", str(elsewhere)]) == 0
     assert (elsewhere / "topics.png").is_file() and "| layer | method |" in (elsewhere / "report.md").read_text()
+    (tmp_path / "moved.txt").rename(topics)
     assert main(args) == 0  # ... then score the same run: nothing is trained or described again
     report = json.loads((out / "report.json").read_text())
     scored_elsewhere = json.loads((elsewhere / "report.json").read_text())

@@ -222,7 +222,8 @@ def run_topics(cfg: TopicsConfig, out: Path, say: Callable[[str], None] = lambda
     say(f"vectors extracted ({time.perf_counter() - t0:.0f} s)")
     embed = sentence_embedder(cfg.embedder) if cfg.score else None
     report = {"config": asdict(cfg), "topics": len(topics), "train_topics": len(train_rows),
-              "heldout_topics": len(held_rows), "embedding_norm": norm, "layers": {}}
+              "heldout_topics": len(held_rows), "embedding_norm": norm, "layers": {},
+              "heldout": {str(i): topics[i] for i in held_rows}}  # row → title: what --score-only scores against
     for L in cfg.layers:
         report["layers"][str(L)] = _run_layer(L, vectors[L], cfg, out / f"layer-{L}", model, tok, topics,
                                               train_rows, held_rows, norm, embed, say)
@@ -239,7 +240,11 @@ def score_run(out: Path, embed=None) -> dict:
         raise SelfieError(f"{path} not found: describe first (selfie experiment topics --no-score --out {out})")
     report = json.loads(path.read_text(encoding="utf-8"))
     cfg = TopicsConfig(**report["config"])
-    topics, _, held_rows = choose_topics(load_topic_titles(cfg.topics_file), cfg)
+    if "heldout" in report:  # the held-out titles travel with the report: no topics file needed
+        topics = {int(i): title for i, title in report["heldout"].items()}
+        held_rows = sorted(topics)
+    else:
+        topics, _, held_rows = choose_topics(load_topic_titles(cfg.topics_file), cfg)
     embed = embed or sentence_embedder(cfg.embedder)
     for L, result in report["layers"].items():
         for method, m in result.items():
