@@ -79,13 +79,18 @@ def test_embedding_norm_is_the_mean_row_norm(tiny_model):
     assert embedding_norm(tiny_model) == pytest.approx(w.norm(dim=-1).mean().item(), rel=1e-5)
 
 
-def test_catalogue_and_model_specs(tmp_path, monkeypatch):
+def test_catalogue_and_model_specs(tmp_path, monkeypatch, capsys):
     assert resolve_model("meta-llama/Llama-3.1-8B-Instruct").path == "meta-llama/Llama-3.1-8B-Instruct"
     assert resolve_model("llama-3.1-8b-instruct").path == CATALOGUE["llama-3.1-8b-instruct"].hub_id
     assert resolve_model(str(tmp_path)).path == str(tmp_path)
     from selfie_adapters.toy import TOY_DIR
 
     assert resolve_model("toy").path == str(TOY_DIR) and not resolve_model("toy").is_gguf  # every --model toy
+    from selfie_adapters.cli import main
+
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in CATALOGUE)
     with pytest.raises(SelfieError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(SelfieError, match="model folder not found"):
