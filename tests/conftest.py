@@ -10,7 +10,14 @@ import os
 import pytest
 import torch
 
-from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama, save_tiny_llama
+from selfie_adapters.testing import (
+    make_llama3_tokenizer,
+    make_tiny_llama,
+    save_tiny_llama,
+    toy_model,
+    toy_tokenizer,
+    write_toy_data,
+)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -29,3 +36,13 @@ def tiny_model():
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama + tokenizer saved to disk, as `from_pretrained` and the CLI expect."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def toy_task(tmp_path_factory):
+    """(data root, toy tokenizer, toy model): the toy training task, one per test module."""
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_data(root)
+    tok = toy_tokenizer()
+    return root, tok, toy_model(tok)
+

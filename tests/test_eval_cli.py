@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import torch
-from safetensors.torch import save_file
-
 from selfie_adapters.cli import main
+from selfie_adapters.testing import write_local_sae
 
 
 def test_eval_retrieval_json_and_errors(tmp_path, capsys):
@@ -28,10 +26,7 @@ def test_eval_retrieval_json_and_errors(tmp_path, capsys):
 
 
 def test_eval_generation_local_sae(tiny_model_dir, tmp_path, capsys):
-    d, m = 64, 32
-    sae_file = tmp_path / "sae.safetensors"
-    save_file({"W_enc": torch.randn(d, m), "b_enc": torch.zeros(m), "b_dec": torch.zeros(d)}, str(sae_file),
-              metadata={"layer": "1"})
+    sae_file = write_local_sae(tmp_path / "sae.safetensors", d=64, latents=32, layer=1)
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"latent": 3, "label": "fruit"}\n{"latent": 5, "label": "music"}\n')
     out = tmp_path / "gen.jsonl"

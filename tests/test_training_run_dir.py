@@ -11,18 +11,10 @@ import torch
 
 from selfie_adapters import files
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.testing import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
+from selfie_adapters.testing import toy_config, toy_config_dict
 from selfie_adapters.training.checkpoint import STATE_TENSORS, read_state_info
 from selfie_adapters.training.config import config_from_dict
 from selfie_adapters.training.trainer import _Run, train
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toyrun")
-    write_toy_data(root)
-    tok = toy_tokenizer()
-    return root, tok, toy_model(tok)
 
 
 def _steps(run_dir):
@@ -30,8 +22,8 @@ def _steps(run_dir):
     return [r["step"] for r in rows if "loss" in r]
 
 
-def test_finished_run_needs_resume_or_overwrite(toy, tmp_path):
-    root, tok, model = toy
+def test_finished_run_needs_resume_or_overwrite(toy_task, tmp_path):
+    root, tok, model = toy_task
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=3)
     first = train(cfg, model=model, tokenizer=tok)
     before = (first.run_dir / "metrics.jsonl").read_bytes()
@@ -44,8 +36,8 @@ def test_finished_run_needs_resume_or_overwrite(toy, tmp_path):
     assert _steps(again.run_dir) == [1, 2, 3]  # replaced, not appended
 
 
-def test_resume_refuses_changed_settings_but_allows_safe_ones(toy, tmp_path):
-    root, tok, model = toy
+def test_resume_refuses_changed_settings_but_allows_safe_ones(toy_task, tmp_path):
+    root, tok, model = toy_task
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=6)
     train(cfg, model=model, tokenizer=tok, stop_at_step=2)
     raw = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=6, learning_rate=5.0)
@@ -64,8 +56,8 @@ def test_resume_refuses_changed_settings_but_allows_safe_ones(toy, tmp_path):
     assert read_state_info(result.run_dir / STATE_TENSORS)["config"]["training"]["max_steps"] == 8
 
 
-def test_resume_truncates_metrics_to_the_saved_step(toy, tmp_path):
-    root, tok, model = toy
+def test_resume_truncates_metrics_to_the_saved_step(toy_task, tmp_path):
+    root, tok, model = toy_task
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=6)
     part = train(cfg, model=model, tokenizer=tok, stop_at_step=3)
     metrics = part.run_dir / "metrics.jsonl"
@@ -75,8 +67,8 @@ def test_resume_truncates_metrics_to_the_saved_step(toy, tmp_path):
     assert _steps(part.run_dir) == [1, 2, 3, 4, 5, 6]
 
 
-def test_state_is_one_atomic_file(toy, tmp_path, monkeypatch):
-    root, tok, model = toy
+def test_state_is_one_atomic_file(toy_task, tmp_path, monkeypatch):
+    root, tok, model = toy_task
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=4, checkpoint_every_n_steps=2)
     result = train(cfg, model=model, tokenizer=tok, stop_at_step=2)
     assert sorted(p.name for p in result.run_dir.glob("training_state*")) == [STATE_TENSORS]
@@ -96,8 +88,8 @@ def test_state_is_one_atomic_file(toy, tmp_path, monkeypatch):
     assert train(cfg, model=model, tokenizer=tok, resume=True).global_step == 4
 
 
-def test_divergence_stops_and_keeps_the_last_state(toy, tmp_path, monkeypatch):
-    root, tok, model = toy
+def test_divergence_stops_and_keeps_the_last_state(toy_task, tmp_path, monkeypatch):
+    root, tok, model = toy_task
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=6, checkpoint_every_n_steps=2)
     real = _Run._optimizer_step
 

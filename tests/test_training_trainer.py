@@ -12,18 +12,10 @@ import torch
 from selfie_adapters import load_adapter, read_safetensors
 from selfie_adapters.errors import SelfieError
 from selfie_adapters.projections import PROJECTIONS, trainable_kinds
-from selfie_adapters.testing import toy_config, toy_config_dict, toy_model, toy_tokenizer, write_toy_data
+from selfie_adapters.testing import toy_config, toy_config_dict
 from selfie_adapters.training.config import config_from_dict
 from selfie_adapters.training.loss import SelfieLoss
 from selfie_adapters.training.trainer import build_optimizer, lr_factor, train
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    write_toy_data(root)
-    tok = toy_tokenizer()
-    return root, tok, toy_model(tok)
 
 
 def _metrics(run_dir):
@@ -39,8 +31,8 @@ def _config(root, kind: str = "full_rank", logging: dict | None = None, **traini
 
 
 @pytest.mark.parametrize("kind", trainable_kinds())
-def test_every_kind_lowers_val_loss_and_writes_files(kind, toy, tmp_path):
-    root, tok, model = toy
+def test_every_kind_lowers_val_loss_and_writes_files(kind, toy_task, tmp_path):
+    root, tok, model = toy_task
     cfg = _config(root, kind, checkpoint_dir=str(tmp_path), num_epochs=4, validation_every_n_steps=4,
                   learning_rate=0.2)
     result = train(cfg, model=model, tokenizer=tok)
@@ -63,8 +55,8 @@ def test_every_kind_lowers_val_loss_and_writes_files(kind, toy, tmp_path):
 
 @pytest.mark.parametrize("kind, optimizer", [(k, "adamw") for k in trainable_kinds()] + [("scalar_affine_plus_low_rank",
                                                                                           "sgd_momentum")])
-def test_max_steps_is_exact_and_resume_matches_uninterrupted(kind, optimizer, toy, tmp_path):
-    root, tok, model = toy
+def test_max_steps_is_exact_and_resume_matches_uninterrupted(kind, optimizer, toy_task, tmp_path):
+    root, tok, model = toy_task
     # max_steps 7 with batch 8, 36 train examples: crosses an epoch boundary (5 batches per epoch)
     common = {"max_steps": 7, "optimizer_type": optimizer, "learning_rate": 0.05}
     full = train(_config(root, kind, checkpoint_dir=str(tmp_path / "a"), **common), model=model, tokenizer=tok)
@@ -84,8 +76,8 @@ def test_max_steps_is_exact_and_resume_matches_uninterrupted(kind, optimizer, to
     assert resumed.best_val_loss == full.best_val_loss
 
 
-def test_autocast_runs_the_frozen_model_in_bf16_and_still_learns(toy, tmp_path, monkeypatch):
-    root, tok, model = toy
+def test_autocast_runs_the_frozen_model_in_bf16_and_still_learns(toy_task, tmp_path, monkeypatch):
+    root, tok, model = toy_task
     seen = []
     real = torch.autocast
 
@@ -108,8 +100,8 @@ def test_autocast_runs_the_frozen_model_in_bf16_and_still_learns(toy, tmp_path, 
         _config(root, autocast="bf16")
 
 
-def test_per_parameter_learning_rates_and_sgd(toy, tmp_path):
-    root, _, _ = toy
+def test_per_parameter_learning_rates_and_sgd(toy_task, tmp_path):
+    root, _, _ = toy_task
     from selfie_adapters.projections import build_projection
 
     proj = build_projection("scalar_affine_plus_low_rank", 32, rank=4)
@@ -124,8 +116,8 @@ def test_per_parameter_learning_rates_and_sgd(toy, tmp_path):
     assert isinstance(build_optimizer(proj, _config(root, "scalar_affine_plus_low_rank")), torch.optim.AdamW)
 
 
-def test_sample_generations_are_logged_during_training(toy, tmp_path):
-    root, tok, model = toy
+def test_sample_generations_are_logged_during_training(toy_task, tmp_path):
+    root, tok, model = toy_task
     cfg = _config(root, "full_rank", logging={"log_sample_generations": 2, "log_generations_every_n_steps": 3},
                   checkpoint_dir=str(tmp_path), max_steps=6)
     result = train(cfg, model=model, tokenizer=tok)
@@ -136,8 +128,8 @@ def test_sample_generations_are_logged_during_training(toy, tmp_path):
         assert all(isinstance(s["generated"], str) for s in m["samples"])
 
 
-def test_missing_wandb_warns_and_trains_on(toy, tmp_path, monkeypatch):
-    root, tok, model = toy
+def test_missing_wandb_warns_and_trains_on(toy_task, tmp_path, monkeypatch):
+    root, tok, model = toy_task
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     cfg = _config(root, "scale_only", logging={"use_wandb": True}, checkpoint_dir=str(tmp_path), max_steps=2)
     with pytest.warns(UserWarning, match="wandb is not installed; continuing without it"):
@@ -145,16 +137,16 @@ def test_missing_wandb_warns_and_trains_on(toy, tmp_path, monkeypatch):
     assert result.global_step == 2 and result.final_path.exists()
 
 
-def test_progress_callback_reports_every_step(toy, tmp_path):
-    root, tok, model = toy
+def test_progress_callback_reports_every_step(toy_task, tmp_path):
+    root, tok, model = toy_task
     seen = []
     train(toy_config(root, checkpoint_dir=str(tmp_path), max_steps=3), model=model, tokenizer=tok,
           progress=lambda step, total, info: seen.append((step, total, sorted(info))))
     assert seen == [(0, 3, [])] + [(s, 3, ["loss", "lr", "steps_per_s"]) for s in (1, 2, 3)]
 
 
-def test_resume_without_state_says_how_to_fix(toy, tmp_path):
-    root, tok, model = toy
+def test_resume_without_state_says_how_to_fix(toy_task, tmp_path):
+    root, tok, model = toy_task
     with pytest.raises(ValueError, match="start without --resume"):
         train(toy_config(root, checkpoint_dir=str(tmp_path)), model=model, tokenizer=tok, resume=True)
 

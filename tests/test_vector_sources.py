@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from selfie_adapters.cli import main
 from selfie_adapters.errors import SelfieError
+from selfie_adapters.testing import write_local_sae
 from selfie_adapters.training.config import DataConfig
 from selfie_adapters.training.data import load_training_data
 from selfie_adapters.vectors import VectorSource
@@ -91,10 +92,7 @@ def test_training_data_reads_the_same_syntax(tmp_path, fake_sae_lens):
 
 
 def test_eval_generation_sae_option_equals_old_sae_file(tiny_model_dir, tmp_path, capsys):
-    d, m = 64, 32
-    sae_file = tmp_path / "sae.safetensors"
-    save_file({"W_enc": torch.randn(d, m), "b_enc": torch.zeros(m), "b_dec": torch.zeros(d)}, str(sae_file),
-              metadata={"layer": "1"})
+    sae_file = write_local_sae(tmp_path / "sae.safetensors", d=64, latents=32, layer=1)
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"latent": 3, "label": "fruit"}\n')
     common = ["eval", "generation", "--model", str(tiny_model_dir), "--labels", str(labels), "--samples", "2",

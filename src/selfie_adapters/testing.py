@@ -97,6 +97,15 @@ def toy_model(tokenizer, seed: int = 0, name: str = "toy-tiny-llama"):
     return model
 
 
+def write_local_sae(path: Path, d: int, latents: int, layer: int) -> Path:
+    """A random local SAE file (``W_enc`` (d, latents), ``b_enc``, ``b_dec``) as ``eval generation --sae`` reads."""
+    from safetensors.torch import save_file
+
+    save_file({"W_enc": torch.randn(d, latents), "b_enc": torch.zeros(latents), "b_dec": torch.zeros(d)},
+              str(path), metadata={"layer": str(layer)})
+    return path
+
+
 def write_toy_data(root: Path, n_per_class: int = 8, seed: int = 0) -> Path:
     """vectors.pt (class centroid + noise) and labels.json (REFERENCE format), 1/4 of them val."""
     gen = torch.Generator().manual_seed(seed)
