@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import SelfieError
+from ..template import INJECTION_TOKEN, PromptTemplate
 
 
 def check_number(flag: str, value: float | None, *, low: float | None = None, high: float | None = None,
@@ -59,3 +60,9 @@ def check_device(device: str | None) -> None:
         raise SelfieError(f"--device {device}: MPS is not available on this machine; use --device cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise SelfieError(f"--device {device}: unsupported device type {dev.type!r}; use cpu, cuda or mps")
+
+
+def check_template(template: str | None, injection_token: str | None) -> None:
+    """A ``--template`` must hold its injection token (default: the Llama-3 one); checked before loading."""
+    if template is not None:
+        PromptTemplate(template, injection_token or INJECTION_TOKEN)

@@ -17,7 +17,7 @@ from ..fingerprint import FileInput, model_identity, sha256_text
 from ..interpret import Interpreter, check_label_end
 from ..jsonl import JsonlLog
 from ..modeling import load_model
-from ..template import INJECTION_TOKEN, PromptTemplate, resolve_template
+from ..template import resolve_template
 from ..vectors import (
     VectorSource,
     drop_zero_rows,
@@ -28,7 +28,7 @@ from ..vectors import (
     sum_hidden_states,
 )
 from .app import app
-from .checks import check_device, check_sampling, check_scales
+from .checks import check_device, check_sampling, check_scales, check_template
 from .options import (
     AllowMismatchOpt,
     DeviceOpt,
@@ -112,8 +112,7 @@ def describe(
     scales = check_scales(scale)
     check_sampling(temperature, top_p)
     check_device(device)
-    if template is not None:
-        PromptTemplate(template, injection_token or INJECTION_TOKEN)  # a bad template fails before model loading
+    check_template(template, injection_token)
     check_label_end(label_end)
     ad = load_adapter(adapter) if adapter else None
     if sum(x is not None for x in (vectors, sae_release, prompts)) != 1:

@@ -211,10 +211,9 @@ def bridge(
         return Interpreter(*load_model(model, dtype=dtype, device=device), ad)
 
     settings = {"model": model_identity(model), "dtype": dtype,  # inputs by content, not by path string
-                "adapter": FileInput(resolve_file(adapter)) if adapter else None, "layers": layers, "samples": samples,
-                "scale": scale,
-                "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "chat": chat,
-                "protocol": protocol}
+                "adapter": FileInput(resolve_file(adapter)) if adapter else None, "layers": layers,
+                "samples": samples, "scale": scale, "temperature": temperature, "max_new_tokens": max_new_tokens,
+                "seed": seed, "chat": chat, "protocol": protocol}
     summary = bridge_mod.bridge_records(rows, out_dir, interpreter, settings=settings, layers=layer_list,
                                         samples=samples, scales=scale, temperature=temperature,
                                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat,

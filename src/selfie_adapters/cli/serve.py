@@ -9,8 +9,8 @@ import sys
 import typer
 
 from ..errors import SelfieError
-from ..template import INJECTION_TOKEN, PromptTemplate
 from .app import app
+from .checks import check_template
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, InjectionTokenOpt, InjectLayerOpt, TemplateOpt
 
 
@@ -63,8 +63,7 @@ def serve(
     limits = Limits(max_vectors=max_vectors, max_prompt_tokens=max_prompt_tokens, max_samples=max_samples,
                     max_scales=max_scales, max_new_tokens=max_new_tokens, max_generations=max_generations,
                     max_body_bytes=int(max_body_mb * 2**20))
-    if template is not None:
-        PromptTemplate(template, injection_token or INJECTION_TOKEN)  # a bad template fails before model loading
+    check_template(template, injection_token)
     service = Service.load(model, adapter, mean_vectors=mean_vectors, dtype=dtype, device=device,
                            template=template, injection_token=injection_token, inject_layer=inject_layer,
                            allow_model_mismatch=allow_model_mismatch, limits=limits, batch_size=batch_size,

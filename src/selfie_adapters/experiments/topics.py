@@ -176,7 +176,8 @@ def run_name(kind: str, cfg: TopicsConfig, labels: Path) -> str:
     import hashlib
 
     keys = (kind, cfg.steps, cfg.batch_size, cfg.learning_rate, cfg.rank, cfg.init_scale, cfg.seed,
-            hashlib.sha256(labels.read_bytes()).hexdigest()) + ((cfg.autocast,) if cfg.autocast else ())
+            hashlib.sha256(labels.read_bytes()).hexdigest())
+    keys += (cfg.autocast,) if cfg.autocast else ()  # unset leaves the names of runs made before the option
     return f"{kind}-{hashlib.sha256(repr(keys).encode()).hexdigest()[:8]}"
 
 
@@ -267,10 +268,10 @@ def _run_layer(L: int, vecs: torch.Tensor, cfg: TopicsConfig, folder: Path, mode
     settings = {"model": cfg.model, "layer": L, "topics": len(topics), "seed": cfg.seed}
     t = time.perf_counter()
     scales = [round(m * norm, 4) for m in BASELINE_MULTIPLES]
-    rows = describe_rows(Interpreter(model, tok), vecs, held_rows, folder / "untrained.jsonl", scales,
-                         settings, cfg.max_new_tokens)
+    untrained = folder / "untrained.jsonl"
+    rows = describe_rows(Interpreter(model, tok), vecs, held_rows, untrained, scales, settings, cfg.max_new_tokens)
     result = {"untrained": {**score(rows, topics, held_rows, embed), "seconds": round(time.perf_counter() - t, 1),
-                            "descriptions": "untrained.jsonl"}}
+                            "descriptions": untrained.name}}
     described = {"untrained": _at_scale(rows, result["untrained"]["scale"] or scales[0])}
     say(f"layer {L} untrained: {_fmt(result['untrained'])}")
     for kind in cfg.kinds:
