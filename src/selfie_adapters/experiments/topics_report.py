@@ -54,7 +54,7 @@ def save_figure(report: dict, path: str | Path) -> Path:
     layers = list(report["layers"])
     methods = list(dict.fromkeys(m for r in report["layers"].values() for m in r if m != "examples"))
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(layers) * len(methods) ** 0.5 + 3), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(layers) * len(methods) ** 0.5 + 3) + 2.0, 3.6))
     try:
         for j, method in enumerate(methods):
             values = [report["layers"][L].get(method, {}).get("recall@10", 0.0) for L in layers]
@@ -64,7 +64,7 @@ def save_figure(report: dict, path: str | Path) -> Path:
                       labels=[f"layer {L}" for L in layers])
         ax.set_ylabel("held-out recall@10")
         ax.set_title(f"{report['config']['model']}: naming held-out topics", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=120)
