@@ -91,6 +91,14 @@ def _no_model(*args, **kwargs):
 def test_score_only_needs_a_described_run(tmp_path, capsys):
     assert main(["experiment", "topics", "--score-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "describe first" in capsys.readouterr().err
+    for report in ("{not json", '{"x": 1}', '{"config": {"nope": 1}, "layers": {}}'):
+        (tmp_path / "report.json").write_text(report)
+        assert main(["experiment", "topics", "--score-only", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "is not a report of selfie experiment topics" in err and "Traceback" not in err
+    (tmp_path / "report.json").write_text(json.dumps({"config": {}, "layers": {"18": {"untrained": {}}}}))
+    assert main(["experiment", "topics", "--score-only", "--out", str(tmp_path)]) == 2
+    assert "names no description file for layer 18 untrained" in capsys.readouterr().err
 
 
 def test_bad_kind_and_layer_are_one_line_errors(tiny_model_dir, tmp_path, capsys):

@@ -23,7 +23,7 @@ import torch
 
 from ..adapter import load_adapter
 from ..chunks import ChunkStore
-from ..errors import SelfieError
+from ..errors import SelfieError, first_line
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
 from ..files import open_text, read_jsonl, read_safetensors, save_tensors, write_json
 from ..interpret import Interpreter
@@ -237,10 +237,7 @@ def score_run(out: Path, embed=None) -> dict:
     """Score a run described with ``score=False`` (say on a GPU machine without the embedder), from its
     files alone: no model is loaded. Rewrites ``out/report.json`` and returns it."""
     path = out / "report.json"
-    if not path.is_file():
-        raise SelfieError(f"{path} not found: describe first (selfie experiment topics --no-score --out {out})")
-    report = json.loads(path.read_text(encoding="utf-8"))
-    cfg = TopicsConfig(**report["config"])
+    report, cfg = _read_report(path, out)
     if "heldout" in report:  # the held-out titles travel with the report: no topics file needed
         topics = {int(i): title for i, title in report["heldout"].items()}
         held_rows = sorted(topics)
@@ -260,6 +257,25 @@ def score_run(out: Path, embed=None) -> dict:
     report["config"]["score"] = True
     write_json(path, report)
     return report
+
+
+def _read_report(path: Path, out: Path) -> tuple[dict, TopicsConfig]:
+    """The report of a described run and its config; anything else is one error naming the file."""
+    if not path.is_file():
+        raise SelfieError(f"{path} not found: describe first (selfie experiment topics --no-score --out {out})")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        cfg = TopicsConfig(**report["config"])
+        layers = report["layers"]
+        missing = [f"layer {L} {m}" for L, r in layers.items() for m, v in r.items()
+                   if m != "examples" and "descriptions" not in v]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise SelfieError(f"{path} is not a report of selfie experiment topics ({type(e).__name__}: "
+                          f"{first_line(e)}); describe again with --no-score") from None
+    if missing:
+        raise SelfieError(f"{path} names no description file for {', '.join(missing)} (written by an older "
+                          "version); rerun without --score-only to score it")
+    return report, cfg
 
 
 def _run_layer(L: int, vecs: torch.Tensor, cfg: TopicsConfig, folder: Path, model, tok, topics, train_rows,
