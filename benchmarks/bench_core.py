@@ -34,7 +34,7 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def bench_extract() -> None:
     from selfie_adapters import extract_hidden_states
-    from selfie_adapters.vectors import render_prompts
+    from selfie_adapters.vectors.hidden import render_prompts
 
     model = make_tiny_llama(layers=24, hidden=256, vocab=128256)
     tok = make_llama3_tokenizer()
@@ -59,7 +59,7 @@ def describe_setups():
     """(name, model, tokenizer, vectors, scale): the toy model (real descriptions that close the
     quote at different lengths) and a random Llama with the full 128k vocabulary (never closes)."""
     from selfie_adapters.toy import load_toy_model
-    from selfie_adapters.vectors import extract_hidden_states
+    from selfie_adapters.vectors.hidden import extract_hidden_states
 
     model, tok, world = load_toy_model()
     names = [c.name for c in world.concepts[:32]]
@@ -77,7 +77,7 @@ def bench_describe() -> None:
 
 def bench_describe_one(name: str, model, tok, vecs: torch.Tensor, scale: float) -> None:
     from selfie_adapters import Interpreter
-    from selfie_adapters.inject import embed_with_soft_tokens
+    from selfie_adapters.interpret.inject import embed_with_soft_tokens
 
     interp = Interpreter(model, tok)  # label_end="last-quote": rows run to end-of-turn
     quick = Interpreter(model, tok, label_end="first-quote")  # rows stop at the first quote token

@@ -35,9 +35,9 @@ from selfie_adapters.evals.generation import (
     special_token_ids,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
-from selfie_adapters.modeling import eos_token_ids
+from selfie_adapters.models.loading import eos_token_ids
 from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama
-from selfie_adapters.vectors import hidden_states_batch
+from selfie_adapters.vectors.hidden import hidden_states_batch
 
 EOT = 128009
 

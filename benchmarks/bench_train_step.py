@@ -39,7 +39,7 @@ BATCH, HIDDEN = 80, 64
 
 
 def setup():
-    from selfie_adapters.projections import build_projection
+    from selfie_adapters.adapters.kinds import build_projection
     from selfie_adapters.training.data import tokenize_targets
 
     with gzip.open(LABELS_FILE, "rt") as f:
@@ -55,7 +55,7 @@ def setup():
 
 
 def reference_loss(model, tok, soft, labels):
-    from selfie_adapters.template import PromptTemplate
+    from selfie_adapters.interpret.template import PromptTemplate
 
     ids, sites = PromptTemplate().encode(tok)
     losses = []

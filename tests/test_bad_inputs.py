@@ -116,7 +116,7 @@ def test_bad_cli_value(case, d, tiny_model_dir, tmp_path, capsys, monkeypatch):
     argv = [str(a) for a in build(d, tiny_model_dir)]
     if argv[0] in ("describe", "extract", "mean") or argv[:2] == ["eval", "generation"]:
         argv += ["--out", str(tmp_path / ("o.jsonl" if argv[0] != "extract" else "o.safetensors"))]
-    monkeypatch.setattr("selfie_adapters.modeling.load_model", _no_model_expected(case))
+    monkeypatch.setattr("selfie_adapters.models.loading.load_model", _no_model_expected(case))
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -130,7 +130,7 @@ LATE = ("extract layer 99", "prompt null")  # checked against the model (layer c
 
 
 def _no_model_expected(case):
-    from selfie_adapters import modeling
+    from selfie_adapters.models import loading as modeling
 
     real = modeling.load_model
 

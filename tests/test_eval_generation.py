@@ -28,9 +28,9 @@ from selfie_adapters.evals.generation import (
     summarize,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
-from selfie_adapters.interpret import pick_tokens
+from selfie_adapters.interpret.describe import pick_tokens
 from selfie_adapters.testing import make_tiny_llama
-from selfie_adapters.vectors import hidden_states_batch
+from selfie_adapters.vectors.hidden import hidden_states_batch
 
 NL2, HELLO, WORLD, EOT, CUT = 271, 15339, 1917, 128009, 38766  # "\n\n" "hello" " world" eot "Cut"(ting)
 ELEPHANT = 46840  # " elephant"

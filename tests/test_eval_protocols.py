@@ -82,7 +82,7 @@ def test_reference_bridge_matches_the_whole_generation(tiny_model, tokenizer, mo
     """A description whose label misses the alias but whose text names it: a hit only under the reference."""
     from selfie_adapters import Interpreter
     from selfie_adapters.evals.bridge import bridge_eval
-    from selfie_adapters.interpret import Description
+    from selfie_adapters.interpret.describe import Description
 
     interp = Interpreter(tiny_model, tokenizer)
     seen = {}

@@ -227,7 +227,7 @@ def test_full_disk_mid_row_then_resume(world, reference, tmp_path, capsys, monke
     out = tmp_path / "d.jsonl"
     first = (reference / "d.jsonl").read_bytes().splitlines(keepends=True)
     room = [len(b"".join(first[:BATCH + 1])) + 20]  # the first batch fits, the disk fills in the 2nd
-    monkeypatch.setattr("selfie_adapters.jsonl.open", lambda *a, **k: _FullDisk(open(*a, **k), room),  # noqa: SIM115
+    monkeypatch.setattr("selfie_adapters.runs.row_log.open", lambda *a, **k: _FullDisk(open(*a, **k), room),  # noqa: SIM115
                         raising=False)
     code, err = run(capsys, describe_args(world, out))
     assert code == 2 and last_line(err).startswith("error: no space left on device: ") and "Traceback" not in err
@@ -264,7 +264,7 @@ def test_full_disk_while_saving_a_chunk(world, reference, tmp_path, capsys, monk
 
 @pytest.mark.parametrize("err_no", [errno.EROFS, errno.EACCES, errno.ENAMETOOLONG])
 def test_unwritable_output_folder(err_no, world, tmp_path, capsys, monkeypatch):
-    import selfie_adapters.outputs as outputs
+    import selfie_adapters.runs.outputs as outputs
 
     real = os.open
 

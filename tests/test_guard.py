@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfie_adapters import Adapter, Interpreter, SelfieError, build_projection, check_model
-from selfie_adapters.guard import model_signature
+from selfie_adapters.adapters.guard import model_signature
 
 
 def adapter_for(name, dim=64, **meta):

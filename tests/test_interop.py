@@ -10,7 +10,7 @@ import torch
 
 from selfie_adapters.cli import main
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.interop import best_labels, neuronpedia_rows, read_neuronpedia, write_neuronpedia
+from selfie_adapters.labels.formats import best_labels, neuronpedia_rows, read_neuronpedia, write_neuronpedia
 
 DESCRIBED = [  # rows as `selfie describe` writes them
     {"index": 3, "scale": 1.0, "sample": 0, "label": 'Use of "takes place"', "logprob": -0.4, "closed": True},

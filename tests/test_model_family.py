@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfie_adapters.catalogue import CATALOGUE, resolve_model
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.modeling import embedding_norm
-from selfie_adapters.template import (
+from selfie_adapters.interpret.template import (
     INJECTION_TOKEN,
     SELFIE_TEMPLATE,
     derive_template,
@@ -17,6 +15,8 @@ from selfie_adapters.template import (
     resolve_template,
     template_from_metadata,
 )
+from selfie_adapters.models.catalogue import CATALOGUE, resolve_model
+from selfie_adapters.models.loading import embedding_norm
 from selfie_adapters.testing import make_chatml_tokenizer, write_tiny_gguf
 
 
@@ -122,9 +122,9 @@ def test_trainer_fills_model_defaults_and_records_them(tiny_model, tokenizer):
 
 
 def test_describe_uses_the_template_the_adapter_was_trained_with(tiny_model, tokenizer):
-    from selfie_adapters.adapter import Adapter
-    from selfie_adapters.interpret import Interpreter
-    from selfie_adapters.projections import build_projection
+    from selfie_adapters.adapters.artifact import Adapter
+    from selfie_adapters.adapters.kinds import build_projection
+    from selfie_adapters.interpret.describe import Interpreter
 
     custom = f'<|begin_of_text|>Define "{INJECTION_TOKEN}": "'
     meta = {"model_name": "tiny-llama", "template": custom, "injection_token": INJECTION_TOKEN,
@@ -154,7 +154,7 @@ def tiny_gguf(tmp_path_factory, chatml):
 
 
 def test_gguf_file_loads_with_the_same_weights_tokenizer_and_chat_template(tiny_gguf, chatml):
-    from selfie_adapters.modeling import load_model
+    from selfie_adapters.models.loading import load_model
 
     path, original = tiny_gguf
     model, tok = load_model(str(path))

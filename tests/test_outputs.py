@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from selfie_adapters.cli import main
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.fingerprint import file_fingerprint, model_identity
-from selfie_adapters.outputs import OutputLock, check_output_path
+from selfie_adapters.runs.fingerprint import file_fingerprint, model_identity
+from selfie_adapters.runs.outputs import OutputLock, check_output_path
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_extract_dtype_change_after_kill_is_refused(d, tiny_model_dir, tmp_path,
     out = tmp_path / "v.safetensors"
     args = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", d / "prompts.txt", "--chunk", 1,
             "--out", out)
-    from selfie_adapters.chunks import ChunkStore
+    from selfie_adapters.runs.chunk_store import ChunkStore
 
     real_run = ChunkStore.run
 
@@ -228,14 +228,14 @@ def test_zero_vectors_skipped_with_a_warning_and_huge_ones_described(tiny_model_
 
 
 def test_l2_normalize_is_overflow_safe():
-    from selfie_adapters.projections import l2_normalize
+    from selfie_adapters.adapters.kinds import l2_normalize
 
     x = torch.tensor([[3e30, 4e30], [0.0, 0.0], [3e-30, 4e-30]])
     torch.testing.assert_close(l2_normalize(x), torch.tensor([[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]]))
 
 
 def test_rows_are_strict_json(tmp_path):
-    from selfie_adapters.jsonl import JsonlLog
+    from selfie_adapters.runs.row_log import JsonlLog
 
     with JsonlLog(tmp_path / "o.jsonl", {"a": 1}, command="t") as log, pytest.raises(SelfieError, match="NaN"):
         log.append([{"x": float("nan")}])

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from selfie_adapters.catalogue import CATALOGUE
+from selfie_adapters.models.catalogue import CATALOGUE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 ENTRY = CATALOGUE["smollm2-135m-instruct"]
@@ -25,18 +25,18 @@ LABELS = ["a city", "a physicist", "a process", "a band", "a mountain", "a game"
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from selfie_adapters.modeling import load_model
+    from selfie_adapters.models.loading import load_model
 
     return load_model("smollm2-135m-instruct")
 
 
 def test_load_extract_train_describe(smollm2, tmp_path):
-    from selfie_adapters.adapter import load_adapter
-    from selfie_adapters.interpret import Interpreter
-    from selfie_adapters.template import derive_template
+    from selfie_adapters.adapters.artifact import load_adapter
+    from selfie_adapters.interpret.describe import Interpreter
+    from selfie_adapters.interpret.template import derive_template
     from selfie_adapters.training.config import config_from_dict
     from selfie_adapters.training.trainer import train
-    from selfie_adapters.vectors import extract_hidden_states
+    from selfie_adapters.vectors.hidden import extract_hidden_states
 
     model, tok = smollm2
     assert (model.config.num_hidden_layers, model.config.hidden_size, len(tok)) == (30, 576, 49152)

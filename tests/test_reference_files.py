@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR
 
 from selfie_adapters import SelfieError, build_projection, load_adapter, load_mean_vectors
 from selfie_adapters.cli import main
-from selfie_adapters.convert import convert, reference_param_order
+from selfie_adapters.compat.convert import convert, reference_param_order
 from selfie_adapters.testing import toy_config_dict, toy_model, toy_tokenizer, write_toy_data
 from selfie_adapters.training.checkpoint import load_state
 from selfie_adapters.training.config import config_from_dict

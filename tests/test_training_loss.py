@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfie_adapters.template import PromptTemplate
+from selfie_adapters.interpret.template import PromptTemplate
 from selfie_adapters.training.data import tokenize_targets
 from selfie_adapters.training.loss import SelfieLoss, token_cross_entropy
 

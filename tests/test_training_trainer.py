@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from selfie_adapters import load_adapter, read_safetensors
+from selfie_adapters.adapters.kinds import PROJECTIONS, trainable_kinds
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.projections import PROJECTIONS, trainable_kinds
 from selfie_adapters.testing import toy_config, toy_config_dict
 from selfie_adapters.training.config import config_from_dict
 from selfie_adapters.training.loss import SelfieLoss
@@ -102,7 +102,7 @@ def test_autocast_runs_the_frozen_model_in_bf16_and_still_learns(toy_task, tmp_p
 
 def test_per_parameter_learning_rates_and_sgd(toy_task, tmp_path):
     root, _, _ = toy_task
-    from selfie_adapters.projections import build_projection
+    from selfie_adapters.adapters.kinds import build_projection
 
     proj = build_projection("scalar_affine_plus_low_rank", 32, rank=4)
     cfg = _config(root, "scalar_affine_plus_low_rank", learning_rate=0.1, scale_learning_rate=0.5,

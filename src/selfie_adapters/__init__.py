@@ -1,13 +1,11 @@
 """selfie-adapters: let a language model describe its own internal vectors in words."""
 
-from .adapter import Adapter, load_adapter
-from .errors import SelfieError
-from .files import read_safetensors, save_tensors
-from .guard import check_model
-from .inference import SelfIEAdapter
-from .interpret import Description, Interpreter, generate
-from .modeling import load_model
-from .projection import (  # the reference implementation's names, at its import paths
+from .adapters.artifact import Adapter, load_adapter
+from .adapters.guard import check_model
+from .adapters.kinds import PROJECTIONS, Projection, build_projection
+from .compat.reference_adapter import SelfIEAdapter
+from .compat.reference_model import ObservableLanguageModel, load_sae
+from .compat.reference_projection import (  # the reference implementation's names, at its import paths
     FullRankAffineProjection,
     LowRankOnlyProjection,
     ProjectionModule,
@@ -16,10 +14,12 @@ from .projection import (  # the reference implementation's names, at its import
     ScaleOnlyProjection,
     create_projection_module,
 )
-from .projections import PROJECTIONS, Projection, build_projection
-from .sae_utils import ObservableLanguageModel, load_sae
-from .template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
-from .vectors import (
+from .errors import SelfieError
+from .files import read_safetensors, save_tensors
+from .interpret.describe import Description, Interpreter, generate
+from .interpret.template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
+from .models.loading import load_model
+from .vectors.hidden import (
     decoder_rows,
     extract_hidden_states,
     load_mean_vectors,

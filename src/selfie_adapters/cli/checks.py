@@ -11,7 +11,7 @@ import math
 import torch
 
 from ..errors import SelfieError
-from ..template import INJECTION_TOKEN, PromptTemplate
+from ..interpret.template import INJECTION_TOKEN, PromptTemplate
 
 
 def check_number(flag: str, value: float | None, *, low: float | None = None, high: float | None = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..convert import convert
+from ..compat.convert import convert
 from .app import app
 
 
@@ -54,7 +54,7 @@ def labels_export(
     """
     from ..errors import SelfieError
     from ..files import read_jsonl
-    from ..interop import best_labels, neuronpedia_rows, write_delphi, write_neuronpedia
+    from ..labels.formats import best_labels, neuronpedia_rows, write_delphi, write_neuronpedia
 
     data = read_jsonl(rows, what="labels")
     if any("index" not in r for r in data):
@@ -83,7 +83,7 @@ def labels_import(
     Example: selfie labels import explanations.jsonl.gz --layer 19 --out labels.json
     """
     from ..files import write_json
-    from ..interop import neuronpedia_training_sections, read_neuronpedia
+    from ..labels.formats import neuronpedia_training_sections, read_neuronpedia
 
     sections = neuronpedia_training_sections(read_neuronpedia(export), dataset_name=dataset_name, layer=layer,
                                              val_fraction=val_fraction, seed=seed)

@@ -9,16 +9,16 @@ from typing import Annotated
 import torch
 import typer
 
-from ..adapter import load_adapter
-from ..chunks import ChunkStore
+from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
 from ..files import resolve_file, save_tensors
-from ..fingerprint import FileInput, model_identity, sha256_text
-from ..interpret import Interpreter, check_label_end
-from ..jsonl import JsonlLog
-from ..modeling import load_model
-from ..template import resolve_template
-from ..vectors import (
+from ..interpret.describe import Interpreter, check_label_end
+from ..interpret.template import resolve_template
+from ..models.loading import load_model
+from ..runs.chunk_store import ChunkStore
+from ..runs.fingerprint import FileInput, model_identity, sha256_text
+from ..runs.row_log import JsonlLog
+from ..vectors.hidden import (
     VectorSource,
     drop_zero_rows,
     extract_hidden_states,

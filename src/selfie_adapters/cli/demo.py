@@ -8,10 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
 from ..files import read_jsonl
-from ..modeling import check_layers
-from ..projections import trainable_kinds
+from ..models.loading import check_layers
 from ..toy.experiment import ExperimentConfig, run_experiment
 from ..toy.model import TOY_BLOCKS
 from .app import app

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import typer
 
-from ..adapter import load_adapter
+from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
 from ..evals import bridge as bridge_mod
 from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
 from ..evals.sae_probe import open_sae
 from ..files import read_jsonl, resolve_file, write_json
-from ..fingerprint import FileInput, model_identity
-from ..interpret import Interpreter
-from ..modeling import load_model
-from ..outputs import check_output_path
-from ..vectors import VectorSource
+from ..interpret.describe import Interpreter
+from ..models.loading import load_model
+from ..runs.fingerprint import FileInput, model_identity
+from ..runs.outputs import check_output_path
+from ..vectors.hidden import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
 from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..catalogue import catalogue_rows
+from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
-from ..projections import trainable_kinds
+from ..models.catalogue import catalogue_rows
 from ..training.config import AUTOCAST_DTYPES
 from .app import app
 from .output import console, print_table

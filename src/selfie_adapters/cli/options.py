@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import typer
 
 from ..errors import SelfieError
-from ..modeling import DTYPES
+from ..models.loading import DTYPES
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model: hub id, folder, folder/file.gguf or a catalogue "
                                        "name (selfie models); the adapter's model.")]

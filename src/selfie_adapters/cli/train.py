@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 from rich.progress import TextColumn
 
-from ..adapter import load_adapter
+from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
-from ..modeling import load_model
+from ..models.loading import load_model
 from ..training.config import load_config
 from ..training.evaluate import adapter_loss
 from ..training.trainer import train as run_training

@@ -19,10 +19,10 @@ import torch
 
 from ..errors import SelfieError
 from ..files import write_json
-from ..jsonl import check_settings
-from ..modeling import check_layers, decoder_layers, pad_token_id
-from ..outputs import OutputLock
-from ..vectors import chat_text, hidden_states_batch
+from ..models.loading import check_layers, decoder_layers, pad_token_id
+from ..runs.outputs import OutputLock
+from ..runs.row_log import check_settings
+from ..vectors.hidden import chat_text, hidden_states_batch
 from .report import save_heatmap
 
 QUESTION_FIELDS = ("question", "prompt", "query")

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..adapters.guard import model_signature
 from ..errors import SelfieError
-from ..guard import model_signature
-from ..interpret import derived_seed, generate
-from ..jsonl import JsonlLog
-from ..modeling import check_layers, eos_token_ids, model_device, pad_token_id
-from ..vectors import hidden_states_batch, render_chat
+from ..interpret.describe import derived_seed, generate
+from ..models.loading import check_layers, eos_token_ids, model_device, pad_token_id
+from ..runs.row_log import JsonlLog
+from ..vectors.hidden import hidden_states_batch, render_chat
 from .sae_probe import LatentProbe, latent_probe, sae_layer, sae_size
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def parse_label_rows(rows: Sequence[dict], source: str = "labels") -> list[tuple
 
 def labels_from_adapter(interpreter, sae, latents: Sequence[int], **describe_kw) -> list[tuple[int, str]]:
     """Labels written on the fly: the interpreter describes each latent's decoder row ``W_dec[latent]``."""
-    from ..vectors import decoder_rows
+    from ..vectors.hidden import decoder_rows
 
     rows, kept = decoder_rows(sae.W_dec.detach(), list(latents))
     descs = interpreter.describe(rows, indices=kept, **describe_kw)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import SelfieError
 from ..files import read_safetensors
-from ..vectors import VectorSource, load_sae
+from ..vectors.hidden import VectorSource, load_sae
 
 COLUMN_ARCHS = ("standard", "relu", "jumprelu")
 

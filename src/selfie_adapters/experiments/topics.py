@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import load_adapter
-from ..chunks import ChunkStore
+from ..adapters.artifact import load_adapter
 from ..errors import SelfieError, first_line
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
 from ..files import open_text, read_jsonl, read_safetensors, save_tensors, write_json
-from ..interpret import Interpreter
-from ..jsonl import JsonlLog
-from ..modeling import check_layers, embedding_norm, load_model
-from ..vectors import extract_hidden_states, load_prompts
+from ..interpret.describe import Interpreter
+from ..models.loading import check_layers, embedding_norm, load_model
+from ..runs.chunk_store import ChunkStore
+from ..runs.row_log import JsonlLog
+from ..vectors.hidden import extract_hidden_states, load_prompts
 
 PROMPT = "Tell me about {title}."
 DEFAULT_TOPICS = "vital-articles-3000.txt"  # package data: 3,000 Wikipedia level-5 vital-article titles

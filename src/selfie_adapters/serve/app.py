@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SelfieError
-from ..interpret import Description
+from ..interpret.describe import Description
 from .inputs import decode_vectors, encode_tensor
 from .limits import RequestError
 from .scheduler import DescribeJob, Settings

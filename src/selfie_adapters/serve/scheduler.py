@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..interpret import Description, Interpreter
+from ..interpret.describe import Description, Interpreter
 
 log = logging.getLogger(__name__)
 _DONE = object()

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ..adapter import Adapter, load_adapter
+from ..adapters.artifact import Adapter, load_adapter
 from ..evals.bridge import question_tokens
-from ..interpret import Interpreter
-from ..modeling import decoder_layers, load_model, model_device, pad_token_id
-from ..template import PromptTemplate, resolve_template
-from ..vectors import extract_hidden_states, hidden_states_batch, load_mean_vectors, render_prompts
+from ..interpret.describe import Interpreter
+from ..interpret.template import PromptTemplate, resolve_template
+from ..models.loading import decoder_layers, load_model, model_device, pad_token_id
+from ..vectors.hidden import extract_hidden_states, hidden_states_batch, load_mean_vectors, render_prompts
 from .limits import Limits, RequestError
 from .scheduler import DescribeJob, Scheduler, Settings
 

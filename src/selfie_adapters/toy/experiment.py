@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import load_adapter
-from ..interpret import Interpreter
-from ..projections import PROJECTIONS, trainable_kinds
-from ..vectors import extract_hidden_states
+from ..adapters.artifact import load_adapter
+from ..adapters.kinds import PROJECTIONS, trainable_kinds
+from ..interpret.describe import Interpreter
+from ..vectors.hidden import extract_hidden_states
 from .model import TOY_DIR, load_toy_model
 from .world import Concept, label
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..adapter import Adapter
+from ..adapters.artifact import Adapter
+from ..adapters.guard import model_signature
+from ..adapters.kinds import Projection
 from ..errors import SelfieError, first_line
 from ..files import read_safetensors, save_tensors
-from ..guard import model_signature
-from ..projections import Projection
 from .config import TrainConfig
 
 STATE_JSON, STATE_TENSORS = "training_state.json", "training_state.safetensors"

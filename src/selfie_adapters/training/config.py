@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
+from ..adapters.kinds import INIT_FACTOR, trainable_kinds
 from ..errors import SelfieError, first_line
-from ..modeling import DTYPES
-from ..projections import INIT_FACTOR, trainable_kinds
-from ..template import INJECTION_TOKEN
+from ..interpret.template import INJECTION_TOKEN
+from ..models.loading import DTYPES
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd_momentum")

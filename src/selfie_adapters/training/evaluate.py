@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..adapter import Adapter
+from ..adapters.artifact import Adapter
+from ..adapters.guard import check_model
 from ..errors import SelfieError
-from ..guard import check_model
-from ..modeling import model_device
-from ..template import resolve_template
+from ..interpret.template import resolve_template
+from ..models.loading import model_device
 from . import ddp
 from .config import DataConfig, SoftPromptConfig
 from .data import LabelledData, Split, load_training_data

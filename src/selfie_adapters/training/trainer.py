@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import Adapter
+from ..adapters.artifact import Adapter
+from ..adapters.kinds import Projection, build_projection
 from ..errors import SelfieError
-from ..modeling import embedding_norm, load_model, model_device
-from ..outputs import OutputLock
-from ..projections import Projection, build_projection
-from ..template import PromptTemplate, end_of_turn_token, resolve_template
+from ..interpret.template import PromptTemplate, end_of_turn_token, resolve_template
+from ..models.loading import embedding_norm, load_model, model_device
+from ..runs.outputs import OutputLock
 from . import ddp
 from .checkpoint import load_state, save_adapter, save_state, state_path
 from .config import TrainConfig, replace
@@ -279,7 +279,7 @@ class _Run:
                 labels.append(label)
             if len(rows) == self.cfg.logging.log_sample_generations:
                 break
-        from ..interpret import Interpreter
+        from ..interpret.describe import Interpreter
 
         adapter = Adapter(self.projection, {"model_name": self.cfg.model.name})
         interp = Interpreter(self.model, self.tokenizer, adapter, template=self.template, allow_model_mismatch=True)

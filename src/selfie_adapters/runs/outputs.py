@@ -16,8 +16,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import SelfieError
-from .files import write_text
+from ..errors import SelfieError
+from ..files import write_text
 from .fingerprint import changed_keys
 
 NAME_MAX = 255

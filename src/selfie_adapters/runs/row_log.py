@@ -14,8 +14,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from .errors import SelfieError
-from .files import iter_jsonl, write_text
+from ..errors import SelfieError
+from ..files import iter_jsonl, write_text
 from .fingerprint import changed_keys, resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 

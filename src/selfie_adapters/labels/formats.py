@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SelfieError
-from .files import atomic_path, iter_jsonl, open_text, write_json, write_text
+from ..errors import SelfieError
+from ..files import atomic_path, iter_jsonl, open_text, write_json, write_text
 
 TYPE_NAME = "selfie"  # Neuronpedia's typeName of an explanation method
 

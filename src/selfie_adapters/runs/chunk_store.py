@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import SelfieError
-from .files import read_safetensors, save_tensors
+from ..errors import SelfieError
+from ..files import read_safetensors, save_tensors
 from .fingerprint import resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 

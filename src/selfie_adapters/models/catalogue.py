@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SelfieError
+from ..errors import SelfieError
 
 GGUF_INSTALL = "pip install 'selfie-adapters[gguf]'  (gguf + accelerate)"
 

@@ -11,9 +11,9 @@ from functools import lru_cache
 
 import torch
 
+from ..errors import SelfieError, first_line
+from ..interpret.template import end_of_turn_token
 from .catalogue import resolve_model
-from .errors import SelfieError, first_line
-from .template import end_of_turn_token
 
 log = logging.getLogger(__name__)
 EXTRA_EOS_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")

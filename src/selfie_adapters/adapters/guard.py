@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 
-from .errors import SelfieError
+from ..errors import SelfieError
 
 # Configuration fingerprints of models with published adapters. The eos list tells the Instruct
 # model from the base model (same shapes otherwise).

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .errors import SelfieError
+from ..errors import SelfieError
 
 PROJECTIONS: dict[str, type[Projection]] = {}
 NORM_EPS = 1e-8

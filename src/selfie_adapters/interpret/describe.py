@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import DynamicCache
 
-from .adapter import Adapter
-from .errors import SelfieError
-from .files import check_finite
-from .guard import check_model
-from .inject import embed_with_soft_tokens, residual_overwrite
-from .modeling import (
+from ..adapters.artifact import Adapter
+from ..adapters.guard import check_model
+from ..errors import SelfieError
+from ..files import check_finite
+from ..models.loading import (
     LeftPadded,
     base_model,
     cache_kw,
@@ -34,6 +33,7 @@ from .modeling import (
     model_device,
     pad_token_id,
 )
+from .inject import embed_with_soft_tokens, residual_overwrite
 from .template import PromptTemplate, derive_template, resolve_template, template_from_metadata
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SelfieError, first_line
-from .files import check_finite, iter_jsonl, load_torch, read_safetensors, resolve_file, save_tensors
-from .modeling import base_model, check_layers, decoder_layers, left_pad, model_device, pad_token_id
+from ..errors import SelfieError, first_line
+from ..files import check_finite, iter_jsonl, load_torch, read_safetensors, resolve_file, save_tensors
+from ..models.loading import base_model, check_layers, decoder_layers, left_pad, model_device, pad_token_id
 
 
 class _StopForward(Exception):

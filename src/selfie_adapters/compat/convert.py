@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 
-from .adapter import Adapter, build_from_state, load_adapter
-from .errors import SelfieError
-from .files import load_torch, write_text
-from .projections import Projection
-from .vectors import means_from_torch, save_mean_vectors
+from ..adapters.artifact import Adapter, build_from_state, load_adapter
+from ..adapters.kinds import Projection
+from ..errors import SelfieError
+from ..files import load_torch, write_text
+from ..vectors.hidden import means_from_torch, save_mean_vectors
 
 if TYPE_CHECKING:
-    from .training.config import TrainConfig
+    from ..training.config import TrainConfig
 
 
 @dataclass
@@ -81,8 +81,8 @@ def _with_suffix(out: Path, suffix: str) -> Path:
 
 def _convert_training(ckpt: dict, src: Path, run_dir: Path, overrides) -> Converted:
     """A reference training checkpoint → a run folder that ``selfie train DIR/config.yaml --resume`` continues."""
-    from .training.checkpoint import save_state
-    from .training.trainer import build_optimizer
+    from ..training.checkpoint import save_state
+    from ..training.trainer import build_optimizer
 
     if run_dir.suffix:
         raise SelfieError(f"a training checkpoint converts to a run folder; give --out a folder, got {run_dir}")
@@ -111,7 +111,7 @@ def reference_config(raw: dict, run_dir: Path, overrides=()) -> TrainConfig:
     Its ratio keys for grouped datasets were stored as ``"['a', 'b']"`` strings; they become list entries.
     Relative data paths are made absolute (from the working directory), as the reference resolved them.
     """
-    from .training.config import apply_override, config_from_dict
+    from ..training.config import apply_override, config_from_dict
 
     if not isinstance(raw, dict) or "projection" not in raw:
         raise SelfieError("the checkpoint's 'config' has no 'projection' section; cannot rebuild its settings")

@@ -1,0 +1,1 @@
+"""Labels in other tools' formats: Neuronpedia explanation exports and delphi explanation folders."""
