@@ -34,7 +34,7 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def bench_extract() -> None:
     from selfie_adapters import extract_hidden_states
-    from selfie_adapters.vectors.hidden import render_prompts
+    from selfie_adapters.vectors.prompts import render_prompts
 
     model = make_tiny_llama(layers=24, hidden=256, vocab=128256)
     tok = make_llama3_tokenizer()

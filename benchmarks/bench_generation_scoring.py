@@ -32,10 +32,9 @@ from selfie_adapters.evals.generation import (
     encode_chat,
     generate_and_score,
     parse_conversation,
-    special_token_ids,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
-from selfie_adapters.models.loading import eos_token_ids
+from selfie_adapters.models.tokens import eos_token_ids, special_token_ids
 from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama
 from selfie_adapters.vectors.hidden import hidden_states_batch
 

@@ -38,7 +38,8 @@ def setup(device: str):
     from selfie_adapters.adapters.kinds import build_projection
     from selfie_adapters.experiments.topics import load_topic_titles
     from selfie_adapters.interpret.template import derive_template
-    from selfie_adapters.models.loading import embedding_norm, load_model
+    from selfie_adapters.models.loading import load_model
+    from selfie_adapters.models.tree import embedding_norm
     from selfie_adapters.training.data import tokenize_targets
 
     model, tok = load_model("smollm2-135m-instruct", device=device)

@@ -265,7 +265,7 @@ def test_label_end_flag_and_baseline_sweep(files, tiny_model_dir, tmp_path, caps
 def test_prompts_render_with_the_chat_template_by_default(files, tiny_model_dir, tmp_path, capsys):
     """As the reference (and the published mean vector): chat template + generation prompt unless --raw."""
     from selfie_adapters.testing import make_llama3_tokenizer
-    from selfie_adapters.vectors.hidden import render_prompts
+    from selfie_adapters.vectors.prompts import render_prompts
 
     base = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt")
     for name, flag in (("default", ()), ("chat", ("--chat",)), ("raw", ("--raw",))):

@@ -8,14 +8,8 @@ import pytest
 
 from selfie_adapters import Interpreter
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.evals.bridge import (
-    alias_pattern,
-    aliases_of,
-    bridge_eval,
-    question_of,
-    question_tokens,
-    write_bridge_report,
-)
+from selfie_adapters.evals.bridge import alias_pattern, aliases_of, bridge_eval, question_of, write_bridge_report
+from selfie_adapters.vectors.prompts import question_tokens
 
 RECORD = {"r1_template": "the mother of the singer of {}", "e1_value": "Superstition",
           "e2_value": "Stevie Wonder", "e2_aliases": '["Stevland Hardaway Morris", "stevie wonder"]'}

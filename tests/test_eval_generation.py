@@ -28,7 +28,7 @@ from selfie_adapters.evals.generation import (
     summarize,
 )
 from selfie_adapters.evals.sae_probe import SimpleSAE, latent_probe
-from selfie_adapters.interpret.describe import pick_tokens
+from selfie_adapters.interpret.generate import pick_tokens
 from selfie_adapters.testing import make_tiny_llama
 from selfie_adapters.vectors.hidden import hidden_states_batch
 

@@ -63,7 +63,7 @@ def test_reference_bridge_prompt_and_positions(tokenizer):
     """The reference: "Complete the statement: " + question, read from the first question token
     (position 34 with the Llama-3.1 rendering, as in its configs) to the end of the prompt."""
     from selfie_adapters.evals.bridge import PROTOCOLS as BRIDGE
-    from selfie_adapters.evals.bridge import question_tokens
+    from selfie_adapters.vectors.prompts import question_tokens
 
     proto = BRIDGE["reference"]
     ids, pos, strings = question_tokens(tokenizer, QUESTION, prefix=proto.prefix, to_end=proto.to_end)

@@ -9,7 +9,7 @@ import torch
 
 from selfie_adapters.errors import SelfieError
 from selfie_adapters.files import atomic_path, read_jsonl, read_safetensors, save_tensors, write_json, write_text
-from selfie_adapters.vectors.hidden import load_prompts
+from selfie_adapters.vectors.prompts import load_prompts
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):

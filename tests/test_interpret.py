@@ -5,7 +5,7 @@ import torch
 
 from selfie_adapters import Adapter, Interpreter, PromptTemplate, SelfieError, build_projection, generate
 from selfie_adapters.interpret.inject import embed_with_soft_tokens, residual_overwrite
-from selfie_adapters.models.loading import decoder_layers
+from selfie_adapters.models.tree import decoder_layers
 
 
 def test_template_sites(tokenizer):
@@ -170,7 +170,7 @@ def test_label_is_text_before_the_last_quote_generated_to_end_of_turn(tiny_model
 
 
 def test_first_quote_label_end_stops_early_and_cuts_at_the_first_quote(tiny_model, tokenizer):
-    from selfie_adapters.interpret.describe import stop_token_ids
+    from selfie_adapters.models.tokens import stop_token_ids
 
     quote_ids = stop_token_ids(tokenizer)
     target = tokenizer(QUOTED, add_special_tokens=False)["input_ids"]
@@ -181,7 +181,7 @@ def test_first_quote_label_end_stops_early_and_cuts_at_the_first_quote(tiny_mode
 
 
 def test_label_without_a_quote_is_the_whole_text_and_unclosed(tiny_model, tokenizer):
-    from selfie_adapters.interpret.describe import extract_label
+    from selfie_adapters.interpret.label_text import extract_label
 
     target = tokenizer(" a red fruit", add_special_tokens=False)["input_ids"]
     d = _forced_describe(tiny_model, tokenizer, target)

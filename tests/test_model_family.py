@@ -10,13 +10,13 @@ from selfie_adapters.interpret.template import (
     INJECTION_TOKEN,
     SELFIE_TEMPLATE,
     derive_template,
-    end_of_turn_token,
     pick_injection_token,
     resolve_template,
     template_from_metadata,
 )
 from selfie_adapters.models.catalogue import CATALOGUE, resolve_model
-from selfie_adapters.models.loading import embedding_norm
+from selfie_adapters.models.tokens import end_of_turn_token
+from selfie_adapters.models.tree import embedding_norm
 from selfie_adapters.testing import make_chatml_tokenizer, write_tiny_gguf
 
 

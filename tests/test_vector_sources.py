@@ -16,7 +16,7 @@ from selfie_adapters.errors import SelfieError
 from selfie_adapters.testing import write_local_sae
 from selfie_adapters.training.config import DataConfig
 from selfie_adapters.training.data import load_training_data
-from selfie_adapters.vectors.hidden import VectorSource
+from selfie_adapters.vectors.source import VectorSource
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from selfie_adapters import SelfieError, decoder_rows, extract_hidden_states, load_vectors, mean_hidden_states
-from selfie_adapters.models.loading import decoder_layers
-from selfie_adapters.vectors.hidden import render_prompts
+from selfie_adapters.models.tree import decoder_layers
+from selfie_adapters.vectors.prompts import render_prompts
 
 PROMPTS = ["Tell me about Paris.", "Tell me about the moon and the stars at night.", "Hi"]
 
@@ -150,7 +150,7 @@ def test_load_model_leaves_hf_progress_bars_alone(tiny_model_dir):
 
 def test_one_layer_check_for_every_caller(tiny_model, capsys):
     from selfie_adapters.cli import main
-    from selfie_adapters.models.loading import check_layers
+    from selfie_adapters.models.tree import check_layers
 
     assert check_layers(tiny_model, [2, 0, 2]) == [0, 2]
     with pytest.raises(SelfieError, match=r"layer\(s\) \[4, -1\] out of range; this model has blocks 0..3"):

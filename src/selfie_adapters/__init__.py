@@ -16,18 +16,13 @@ from .compat.reference_projection import (  # the reference implementation's nam
 )
 from .errors import SelfieError
 from .files import read_safetensors, save_tensors
-from .interpret.describe import Description, Interpreter, generate
+from .interpret.describe import Description, Interpreter
+from .interpret.generate import generate
 from .interpret.template import INJECTION_TOKEN, SELFIE_TEMPLATE, PromptTemplate
 from .models.loading import load_model
-from .vectors.hidden import (
-    decoder_rows,
-    extract_hidden_states,
-    load_mean_vectors,
-    load_vectors,
-    mean_hidden_states,
-    sae_decoder_vectors,
-    save_mean_vectors,
-)
+from .vectors.hidden import extract_hidden_states, mean_hidden_states
+from .vectors.sae import decoder_rows, sae_decoder_vectors
+from .vectors.tensor_files import load_mean_vectors, load_vectors, save_mean_vectors
 
 __all__ = [
     "INJECTION_TOKEN", "PROJECTIONS", "SELFIE_TEMPLATE", "Adapter", "Description", "Interpreter", "Projection",

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..compat.reference_projection import projection_stats
 from ..errors import SelfieError
 from ..files import check_finite, load_torch, read_safetensors, resolve_file, save_tensors
 from .kinds import INIT_FACTOR, INIT_SCALE, PROJECTIONS, Projection, build_projection, l2_normalize
+from .stats import projection_stats
 
 
 class Adapter:

@@ -12,21 +12,17 @@ import typer
 from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
 from ..files import resolve_file, save_tensors
-from ..interpret.describe import Interpreter, check_label_end
+from ..interpret.describe import Interpreter
+from ..interpret.label_text import check_label_end
 from ..interpret.template import resolve_template
 from ..models.loading import load_model
 from ..runs.chunk_store import ChunkStore
 from ..runs.fingerprint import FileInput, model_identity, sha256_text
 from ..runs.row_log import JsonlLog
-from ..vectors.hidden import (
-    VectorSource,
-    drop_zero_rows,
-    extract_hidden_states,
-    load_mean_vectors,
-    load_prompts,
-    save_mean_vectors,
-    sum_hidden_states,
-)
+from ..vectors.hidden import extract_hidden_states, sum_hidden_states
+from ..vectors.prompts import load_prompts
+from ..vectors.source import VectorSource, drop_zero_rows
+from ..vectors.tensor_files import load_mean_vectors, save_mean_vectors
 from .app import app
 from .checks import check_device, check_sampling, check_scales, check_template
 from .options import (

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
 from ..files import read_jsonl
-from ..models.loading import check_layers
+from ..models.tree import check_layers
 from ..toy.experiment import ExperimentConfig, run_experiment
 from ..toy.model import TOY_BLOCKS
 from .app import app

@@ -20,7 +20,7 @@ from ..interpret.describe import Interpreter
 from ..models.loading import load_model
 from ..runs.fingerprint import FileInput, model_identity
 from ..runs.outputs import check_output_path
-from ..vectors.hidden import VectorSource
+from ..vectors.source import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
 from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices

@@ -27,7 +27,7 @@ from ..adapters.artifact import Adapter, build_from_state, load_adapter
 from ..adapters.kinds import Projection
 from ..errors import SelfieError
 from ..files import load_torch, write_text
-from ..vectors.hidden import means_from_torch, save_mean_vectors
+from ..vectors.tensor_files import means_from_torch, save_mean_vectors
 
 if TYPE_CHECKING:
     from ..training.config import TrainConfig

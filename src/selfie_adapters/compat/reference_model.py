@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..models.loading import load_model
-from ..vectors.hidden import load_sae as _load_sae
+from ..vectors.sae import load_sae as _load_sae
 
 
 def load_sae(release: str, sae_id: str, device: str | torch.device | None = None):

@@ -22,22 +22,8 @@ from ..adapters.kinds import (
     ScaleOnly,
     build_projection,
 )
+from ..adapters.stats import projection_stats
 from ..errors import SelfieError
-
-
-def projection_stats(proj: Projection) -> dict[str, float]:
-    """The reference's ``get_projection_stats``: scale, bias/weight norms, ‖UVᵀ‖_F where the kind has them."""
-    stats: dict[str, float] = {}
-    with torch.no_grad():
-        if hasattr(proj, "log_scale"):
-            stats["scale"] = proj.log_scale.float().exp().item()
-        if hasattr(proj, "bias"):
-            stats["bias_norm"] = proj.bias.float().norm().item()
-        if hasattr(proj, "weight"):
-            stats["weight_norm"] = proj.weight.float().norm().item()
-        if hasattr(proj, "U"):
-            stats["low_rank_norm"] = (proj.U.float() @ proj.V.float().T).norm().item()
-    return stats
 
 
 class ProjectionModule(Projection):

@@ -19,10 +19,12 @@ import torch
 
 from ..errors import SelfieError
 from ..files import write_json
-from ..models.loading import check_layers, decoder_layers, pad_token_id
+from ..models.tokens import pad_token_id
+from ..models.tree import check_layers, decoder_layers
 from ..runs.outputs import OutputLock
 from ..runs.row_log import check_settings
-from ..vectors.hidden import chat_text, hidden_states_batch
+from ..vectors.hidden import hidden_states_batch
+from ..vectors.prompts import question_tokens
 from .report import save_heatmap
 
 QUESTION_FIELDS = ("question", "prompt", "query")
@@ -93,27 +95,6 @@ def alias_pattern(aliases: Sequence[str]) -> re.Pattern:
     """Case-insensitive match of any alias not glued to other word characters."""
     alts = "|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True))
     return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
-
-
-def question_tokens(tokenizer, question: str, *, chat: bool = True, prefix: str = "",
-                    to_end: bool = False) -> tuple[list[int], list[int], list[str]]:
-    """(prompt ids, positions of the question's tokens — through the end of the prompt with ``to_end`` —,
-    their strings) for the rendered prompt; ``prefix`` goes before the question in the user turn."""
-    if chat:
-        text = chat_text(tokenizer, prefix + question, fix="pass --no-chat to use the raw question")
-    else:
-        bos = getattr(tokenizer, "bos_token", None) or ""
-        text = bos + prefix + question
-    start = text.rfind(question.strip())
-    if start < 0:
-        raise SelfieError("the chat template changed the question text; pass --no-chat")
-    end = start + len(question.strip())
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    pos = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start]
-    if to_end and pos:
-        pos = list(range(pos[0], len(ids)))
-    return ids, pos, [tokenizer.decode([ids[i]]) for i in pos]
 
 
 def bridge_eval(interpreter, record: dict, *, layers: Sequence[int] | None = None, samples: int | None = None,

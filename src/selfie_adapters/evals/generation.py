@@ -31,10 +31,12 @@ import torch
 
 from ..adapters.guard import model_signature
 from ..errors import SelfieError
-from ..interpret.describe import derived_seed, generate
-from ..models.loading import check_layers, eos_token_ids, model_device, pad_token_id
+from ..interpret.generate import derived_seed, generate
+from ..models.tokens import eos_token_ids, pad_token_id, special_token_ids
+from ..models.tree import check_layers, model_device
 from ..runs.row_log import JsonlLog
-from ..vectors.hidden import hidden_states_batch, render_chat
+from ..vectors.hidden import hidden_states_batch
+from ..vectors.prompts import render_chat
 from .sae_probe import LatentProbe, latent_probe, sae_layer, sae_size
 
 log = logging.getLogger(__name__)
@@ -72,15 +74,6 @@ class Scored:
 # A turn marker at the start of a line: "User:", "**Assistant:**", "> Human:", "AI:" ...
 _TURN = re.compile(r"^[ \t>#*_-]*(user|human|assistant|ai)[ \t*_]*:[ \t*_]*", re.IGNORECASE | re.MULTILINE)
 _ROLE = {"user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
-
-
-def special_token_ids(tokenizer, model=None) -> set[int]:
-    """Ids that are never content: special/added-special tokens and every EOS id."""
-    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for tid, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(tok, "special", False):
-            ids.add(int(tid))
-    return ids | eos_token_ids(tokenizer, model)
 
 
 def encode_chat(tokenizer, messages: list[dict], *, generation_prompt: bool) -> tuple[str, list[int]]:
@@ -316,7 +309,7 @@ def parse_label_rows(rows: Sequence[dict], source: str = "labels") -> list[tuple
 
 def labels_from_adapter(interpreter, sae, latents: Sequence[int], **describe_kw) -> list[tuple[int, str]]:
     """Labels written on the fly: the interpreter describes each latent's decoder row ``W_dec[latent]``."""
-    from ..vectors.hidden import decoder_rows
+    from ..vectors.sae import decoder_rows
 
     rows, kept = decoder_rows(sae.W_dec.detach(), list(latents))
     descs = interpreter.describe(rows, indices=kept, **describe_kw)

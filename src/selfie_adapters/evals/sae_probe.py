@@ -17,7 +17,8 @@ import torch
 
 from ..errors import SelfieError
 from ..files import read_safetensors
-from ..vectors.hidden import VectorSource, load_sae
+from ..vectors.sae import load_sae
+from ..vectors.source import VectorSource
 
 COLUMN_ARCHS = ("standard", "relu", "jumprelu")
 

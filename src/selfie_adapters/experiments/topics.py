@@ -26,10 +26,12 @@ from ..errors import SelfieError, first_line
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
 from ..files import open_text, read_jsonl, read_safetensors, save_tensors, write_json
 from ..interpret.describe import Interpreter
-from ..models.loading import check_layers, embedding_norm, load_model
+from ..models.loading import load_model
+from ..models.tree import check_layers, embedding_norm
 from ..runs.chunk_store import ChunkStore
 from ..runs.row_log import JsonlLog
-from ..vectors.hidden import extract_hidden_states, load_prompts
+from ..vectors.hidden import extract_hidden_states
+from ..vectors.prompts import load_prompts
 
 PROMPT = "Tell me about {title}."
 DEFAULT_TOPICS = "vital-articles-3000.txt"  # package data: 3,000 Wikipedia level-5 vital-article titles

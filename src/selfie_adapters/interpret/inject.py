@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..models.loading import check_layers, decoder_layers
+from ..models.tree import check_layers, decoder_layers
 
 
 def embed_with_soft_tokens(model, input_ids: torch.Tensor, site_mask: torch.Tensor,

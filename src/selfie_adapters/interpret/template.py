@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SelfieError
+from ..models.tokens import sample_chat
 
 SELFIE_TEMPLATE = (
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
@@ -100,7 +101,7 @@ def pick_injection_token(tokenizer) -> str:
         if token in vocab and _is_whole(tokenizer, token):
             return token
     used = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token}
-    chat = _sample_chat(tokenizer)
+    chat = sample_chat(tokenizer)
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     candidates = [(i, t.content) for i, t in added.items()
                   if getattr(t, "special", True) and t.content not in used and t.content not in chat]
@@ -117,35 +118,6 @@ def check_whole_token(tokenizer, token: str) -> None:
     if not _is_whole(tokenizer, token):
         raise SelfieError(f"the tokenizer splits {token!r} into pieces in running text; choose a special token it "
                           "keeps whole (--injection-token)")
-
-
-def end_of_turn_token(tokenizer) -> str:
-    """The token that closes an assistant turn, read off the chat template (e.g. ``<|eot_id|>``,
-    ``<|im_end|>``, ``<end_of_turn>``); the tokenizer's EOS token when there is no chat template."""
-    marker = "SELFIEANSWERMARK"
-    text = _sample_chat(tokenizer, marker)
-    if marker in text:
-        tail = text.split(marker, 1)[1]
-        ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        special |= set((getattr(tokenizer, "added_tokens_decoder", {}) or {}).keys())
-        for tid in ids[:2]:  # right after the answer, maybe after a separator
-            if tid in special:
-                return tokenizer.convert_ids_to_tokens(tid)
-    if tokenizer.eos_token is None:
-        raise SelfieError("cannot tell this model's end-of-turn token (no chat template, no EOS token); set "
-                          "data.eos_token")
-    return tokenizer.eos_token
-
-
-def _sample_chat(tokenizer, answer: str = "B") -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        return ""
-    try:
-        chat = [{"role": "user", "content": "A"}, {"role": "assistant", "content": answer}]
-        return tokenizer.apply_chat_template(chat, tokenize=False)
-    except Exception:  # noqa: BLE001  (templates may reject this shape; then we know nothing from them)
-        return ""
 
 
 def _is_whole(tokenizer, token: str) -> bool:

@@ -12,11 +12,14 @@ from collections.abc import Sequence
 import torch
 
 from ..adapters.artifact import Adapter, load_adapter
-from ..evals.bridge import question_tokens
 from ..interpret.describe import Interpreter
 from ..interpret.template import PromptTemplate, resolve_template
-from ..models.loading import decoder_layers, load_model, model_device, pad_token_id
-from ..vectors.hidden import extract_hidden_states, hidden_states_batch, load_mean_vectors, render_prompts
+from ..models.loading import load_model
+from ..models.tokens import pad_token_id
+from ..models.tree import decoder_layers, model_device
+from ..vectors.hidden import extract_hidden_states, hidden_states_batch
+from ..vectors.prompts import question_tokens, render_prompts
+from ..vectors.tensor_files import load_mean_vectors
 from .limits import Limits, RequestError
 from .scheduler import DescribeJob, Scheduler, Settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from ..vectors.hidden import chat_text
+from ..vectors.prompts import chat_text
 from .world import World, load_world
 
 TOY_DIR = Path(__file__).resolve().parent / "weights"

@@ -24,8 +24,8 @@ import torch
 
 from ..errors import SelfieError
 from ..files import iter_jsonl, open_text
-from ..interpret.template import end_of_turn_token
-from ..vectors.hidden import VectorSource
+from ..models.tokens import end_of_turn_token
+from ..vectors.source import VectorSource
 from .config import DataConfig
 
 SPLITS = ("train", "val")

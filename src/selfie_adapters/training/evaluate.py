@@ -11,7 +11,7 @@ from ..adapters.artifact import Adapter
 from ..adapters.guard import check_model
 from ..errors import SelfieError
 from ..interpret.template import resolve_template
-from ..models.loading import model_device
+from ..models.tree import model_device
 from . import ddp
 from .config import DataConfig, SoftPromptConfig
 from .data import LabelledData, Split, load_training_data

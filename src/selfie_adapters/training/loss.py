@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from ..errors import SelfieError
 from ..interpret.inject import embed_with_soft_tokens
 from ..interpret.template import PromptTemplate, derive_template
-from ..models.loading import base_model, cache_kw, model_device
+from ..models.tree import base_model, cache_kw, model_device
 
 MAX_LOGIT_ELEMENTS = 1 << 24  # per chunk: 16M fp32 logits = 64 MiB (130 tokens at vocab 128k)
 

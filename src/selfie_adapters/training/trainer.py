@@ -19,8 +19,10 @@ import torch
 from ..adapters.artifact import Adapter
 from ..adapters.kinds import Projection, build_projection
 from ..errors import SelfieError
-from ..interpret.template import PromptTemplate, end_of_turn_token, resolve_template
-from ..models.loading import embedding_norm, load_model, model_device
+from ..interpret.template import PromptTemplate, resolve_template
+from ..models.loading import load_model
+from ..models.tokens import end_of_turn_token
+from ..models.tree import embedding_norm, model_device
 from ..runs.outputs import OutputLock
 from . import ddp
 from .checkpoint import load_state, save_adapter, save_state, state_path

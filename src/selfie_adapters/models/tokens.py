@@ -1,0 +1,80 @@
+"""Special tokens in one place: which ids end a turn, pad a batch, stop a label, or are never content."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from ..errors import SelfieError
+
+EXTRA_EOS_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
+
+
+def eos_token_ids(tokenizer, model=None) -> set[int]:
+    """Every id that ends an assistant turn: tokenizer/generation-config EOS plus known end tokens."""
+    ids: set[int] = set()
+    for src in (getattr(tokenizer, "eos_token_id", None),
+                getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(i) for i in src)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in EXTRA_EOS_TOKENS if t in vocab)
+    with suppress(SelfieError, KeyError):  # whatever this model's chat template closes a turn with
+        ids.add(vocab[end_of_turn_token(tokenizer)])
+    return ids
+
+
+def pad_token_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token that closes an assistant turn, read off the chat template (e.g. ``<|eot_id|>``,
+    ``<|im_end|>``, ``<end_of_turn>``); the tokenizer's EOS token when there is no chat template."""
+    marker = "SELFIEANSWERMARK"
+    text = sample_chat(tokenizer, marker)
+    if marker in text:
+        tail = text.split(marker, 1)[1]
+        ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= set((getattr(tokenizer, "added_tokens_decoder", {}) or {}).keys())
+        for tid in ids[:2]:  # right after the answer, maybe after a separator
+            if tid in special:
+                return tokenizer.convert_ids_to_tokens(tid)
+    if tokenizer.eos_token is None:
+        raise SelfieError("cannot tell this model's end-of-turn token (no chat template, no EOS token); set "
+                          "data.eos_token")
+    return tokenizer.eos_token
+
+
+def sample_chat(tokenizer, answer: str = "B") -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    try:
+        chat = [{"role": "user", "content": "A"}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # noqa: BLE001  (templates may reject this shape; then we know nothing from them)
+        return ""
+
+
+def stop_token_ids(tokenizer, closing: str = '"') -> set[int]:
+    """Ids of every token whose text contains the closing quote (e.g. ``"`` and ``."``)."""
+    vocab = tokenizer.get_vocab()
+    ids = {i for t, i in vocab.items() if closing in t}
+    byte_tok = f"<0x{ord(closing):02X}>" if len(closing) == 1 else None
+    if byte_tok in vocab:
+        ids.add(vocab[byte_tok])
+    return ids
+
+
+def special_token_ids(tokenizer, model=None) -> set[int]:
+    """Ids that are never content: special/added-special tokens and every EOS id."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for tid, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(tid))
+    return ids | eos_token_ids(tokenizer, model)

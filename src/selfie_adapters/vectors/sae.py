@@ -1,0 +1,47 @@
+"""SAE decoder rows as vectors to describe (sae-lens, the ``sae`` extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import SelfieError
+
+
+def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """Rows of an SAE decoder (d_sae, d) for ``indices``; zero-norm ("dead") latents skipped with a warning."""
+    n = W_dec.shape[0]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise SelfieError(f"feature indices {bad[:5]} out of range; the SAE has {n} latents")
+    if not indices:
+        raise SelfieError("no feature indices given (e.g. --features 0-99)")
+    from .source import drop_zero_rows  # (source imports this module)
+
+    return drop_zero_rows(W_dec[list(indices)].float(), indices, "dead latent")  # (K, d)
+
+
+def import_sae_lens(what: str = "SAE features"):
+    try:
+        import sae_lens
+    except ImportError:
+        raise SelfieError(f"{what} needs sae-lens: pip install 'selfie-adapters[sae]'") from None
+    return sae_lens
+
+
+def load_sae(release: str, sae_id: str, device: str = "cpu"):
+    """An SAE from sae-lens (``sae`` extra), e.g. ``load_sae("goodfire-llama-3.1-8b-instruct", "layer_19")``."""
+    SAE = import_sae_lens().SAE
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as e:  # unknown release/id or download failure: one line
+        raise SelfieError(f"could not load SAE {release}/{sae_id}: {type(e).__name__}: {e}") from None
+    return sae[0] if isinstance(sae, tuple) else sae
+
+
+def sae_decoder_vectors(release: str, sae_id: str, indices: Sequence[int],
+                        device: str = "cpu") -> tuple[torch.Tensor, list[int]]:
+    """Decoder vectors of SAE latents (dead ones skipped): ((K, d) fp32, kept indices)."""
+    sae = load_sae(release, sae_id, device)
+    return decoder_rows(sae.W_dec.detach(), indices)

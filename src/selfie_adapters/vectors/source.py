@@ -1,0 +1,106 @@
+"""``VectorSource``: the one syntax every command takes for vectors, and the one place zero rows are dropped."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import SelfieError
+from .sae import decoder_rows, import_sae_lens, load_sae
+from .tensor_files import load_vectors
+
+
+def drop_zero_rows(vectors: torch.Tensor, indices: Sequence[int], what: str = "vector"
+                   ) -> tuple[torch.Tensor, list[int]]:
+    """Rows with a zero norm say nothing about the model: skip them with a warning; none left is an error."""
+    alive = vectors.abs().amax(dim=-1) > 0 if vectors.numel() else torch.zeros(len(vectors), dtype=torch.bool)
+    dead = [i for i, a in zip(indices, alive.tolist()) if not a]
+    if dead:
+        warnings.warn(f"skipping {len(dead)} zero {what}(s) (nothing to describe): {dead[:10]}", stacklevel=2)
+    kept = [i for i, a in zip(indices, alive.tolist()) if a]
+    if not kept:
+        raise SelfieError(f"no {what}s left to describe: all {len(dead)} are zero")
+    return vectors[alive], kept
+
+
+SAE_PREFIX = "sae-lens:"
+
+
+@dataclass(frozen=True)
+class VectorSource:
+    """Where vectors come from, in the one syntax every command takes (``describe --vectors``,
+    ``eval loss --vectors``, ``data.vectors_file``, ``eval generation --sae``):
+    ``FILE`` (.safetensors / .pt / .npy), ``FILE#KEY`` (one tensor of several) or
+    ``sae-lens:<release>/<sae_id>`` (an SAE's decoder rows, ``sae`` extra).
+
+    >>> VectorSource.parse("sae-lens:goodfire-llama-3.1-8b-instruct/layer_19").load([0, 5])[1]
+    [0, 5]
+    """
+
+    path: str | None = None
+    key: str | None = None
+    sae_release: str | None = None
+    sae_id: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike, key: str | None = None) -> VectorSource:
+        """Read ``spec``; ``key`` (the old ``--key`` flag) picks the tensor when the spec names none."""
+        spec = str(spec)
+        if spec.startswith(SAE_PREFIX):
+            release, _, sae_id = spec[len(SAE_PREFIX):].partition("/")
+            if not release or not sae_id:
+                raise SelfieError(f"an SAE source must be {SAE_PREFIX}<release>/<sae_id>, got {spec!r} "
+                                  f"(e.g. {SAE_PREFIX}goodfire-llama-3.1-8b-instruct/layer_19)")
+            return cls(sae_release=release, sae_id=sae_id)
+        path, _, inline_key = (spec, "", "") if Path(spec).exists() else spec.partition("#")
+        if inline_key and key and inline_key != key:
+            raise SelfieError(f"{spec!r} names tensor {inline_key!r} but --key says {key!r}; give one")
+        return cls(path=path, key=inline_key or key)
+
+    @classmethod
+    def sae(cls, release: str, sae_id: str | None) -> VectorSource:
+        """The decoder rows of an sae-lens SAE (the old ``--sae-release R --sae-id ID`` spelling)."""
+        return cls.parse(f"{SAE_PREFIX}{release}/{sae_id or ''}")
+
+    @property
+    def is_sae(self) -> bool:
+        return self.sae_release is not None
+
+    def __str__(self) -> str:
+        if self.is_sae:
+            return f"{SAE_PREFIX}{self.sae_release}/{self.sae_id}"
+        return f"{self.path}#{self.key}" if self.key else str(self.path)
+
+    def relative_to(self, base_dir: str | os.PathLike) -> VectorSource:
+        """A relative file path taken from ``base_dir`` (where a config file lives), unless it exists as is."""
+        if self.is_sae or Path(self.path).expanduser().is_absolute() or Path(self.path).exists():
+            return self
+        return VectorSource(path=str(Path(base_dir) / self.path), key=self.key)
+
+    def check(self, what: str = "vectors", name: str | None = None) -> None:
+        """Cheap checks before a model is loaded: the file exists, or sae-lens is installed.
+        ``name``: how the file was given (before ``relative_to``), for the message."""
+        if self.is_sae:
+            import_sae_lens(f"{what}={self}")
+        elif not Path(self.path).expanduser().is_file():
+            raise SelfieError(f"vectors file not found: {name or self.path} ({what})")
+
+    def load(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """((N, d) fp32 vectors, their row indices); ``indices`` picks rows (dead SAE latents are skipped)."""
+        if self.is_sae:
+            W_dec = load_sae(self.sae_release, self.sae_id).W_dec.detach()  # (d_sae, d)
+            if indices is None:
+                return W_dec.float().cpu(), list(range(len(W_dec)))
+            return decoder_rows(W_dec, indices)
+        t = load_vectors(self.path, self.key)
+        if indices is None:
+            return t, list(range(len(t)))
+        bad = [i for i in indices if not 0 <= i < len(t)]
+        if bad:
+            raise SelfieError(f"row indices {bad[:5]} out of range; {self.path} has {len(t)} rows")
+        return t[list(indices)], list(indices)
