@@ -173,27 +173,35 @@ def test_help_everywhere(capsys):
     assert "Example" in run(capsys, "describe", "--help")[1]
 
 
-def test_extract_resumes_from_finished_chunks(files, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import selfie_adapters.cli.core as core
+def test_extract_resumes_from_finished_chunks(files, tiny_model_dir, tmp_path, capsys):
+    from torch.nn.modules.module import register_module_forward_pre_hook
 
     out = tmp_path / "v.safetensors"
     args = ("extract", "--model", tiny_model_dir, "--layer", 1, "--prompts", files / "prompts.txt", "--chunk", 1,
             "--out", out)
-    real, calls = core.extract_hidden_states, []
+    passes = []  # one forward of the transformer per one-prompt chunk
 
-    def dies_on_third_chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
+    def count(kill_at: int | None):
+        def hook(module, args):
+            if type(module).__name__ == "LlamaModel":
+                passes.append(1)
+                if len(passes) == kill_at:
+                    raise KeyboardInterrupt  # killed while computing the third chunk
+        return register_module_forward_pre_hook(hook)
 
-    monkeypatch.setattr(core, "extract_hidden_states", dies_on_third_chunk)
-    assert run(capsys, *args)[0] == 130 and not out.exists()
+    handle = count(kill_at=3)
+    try:
+        assert run(capsys, *args)[0] == 130 and not out.exists()
+    finally:
+        handle.remove()
     assert len(list((tmp_path / "v.safetensors.parts").glob("*.safetensors"))) == 2
-    calls.clear()
-    monkeypatch.setattr(core, "extract_hidden_states", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    assert run(capsys, *args)[0] == 0
-    assert len(calls) == 1  # only the unfinished chunk ran again
+    passes.clear()
+    handle = count(kill_at=None)
+    try:
+        assert run(capsys, *args)[0] == 0
+    finally:
+        handle.remove()
+    assert len(passes) == 1  # only the unfinished chunk ran again
     assert not (tmp_path / "v.safetensors.parts").exists()
     full = tmp_path / "full.safetensors"
     assert run(capsys, *args[:-1], full)[0] == 0

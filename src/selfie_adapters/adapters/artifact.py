@@ -121,12 +121,15 @@ class Adapter:
             out = self.projection(x.to(device), normalize_input=normalize_input)
         return out.to(x.device)
 
-    def scaled_transform(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    def scaled_transform(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0, *,
+                         prepared: bool = False) -> torch.Tensor:
         """(N, d) → (N, d) fp32 soft tokens ``adapter(scale · x̂)``: the scale multiplies the adapter's
         input after its L2 normalisation (if it normalises), so a trained bias is not scaled — the
-        reference's eval semantics. ``scale``: one number or one per row, shape (N,)."""
-        return self.transform(torch.as_tensor(scale, dtype=torch.float32, device=x.device).reshape(-1, 1)
-                              * self.prepare(x), normalize_input=False).float()
+        reference's eval semantics. ``scale``: one number or one per row, shape (N,). ``prepared``:
+        ``x`` is already ``prepare(x)`` (describe prepares each vector once for all its scales)."""
+        x_hat = x if prepared else self.prepare(x)
+        scale = torch.as_tensor(scale, dtype=torch.float32, device=x_hat.device).reshape(-1, 1)  # (N | 1, 1)
+        return self.transform(scale * x_hat, normalize_input=False).float()
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d) → fp32, L2-normalised when the adapter normalises its input (eps as in training)."""

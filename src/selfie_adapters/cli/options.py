@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Literal
 
 import typer
 
 from ..errors import SelfieError
+from ..interpret.label_text import LABEL_ENDS
 from ..models.loading import DTYPES
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model: hub id, folder, folder/file.gguf or a catalogue "
@@ -23,6 +25,16 @@ InjectionTokenOpt = Annotated[str | None, typer.Option("--injection-token", help
                                                        "by the vector (default: the adapter's, else one the "
                                                        "tokenizer keeps whole).")]
 
+
+
+def choices(name: str, values) -> type[Enum]:
+    """A typer choice type whose values are a registry's keys, so the CLI never lists them by hand."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+LabelEnd = choices("LabelEnd", LABEL_ENDS)
+LABEL_END_HELP = ("last-quote: generate to end-of-turn, label = text before the last quote (reference); "
+                  "first-quote: stop at the first quote.")
 
 def parse_indices(spec: str, flag: str) -> list[int]:
     """'0,5,10-12' → [0, 5, 10, 11, 12]; a malformed ``spec`` is an error naming ``flag``."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,6 +18,25 @@ def progress_bar(*extra: TextColumn) -> Progress:
     """A bar on stderr: description, bar, done/total, any ``extra`` columns, time left."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
                     TimeRemainingColumn(), console=console, transient=False)
+
+
+@contextmanager
+def progress_hook(name: str) -> Iterator[Callable[[int, int], Callable[[int], None]]]:
+    """A ``progress`` argument for the library's long jobs: called with (total, done) when the work starts,
+    it opens a bar (so nothing is drawn when the job ends early) and returns its advance callback."""
+    bars: list[Progress] = []
+
+    def start(total: int, done: int) -> Callable[[int], None]:
+        bars.append(progress_bar())
+        bars[-1].start()
+        task = bars[-1].add_task(name, total=total, completed=done)
+        return lambda n: bars[-1].advance(task, n)
+
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.stop()
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], out: Console | None = None) -> None:

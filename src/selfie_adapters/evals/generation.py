@@ -32,7 +32,7 @@ import torch
 from ..adapters.guard import model_signature
 from ..errors import SelfieError
 from ..interpret.generate import derived_seed, generate
-from ..models.tokens import eos_token_ids, pad_token_id, special_token_ids
+from ..models.tokens import conversation_stop_ids, eos_token_ids, pad_token_id, special_token_ids
 from ..models.tree import check_layers, model_device
 from ..runs.row_log import JsonlLog
 from ..vectors.hidden import hidden_states_batch
@@ -366,9 +366,7 @@ class _RunContext:
     def __init__(self, model, tokenizer, sae, layer, proto: GenerationProtocol, prompt: str, run: dict, seed: int):
         self.model, self.tokenizer, self.sae, self.layer = model, tokenizer, sae, layer
         self.proto, self.prompt, self.system, self.seed = proto, prompt, run["system"], seed
-        stop = eos_token_ids(tokenizer, model)
-        if proto.stop_at == "tokenizer_eos" and tokenizer.eos_token_id is not None:
-            stop = {int(tokenizer.eos_token_id)}
+        stop = conversation_stop_ids(tokenizer, model, proto.stop_at)
         self.gen_kw = {"max_new_tokens": run["max_new_tokens"], "temperature": run["temperature"],
                        "top_p": run["top_p"], "stop_ids": stop, "special": special_token_ids(tokenizer, model),
                        "parse": proto.parse, "mask": proto.mask}

@@ -26,6 +26,7 @@ from ..errors import SelfieError, first_line
 from ..evals.retrieval import DEFAULT_MODEL, Topic, retrieval_eval, sentence_embedder
 from ..files import open_text, read_jsonl, read_safetensors, save_tensors, write_json
 from ..interpret.describe import Interpreter
+from ..interpret.resumable import KEY_FIELDS, write_descriptions
 from ..models.loading import load_model
 from ..models.tree import check_layers, embedding_norm
 from ..runs.chunk_store import ChunkStore
@@ -186,12 +187,9 @@ def run_name(kind: str, cfg: TopicsConfig, labels: Path) -> str:
 def describe_rows(interp: Interpreter, vectors: torch.Tensor, rows: Sequence[int], path: Path,
                   scales: Sequence[float], settings: dict, max_new_tokens: int) -> list[dict]:
     """Describe ``vectors[rows]`` at each scale into a resumable JSONL; all its rows."""
-    with JsonlLog(path, settings, command="experiment topics", key_fields=("index", "scale", "sample")) as log:
-        done = log.done_keys(lambda r: (r["index"], float(r["scale"]), r["sample"]))
-        for batch in interp.iter_describe(vectors[list(rows)], scales=scales, indices=list(rows), skip=done,
-                                          max_new_tokens=max_new_tokens, batch_size=64):
-            log.append([d.to_row() for d in batch])
-        return log.rows
+    with JsonlLog(path, settings, command="experiment topics", key_fields=KEY_FIELDS) as log:
+        return write_descriptions(log, interp, vectors[list(rows)], rows, scales=scales,
+                                  max_new_tokens=max_new_tokens, batch_size=64)
 
 
 def score(rows: Sequence[dict], topics: Sequence[str], heldout: Sequence[int], embed) -> dict:

@@ -17,11 +17,11 @@ from ..adapters.artifact import Adapter
 from ..adapters.guard import check_model
 from ..errors import SelfieError
 from ..files import check_finite
-from ..models.tokens import eos_token_ids, pad_token_id, stop_token_ids
+from ..models.tokens import describe_stop_ids, eos_token_ids, pad_token_id
 from ..models.tree import base_model, check_layers, model_device
 from .generate import Generated, derived_seed, generate
 from .label_text import check_label_end, extract_label
-from .template import PromptTemplate, derive_template, resolve_template, template_from_metadata
+from .template import PromptTemplate, choose_template
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
 
@@ -52,7 +52,7 @@ class Description:
 
 
 @dataclass(frozen=True)
-class DescribeJob:
+class DescribeItem:
     """One description to write: vector ``row`` of the input (named ``index``) at ``scale``, sample ``sample``."""
 
     row: int
@@ -74,7 +74,8 @@ class Interpreter:
     """
 
     def __init__(self, model, tokenizer, adapter: Adapter | None = None, *,
-                 template: PromptTemplate | str | None = None, inject_layer: int | None = None,
+                 template: PromptTemplate | str | None = None, injection_token: str | None = None,
+                 inject_layer: int | None = None,
                  mean: torch.Tensor | None = None, allow_model_mismatch: bool = False,
                  label_end: str = "last-quote") -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -85,7 +86,8 @@ class Interpreter:
             adapter.to(model_device(model))  # the transform runs where the model runs
         if inject_layer is not None:
             check_layers(model, [inject_layer], "inject_layer", "(None = replace the input embeddings)")
-        self.template, trained_eos = _pick_template(tokenizer, adapter, template)
+        self.template, trained_eos = choose_template(tokenizer, template, injection_token,
+                                                     adapter.metadata if adapter is not None else None)
         self.prompt_ids, self.sites = self.template.encode(tokenizer)
         self.inject_layer = inject_layer
         if mean is not None:
@@ -94,11 +96,8 @@ class Interpreter:
             check_finite(mean, "mean vector")
         self.mean = None if mean is None else mean.float()
         self.label_end = check_label_end(label_end)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        if trained_eos in tokenizer.get_vocab():  # the end-of-turn token the adapter was trained to emit
-            self.eos_ids.add(tokenizer.get_vocab()[trained_eos])
-        stops = stop_token_ids(tokenizer, self.template.closing) if label_end == "first-quote" else set()
-        self.stop_ids = sorted(stops | self.eos_ids)
+        self.eos_ids = eos_token_ids(tokenizer, model, trained_eos)
+        self.stop_ids = describe_stop_ids(tokenizer, self.eos_ids, self.template.closing, label_end)
 
     @property
     def default_scales(self) -> tuple[float, ...]:
@@ -139,7 +138,7 @@ class Interpreter:
         scales = tuple(float(s) for s in (scales or self.default_scales))
         done = set(skip)
         jobs = [job for row in range(len(vectors)) for s in scales for k in range(samples)
-                if (job := DescribeJob(row, indices[row], s, k)).key not in done]
+                if (job := DescribeItem(row, indices[row], s, k)).key not in done]
         todo = sorted({job.row for job in jobs})
         where = {row: u for u, row in enumerate(todo)}
         base = self.adapter.prepare(self._centred(vectors[todo])) if jobs else None  # (U, d): x̂ once per vector
@@ -147,7 +146,7 @@ class Interpreter:
             batch = jobs[start:start + batch_size]
             rows = torch.tensor([where[job.row] for job in batch], device=base.device)
             scale = torch.tensor([job.scale for job in batch], dtype=torch.float32, device=base.device)
-            soft = self.adapter.transform(scale[:, None] * base[rows], normalize_input=False).float()  # (b, d)
+            soft = self.adapter.scaled_transform(base[rows], scale, prepared=True)  # (b, d)
             gens = None
             if temperature > 0:
                 device = model_device(self.model)
@@ -161,7 +160,7 @@ class Interpreter:
             if progress is not None:
                 progress(len(batch))
 
-    def _describe_one(self, job: DescribeJob, out: Generated, relevancy=None) -> Description:
+    def _describe_one(self, job: DescribeItem, out: Generated, relevancy=None) -> Description:
         text_ids = [t for t in out.tokens if t not in self.eos_ids]
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         label = extract_label(text, self.template.closing, self.label_end)
@@ -189,15 +188,6 @@ class Interpreter:
             result.append(tuple((self.tokenizer.decode([t]), abs(math.exp(lp) - q))
                                 for t, lp, q in zip(o.tokens, o.logprobs, unpatched)))
         return result
-
-
-def _pick_template(tokenizer, adapter: Adapter | None,
-                   template: PromptTemplate | str | None) -> tuple[PromptTemplate, str | None]:
-    """The prompt: the one given, else the one the adapter was trained with, else the model family's."""
-    trained, eos = template_from_metadata(adapter.metadata) if adapter is not None else (None, None)
-    if isinstance(template, str):
-        return resolve_template(tokenizer, template), eos
-    return template or trained or derive_template(tokenizer), eos
 
 
 def _as_matrix(vectors: torch.Tensor, dim: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..models.tree import check_layers, decoder_layers
+from ..models.tree import decoder_layers
 
 
 def embed_with_soft_tokens(model, input_ids: torch.Tensor, site_mask: torch.Tensor,
@@ -32,8 +32,8 @@ def residual_overwrite(model, layer: int, site_mask: torch.Tensor, vectors: torc
 
     site_mask: (B, T) for the chunk that the next forward processes; vectors: (B, d).
     Later forwards (generation steps) are untouched: the cached keys/values carry the patch.
+    ``layer`` is checked once, by the caller (``Interpreter(inject_layer=...)``).
     """
-    check_layers(model, [layer], "inject layer")
     blocks = decoder_layers(model)
     state = {"done": False}
 

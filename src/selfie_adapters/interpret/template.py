@@ -159,3 +159,19 @@ def template_from_metadata(metadata: dict[str, str]) -> tuple[PromptTemplate | N
         return None, eos
     token = token or INJECTION_TOKEN
     return (PromptTemplate(text, token) if token in text else None), eos
+
+
+def choose_template(tokenizer, template: PromptTemplate | str | None = None, injection_token: str | None = None,
+                    metadata: dict[str, str] | None = None) -> tuple[PromptTemplate, str | None]:
+    """The one template resolver: (the prompt, the end-of-turn token the adapter was trained with or None).
+
+    The prompt is ``template`` (a ``PromptTemplate``, or text + ``injection_token`` as
+    :func:`resolve_template` reads them), else the one in the adapter's ``metadata``, else the model
+    family's (:func:`derive_template`). `selfie describe`, `selfie serve` and ``Interpreter`` all use it.
+    """
+    trained, eos = template_from_metadata(metadata) if metadata is not None else (None, None)
+    if isinstance(template, PromptTemplate):
+        return template, eos
+    if template or injection_token:
+        return resolve_template(tokenizer, template, injection_token), eos
+    return trained or derive_template(tokenizer), eos

@@ -9,8 +9,9 @@ from ..errors import SelfieError
 EXTRA_EOS_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
 
 
-def eos_token_ids(tokenizer, model=None) -> set[int]:
-    """Every id that ends an assistant turn: tokenizer/generation-config EOS plus known end tokens."""
+def eos_token_ids(tokenizer, model=None, trained_eos: str | None = None) -> set[int]:
+    """Every id that ends an assistant turn: tokenizer/generation-config EOS plus known end tokens (and
+    ``trained_eos``, the end-of-turn token an adapter was trained to emit, when the vocabulary has it)."""
     ids: set[int] = set()
     for src in (getattr(tokenizer, "eos_token_id", None),
                 getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
@@ -22,6 +23,8 @@ def eos_token_ids(tokenizer, model=None) -> set[int]:
     ids.update(vocab[t] for t in EXTRA_EOS_TOKENS if t in vocab)
     with suppress(SelfieError, KeyError):  # whatever this model's chat template closes a turn with
         ids.add(vocab[end_of_turn_token(tokenizer)])
+    if trained_eos in vocab:
+        ids.add(vocab[trained_eos])
     return ids
 
 
@@ -78,3 +81,20 @@ def special_token_ids(tokenizer, model=None) -> set[int]:
         if getattr(tok, "special", False):
             ids.add(int(tid))
     return ids | eos_token_ids(tokenizer, model)
+
+
+def describe_stop_ids(tokenizer, eos_ids: set[int], closing: str = '"', label_end: str = "last-quote") -> list[int]:
+    """Where a description stops: end-of-turn, and with ``label_end="first-quote"`` any closing-quote token."""
+    stops = stop_token_ids(tokenizer, closing) if label_end == "first-quote" else set()
+    return sorted(stops | eos_ids)
+
+
+STOP_AT = ("eos_ids", "tokenizer_eos")
+
+
+def conversation_stop_ids(tokenizer, model=None, stop_at: str = "eos_ids") -> set[int]:
+    """Where a written conversation stops: every end-of-turn id (``"eos_ids"``), or only the tokenizer's
+    EOS id (``"tokenizer_eos"``, as the reference implementation generates)."""
+    if stop_at == "tokenizer_eos" and tokenizer.eos_token_id is not None:
+        return {int(tokenizer.eos_token_id)}
+    return eos_token_ids(tokenizer, model)

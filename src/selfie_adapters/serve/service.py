@@ -13,7 +13,7 @@ import torch
 
 from ..adapters.artifact import Adapter, load_adapter
 from ..interpret.describe import Interpreter
-from ..interpret.template import PromptTemplate, resolve_template
+from ..interpret.template import PromptTemplate
 from ..models.loading import load_model
 from ..models.tokens import pad_token_id
 from ..models.tree import decoder_layers, model_device
@@ -34,12 +34,13 @@ class Service:
     """
 
     def __init__(self, model, tokenizer, adapter: Adapter | None = None, *,
-                 means: dict[int, torch.Tensor] | None = None, template: PromptTemplate | None = None,
-                 inject_layer: int | None = None, allow_model_mismatch: bool = False, limits: Limits | None = None,
+                 means: dict[int, torch.Tensor] | None = None, template: PromptTemplate | str | None = None,
+                 injection_token: str | None = None, inject_layer: int | None = None,
+                 allow_model_mismatch: bool = False, limits: Limits | None = None,
                  batch_size: int = 128, batch_wait_ms: float = 5.0, adapter_source: str | None = None) -> None:
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.limits = limits or Limits()
-        kw = {"template": template, "inject_layer": inject_layer}
+        kw = {"template": template, "injection_token": injection_token, "inject_layer": inject_layer}
         self.interpreters = {"baseline": Interpreter(model, tokenizer, None, **kw)}
         if adapter is not None:
             self.interpreters["adapter"] = Interpreter(model, tokenizer, adapter,
@@ -63,8 +64,8 @@ class Service:
         ad = load_adapter(adapter) if adapter else None
         means = load_mean_vectors(mean_vectors) if mean_vectors else None
         m, tok = load_model(model, dtype=dtype, device=device)
-        prompt = resolve_template(tok, template, injection_token) if template or injection_token else None
-        return cls(m, tok, ad, means=means, adapter_source=adapter, template=prompt, **kwargs)
+        return cls(m, tok, ad, means=means, adapter_source=adapter, template=template, injection_token=injection_token,
+                   **kwargs)
 
     def start(self) -> None:
         self.scheduler.start()

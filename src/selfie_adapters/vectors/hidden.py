@@ -105,4 +105,9 @@ def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | S
     if not prompts:
         raise SelfieError("no prompts given; the prompts file is empty")
     sums = sum_hidden_states(model, tokenizer, prompts, layers, chat=chat, batch_size=batch_size, progress=progress)
-    return {L: (s / len(prompts)).float() for L, s in sums.items()}
+    return means_of(sums, len(prompts))
+
+
+def means_of(sums: dict[int, torch.Tensor], count: int) -> dict[int, torch.Tensor]:
+    """{L: fp64 sum} over ``count`` prompts → {L: (d,) fp32 mean}."""
+    return {L: (s / count).float() for L, s in sums.items()}

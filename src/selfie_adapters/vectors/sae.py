@@ -7,19 +7,25 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import SelfieError
+from .rows import drop_zero_rows
+
+DEAD_LATENT = "dead latent"  # what a zero SAE row is called in warnings
 
 
-def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
-    """Rows of an SAE decoder (d_sae, d) for ``indices``; zero-norm ("dead") latents skipped with a warning."""
+def sae_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """Rows of an SAE decoder (d_sae, d) for ``indices``: (K, d) fp32; bad or no indices are an error."""
     n = W_dec.shape[0]
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
         raise SelfieError(f"feature indices {bad[:5]} out of range; the SAE has {n} latents")
     if not indices:
         raise SelfieError("no feature indices given (e.g. --features 0-99)")
-    from .source import drop_zero_rows  # (source imports this module)
+    return W_dec[list(indices)].float()  # (K, d)
 
-    return drop_zero_rows(W_dec[list(indices)].float(), indices, "dead latent")  # (K, d)
+
+def decoder_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """Rows of an SAE decoder (d_sae, d) for ``indices``; zero-norm ("dead") latents skipped with a warning."""
+    return drop_zero_rows(sae_rows(W_dec, indices), indices, DEAD_LATENT)
 
 
 def import_sae_lens(what: str = "SAE features"):

@@ -1,9 +1,8 @@
-"""``VectorSource``: the one syntax every command takes for vectors, and the one place zero rows are dropped."""
+"""``VectorSource``: the one syntax every command takes for vectors (files, ``FILE#KEY``, SAEs)."""
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,22 +10,8 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from .sae import decoder_rows, import_sae_lens, load_sae
+from .sae import DEAD_LATENT, import_sae_lens, load_sae, sae_rows
 from .tensor_files import load_vectors
-
-
-def drop_zero_rows(vectors: torch.Tensor, indices: Sequence[int], what: str = "vector"
-                   ) -> tuple[torch.Tensor, list[int]]:
-    """Rows with a zero norm say nothing about the model: skip them with a warning; none left is an error."""
-    alive = vectors.abs().amax(dim=-1) > 0 if vectors.numel() else torch.zeros(len(vectors), dtype=torch.bool)
-    dead = [i for i, a in zip(indices, alive.tolist()) if not a]
-    if dead:
-        warnings.warn(f"skipping {len(dead)} zero {what}(s) (nothing to describe): {dead[:10]}", stacklevel=2)
-    kept = [i for i, a in zip(indices, alive.tolist()) if a]
-    if not kept:
-        raise SelfieError(f"no {what}s left to describe: all {len(dead)} are zero")
-    return vectors[alive], kept
-
 
 SAE_PREFIX = "sae-lens:"
 
@@ -90,13 +75,19 @@ class VectorSource:
         elif not Path(self.path).expanduser().is_file():
             raise SelfieError(f"vectors file not found: {name or self.path} ({what})")
 
+    @property
+    def row_name(self) -> str:
+        """What one row is called in messages (a zero SAE row is a dead latent)."""
+        return DEAD_LATENT if self.is_sae else "vector"
+
     def load(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
-        """((N, d) fp32 vectors, their row indices); ``indices`` picks rows (dead SAE latents are skipped)."""
+        """((N, d) fp32 vectors, their row indices); ``indices`` picks rows. Zero rows are kept: describing
+        drops them (``drop_zero_rows``), training keeps its table whole."""
         if self.is_sae:
             W_dec = load_sae(self.sae_release, self.sae_id).W_dec.detach()  # (d_sae, d)
             if indices is None:
                 return W_dec.float().cpu(), list(range(len(W_dec)))
-            return decoder_rows(W_dec, indices)
+            return sae_rows(W_dec, indices), list(indices)
         t = load_vectors(self.path, self.key)
         if indices is None:
             return t, list(range(len(t)))

@@ -1,0 +1,172 @@
+"""Describe vectors into an owned JSONL output, resumably: the path behind `selfie describe` and the experiments.
+
+Two layers:
+
+* :func:`write_descriptions` appends to an open :class:`~selfie_adapters.runs.row_log.JsonlLog` every
+  (index, scale, sample) row it does not hold yet. The rows come from an *engine*: anything with the
+  ``Interpreter.iter_describe`` signature (vectors, scales, samples, ``skip`` keys, ``indices``,
+  ``progress``, generation settings → one list of :class:`Description` per batch) and a
+  ``default_scales`` attribute. The ``Interpreter`` (HF model, shared-prefix KV cache) is the engine
+  today; another generation backend plugs in by offering the same two members.
+* :func:`describe_source` is everything `selfie describe` does once its flags are parsed: check the
+  inputs, claim OUT (its lock and recorded inputs) before any model loads, load the model, read the
+  vectors (a :class:`VectorSource` or prompt states), drop zero rows, build the interpreter, write.
+
+>>> describe_source(DescribeRun(model="toy", source=VectorSource.parse("vectors.safetensors")), "labels.jsonl")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..adapters.artifact import load_adapter
+from ..errors import SelfieError
+from ..files import resolve_file
+from ..models.loading import load_model
+from ..runs.fingerprint import FileInput, model_identity, sha256_text
+from ..runs.row_log import JsonlLog
+from ..vectors.hidden import extract_hidden_states
+from ..vectors.prompts import load_prompts
+from ..vectors.rows import drop_zero_rows
+from ..vectors.source import VectorSource
+from ..vectors.tensor_files import load_mean_vectors
+from .describe import Description, Interpreter
+from .label_text import check_label_end
+
+KEY_FIELDS = ("index", "scale", "sample")  # what identifies a description row (resume skips these keys)
+Progress = Callable[[int, int], Callable[[int], None] | None]  # (total rows, rows done) → per-batch callback
+
+
+class DescribeEngine(Protocol):
+    """What :func:`write_descriptions` needs from a generation backend (the ``Interpreter`` has it)."""
+
+    default_scales: tuple[float, ...]
+
+    def iter_describe(self, vectors: torch.Tensor, *, scales: Sequence[float] | None = None, samples: int = 1,
+                      skip=(), indices: Sequence[int] | None = None, progress=None,
+                      **generation) -> Iterator[list[Description]]: ...
+
+
+def row_key(row: dict) -> tuple[int, float, int]:
+    """The (index, scale, sample) key of a written description row."""
+    return (row["index"], float(row["scale"]), row["sample"])
+
+
+def write_descriptions(log: JsonlLog, engine: DescribeEngine, vectors: torch.Tensor, indices: Sequence[int], *,
+                       scales: Sequence[float] | None = None, samples: int = 1, progress: Progress | None = None,
+                       **generation) -> list[dict]:
+    """Append the rows of ``vectors`` (named ``indices``) × scales × samples that ``log`` lacks; all its rows.
+
+    ``scales`` default to the engine's; ``progress(total, done)`` is called once before the first batch
+    and may return a callback that receives each batch's row count; ``generation``: ``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, ``batch_size``, ``relevancy``.
+    """
+    scales = tuple(scales or engine.default_scales)
+    done = log.done_keys(row_key)
+    total = len(vectors) * len(scales) * samples
+    tick = progress(total, min(len(done), total)) if progress is not None else None
+    for batch in engine.iter_describe(vectors, scales=scales, samples=samples, skip=done, indices=list(indices),
+                                      progress=tick, **generation):
+        log.append([d.to_row() for d in batch])
+    return log.rows
+
+
+@dataclass(frozen=True)
+class DescribeRun:
+    """One `selfie describe`: the vectors (``source`` with ``features``, or ``prompts`` at ``layer``), the
+    adapter, the prompt and the generation settings. Field defaults are the CLI's."""
+
+    model: str
+    source: VectorSource | None = None
+    features: Sequence[int] | None = None  # rows of the source (required for an SAE)
+    prompts: str | os.PathLike | None = None  # describe the state after block ``layer`` at each prompt's last token
+    layer: int | None = None
+    chat: bool = True
+    adapter: str | None = None  # file or hub reference; None = the untrained baseline
+    mean_vectors: str | os.PathLike | None = None
+    scales: Sequence[float] | None = None
+    samples: int = 1
+    max_new_tokens: int = 40
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 32
+    inject_layer: int | None = None
+    template: str | None = None
+    injection_token: str | None = None
+    allow_model_mismatch: bool = False
+    relevancy: bool = False
+    label_end: str = "last-quote"
+    dtype: str = "auto"
+    device: str | None = None
+
+    def inputs(self, texts: Sequence[str] | None) -> dict:
+        """What the rows depend on, as recorded beside OUT (files by content: see ``runs.fingerprint``)."""
+        src = self.source
+        file = src is not None and not src.is_sae
+        return {"model": model_identity(self.model), "dtype": self.dtype,
+                "adapter": FileInput(resolve_file(self.adapter)) if self.adapter else None,
+                "template": self.template, "injection_token": self.injection_token,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "max_new_tokens": self.max_new_tokens, "inject_layer": self.inject_layer,
+                "mean_vectors": FileInput(self.mean_vectors) if self.mean_vectors else None, "layer": self.layer,
+                # old and new spellings of one source record the same
+                "vectors": FileInput(src.path) if file else None, "key": src.key if file else None,
+                "sae": f"{src.sae_release}/{src.sae_id}" if src is not None and src.is_sae else None,
+                "prompts": sha256_text("\n".join(texts)) if texts is not None else None, "chat": self.chat,
+                "relevancy": self.relevancy, "label_end": self.label_end}
+
+
+def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool = False,
+                    progress: Progress | None = None) -> Path:
+    """Describe ``run``'s vectors into ``out`` (JSONL, one row per index × scale × sample); a rerun with the
+    same inputs resumes, other inputs are refused unless ``overwrite``. Everything that can be checked
+    without the model is checked before it loads."""
+    check_label_end(run.label_end)
+    adapter = load_adapter(run.adapter) if run.adapter else None
+    if (run.source is None) == (run.prompts is None):
+        raise SelfieError("give exactly one vector source: --vectors FILE[#KEY], --vectors "
+                          "sae-lens:RELEASE/ID --features 0-99, or --prompts FILE --layer L")
+    texts = _prompt_texts(run) if run.prompts is not None else None
+    if run.source is not None:
+        vectors, indices = drop_zero_rows(*run.source.load(run.features), run.source.row_name)
+    mean = _mean_vector(run.mean_vectors, run.layer)
+    with JsonlLog(out, run.inputs(texts), command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as log:
+        model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
+        if texts is not None:  # hidden states of the prompts, after block `layer`, last token
+            states = extract_hidden_states(model, tok, texts, run.layer, chat=run.chat,
+                                           batch_size=run.batch_size)[run.layer]
+            vectors, indices = drop_zero_rows(states, list(range(len(texts))), "prompt state")
+        interp = Interpreter(model, tok, adapter, template=run.template, injection_token=run.injection_token,
+                             inject_layer=run.inject_layer, mean=mean, allow_model_mismatch=run.allow_model_mismatch,
+                             label_end=run.label_end)
+        write_descriptions(log, interp, vectors, indices, scales=run.scales, samples=run.samples, progress=progress,
+                           max_new_tokens=run.max_new_tokens, temperature=run.temperature, top_p=run.top_p,
+                           seed=run.seed, batch_size=run.batch_size, relevancy=run.relevancy)
+    return Path(out)
+
+
+def _prompt_texts(run: DescribeRun) -> list[str]:
+    if run.layer is None:
+        raise SelfieError("--prompts needs --layer L: the residual stream after block L is described")
+    return load_prompts(run.prompts)
+
+
+def _mean_vector(path: str | os.PathLike | None, layer: int | None) -> torch.Tensor | None:
+    """The mean vector to subtract: the file's only layer, or ``layer``."""
+    if path is None:
+        return None
+    means = load_mean_vectors(path, layer)
+    if layer is None:
+        if len(means) != 1:
+            raise SelfieError(f"{path} holds layers {sorted(means)}; choose one with --layer")
+        layer = next(iter(means))
+    if layer not in means:
+        raise SelfieError(f"{path} has no layer_{layer}; it holds layers {sorted(means)}")
+    return means[layer]
