@@ -116,7 +116,7 @@ def test_bad_cli_value(case, d, tiny_model_dir, tmp_path, capsys, monkeypatch):
     argv = [str(a) for a in build(d, tiny_model_dir)]
     if argv[0] in ("describe", "extract", "mean") or argv[:2] == ["eval", "generation"]:
         argv += ["--out", str(tmp_path / ("o.jsonl" if argv[0] != "extract" else "o.safetensors"))]
-    monkeypatch.setattr("selfie_adapters.models.loading.load_model", _no_model_expected(case))
+    _forbid_model_loading(monkeypatch, case)
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -129,16 +129,31 @@ def test_bad_cli_value(case, d, tiny_model_dir, tmp_path, capsys, monkeypatch):
 LATE = ("extract layer 99", "prompt null")  # checked against the model (layer count) or after tokenising
 
 
-def _no_model_expected(case):
-    from selfie_adapters.models import loading as modeling
+def _forbid_model_loading(monkeypatch, case):
+    """Fail the case if model weights are read before its bad value was refused.
 
-    real = modeling.load_model
+    The guard sits where every loader ends up (transformers' ``from_pretrained``), not on one of our
+    names, so it fires however a command reaches the model.
+    """
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained
 
     def guarded(*a, **k):
-        if case not in LATE and not case.startswith("adapter"):
+        if case not in LATE:
             raise AssertionError(f"{case}: the model was loaded before the bad value was refused")
         return real(*a, **k)
-    return guarded
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", guarded)
+
+
+def test_the_model_loading_guard_fires(tiny_model_dir, monkeypatch):
+    """The guard above is live: loading the model under it fails for a case that must not load."""
+    from selfie_adapters import load_model
+
+    _forbid_model_loading(monkeypatch, "batch-size 0")
+    with pytest.raises(AssertionError, match="loaded before the bad value was refused"):
+        load_model(str(tiny_model_dir))
 
 
 BAD_YAML = {

@@ -14,7 +14,7 @@ from selfie_adapters.errors import SelfieError
 from selfie_adapters.testing import toy_config, toy_config_dict
 from selfie_adapters.training.checkpoint import STATE_TENSORS, read_state_info
 from selfie_adapters.training.config import config_from_dict
-from selfie_adapters.training.trainer import _Run, train
+from selfie_adapters.training.trainer import train
 
 
 def _steps(run_dir):
@@ -88,21 +88,25 @@ def test_state_is_one_atomic_file(toy_task, tmp_path, monkeypatch):
     assert train(cfg, model=model, tokenizer=tok, resume=True).global_step == 4
 
 
-def test_divergence_stops_and_keeps_the_last_state(toy_task, tmp_path, monkeypatch):
+def test_divergence_stops_and_keeps_the_last_state(toy_task, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     root, tok, model = toy_task
     cfg = toy_config(root, checkpoint_dir=str(tmp_path), max_steps=6, checkpoint_every_n_steps=2)
-    real = _Run._optimizer_step
+    updates = []
 
-    def poisoned(self, step):
-        out = real(self, step)
-        if step == 2:  # the 3rd update blows up
+    def poison_third_update(optimizer, args, kwargs):
+        updates.append(1)
+        if len(updates) == 3:  # the 3rd update blows up
             with torch.no_grad():
-                next(self.projection.parameters()).fill_(float("nan"))
-        return out
+                optimizer.param_groups[0]["params"][0].fill_(float("nan"))
 
-    monkeypatch.setattr(_Run, "_optimizer_step", poisoned)
-    with pytest.raises(SelfieError, match=r"diverged at step 3 .*non-finite parameter.*state of step 2 is kept"):
-        train(cfg, model=model, tokenizer=tok)
+    handle = register_optimizer_step_post_hook(poison_third_update)
+    try:
+        with pytest.raises(SelfieError, match=r"diverged at step 3 .*non-finite parameter.*state of step 2 is kept"):
+            train(cfg, model=model, tokenizer=tok)
+    finally:
+        handle.remove()
     assert read_state_info(cfg.run_dir / STATE_TENSORS)["global_step"] == 2
     assert not (cfg.run_dir / "final.safetensors").exists()
 
