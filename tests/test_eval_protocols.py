@@ -4,7 +4,7 @@ positions and hit rules, pinned with the real Llama-3 tokenizer and Llama-3.1 ch
 from __future__ import annotations
 
 from selfie_adapters.evals.generation import (
-    PROTOCOLS,
+    GENERATION_PROTOCOLS,
     REFERENCE_PROMPT,
     REFERENCE_SYSTEM,
     after_bos_mask,
@@ -18,7 +18,7 @@ LLAMA31_SYSTEM_HEAD = ("<|begin_of_text|><|start_header_id|>system<|end_header_i
 
 
 def test_reference_generation_prompt_text(tokenizer):
-    proto = PROTOCOLS["reference"]
+    proto = GENERATION_PROTOCOLS["reference"]
     assert (proto.samples, proto.max_new_tokens, proto.temperature, proto.top_p) == (10, 100, 0.7, 0.9)
     messages = [{"role": "system", "content": REFERENCE_SYSTEM},
                 {"role": "user", "content": REFERENCE_PROMPT.replace(proto.placeholder, "elephants")}]
@@ -62,7 +62,7 @@ QUESTION = "The mother of the singer of 'Superstition' is"
 def test_reference_bridge_prompt_and_positions(tokenizer):
     """The reference: "Complete the statement: " + question, read from the first question token
     (position 34 with the Llama-3.1 rendering, as in its configs) to the end of the prompt."""
-    from selfie_adapters.evals.bridge import PROTOCOLS as BRIDGE
+    from selfie_adapters.evals.bridge import BRIDGE_PROTOCOLS as BRIDGE
     from selfie_adapters.vectors.prompts import question_tokens
 
     proto = BRIDGE["reference"]

@@ -14,7 +14,7 @@ PUBLISHED_COUNTS = {"identity": 0, "scale_only": 1, "scalar_affine": 4097,
 
 
 def reference(p, x):
-    """The formulas of REFERENCE.md, written out by hand."""
+    """The reference's formulas, written out by hand."""
     if p.normalize_input:
         x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     k = p.kind

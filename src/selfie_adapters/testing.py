@@ -107,7 +107,7 @@ def write_local_sae(path: Path, d: int, latents: int, layer: int) -> Path:
 
 
 def write_toy_data(root: Path, n_per_class: int = 8, seed: int = 0) -> Path:
-    """vectors.pt (class centroid + noise) and labels.json (REFERENCE format), 1/4 of them val."""
+    """vectors.pt (class centroid + noise) and labels.json (the reference's labels format), 1/4 of them val."""
     gen = torch.Generator().manual_seed(seed)
     centroids = torch.randn(len(CLASSES), HIDDEN, generator=gen)
     rows, entries = [], []

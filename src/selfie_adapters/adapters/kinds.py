@@ -1,7 +1,7 @@
 """Adapter kinds: maps from a model vector x (d,) to a soft token (d,).
 
 Every kind registers itself in ``PROJECTIONS``; the CLI, docs and tests read that registry.
-Tensor names match the published files (see REFERENCE.md). The transform runs in fp32 and
+Tensor names match the published adapter files. The transform runs in fp32 and
 returns the caller's dtype.
 """
 

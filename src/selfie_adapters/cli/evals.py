@@ -14,6 +14,7 @@ from ..errors import SelfieError
 from ..evals import bridge as bridge_mod
 from ..evals import generation as gen_mod
 from ..evals import retrieval as ret_mod
+from ..evals.protocols import defaults_help, protocols_help
 from ..evals.sae_probe import open_sae
 from ..files import read_jsonl, resolve_file, write_json
 from ..interpret.describe import Interpreter
@@ -23,9 +24,13 @@ from ..runs.outputs import check_output_path
 from ..vectors.source import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
-from .options import DeviceOpt, DtypeOpt, ModelOpt, parse_indices
+from .options import DeviceOpt, DtypeOpt, ModelOpt, choices, parse_indices
 from .output import print_table, progress_bar
 
+GEN, BRIDGE = gen_mod.GENERATION_PROTOCOLS, bridge_mod.BRIDGE_PROTOCOLS
+RetrievalName = choices("RetrievalName", ret_mod.RETRIEVAL_PROTOCOLS)
+GenerationName = choices("GenerationName", GEN)
+BridgeName = choices("BridgeName", BRIDGE)
 
 def _emit_json(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -35,8 +40,7 @@ def _emit_json(obj: dict) -> None:
 def retrieval(
     labels: Path = typer.Option(..., help="Labels JSONL (e.g. `selfie describe` output): label + id or index."),
     topics: Path = typer.Option(..., help="Topics JSONL: {\"id\", \"title\", \"labels\": [...]} per line."),
-    protocol: str = typer.Option("default", help="default: index by title, offline all-MiniLM-L6-v2; reference: "
-                                 "the reference CLI's title_plus_all_labels document and thenlper/gte-large."),
+    protocol: RetrievalName = typer.Option("default", help=protocols_help(ret_mod.RETRIEVAL_PROTOCOLS) + "."),
     model: str | None = typer.Option(None, help="sentence-transformers model (default: offline all-MiniLM-L6-v2; "
                                      "reference protocol and the paper: thenlper/gte-large)."),
     strategy: str | None = typer.Option(None, help=f"Topic index: {', '.join(ret_mod.STRATEGIES)} (or the "
@@ -50,10 +54,10 @@ def retrieval(
 
     Example: selfie eval retrieval --labels labels.jsonl --topics topics.jsonl --out retrieval.json
     """
-    if protocol not in ret_mod.PROTOCOLS:
-        raise SelfieError(f"unknown --protocol {protocol!r}; choose one of {', '.join(ret_mod.PROTOCOLS)}")
-    strategy = ret_mod.REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or ret_mod.PROTOCOLS[protocol][0]
-    model = model or ret_mod.PROTOCOLS[protocol][1]
+    protocol = protocol.value
+    proto = ret_mod.RETRIEVAL_PROTOCOLS[protocol]
+    strategy = ret_mod.REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or proto.strategy
+    model = model or proto.model
     if strategy not in ret_mod.STRATEGIES:
         raise SelfieError(f"unknown --strategy {strategy!r}; choose one of {', '.join(ret_mod.STRATEGIES)}")
     if out is not None:  # a folder, FIFO or link at --out is refused before the work, not after it
@@ -86,17 +90,15 @@ def generation(
     adapter: str | None = typer.Option(None, help="Write labels on the fly with this adapter (needs --latents)."),
     latents: str | None = typer.Option(None, help="Latents for --adapter, e.g. '0-99'."),
     label_samples: int = typer.Option(1, min=1, help="Labels per latent written by --adapter."),
-    protocol: str = typer.Option("default", help="default: this project's (content tokens only); reference: "
-                                 "the reference implementation's prompt, [USER]/[ASSISTANT] parsing, sampling and "
-                                 "every token after BOS (its published numbers). Options below override it."),
-    samples: int | None = typer.Option(None, min=1, help="Conversations per (latent, label) [default 4; "
-                                       "reference 10]."),
+    protocol: GenerationName = typer.Option("default", help=protocols_help(GEN) + ". Options below override it."),
+    samples: int | None = typer.Option(None, min=1, help="Conversations per (latent, label) "
+                                       f"{defaults_help(GEN, 'samples')}."),
     prompt: str | None = typer.Option(None, help="User message; {label} (reference: _) is replaced."),
     system: str | None = typer.Option(None, help="System message [default none; reference: its [USER]/[ASSISTANT] "
                                       "format message]."),
-    max_new_tokens: int | None = typer.Option(None, min=1, help="[default 64; reference 100]"),
-    temperature: float | None = typer.Option(None, min=0.0, help="[default 1.0; reference 0.7]"),
-    top_p: float | None = typer.Option(None, min=0.0, max=1.0, help="[default 0.95; reference 0.9]"),
+    max_new_tokens: int | None = typer.Option(None, min=1, help=defaults_help(GEN, "max_new_tokens")),
+    temperature: float | None = typer.Option(None, min=0.0, help=defaults_help(GEN, "temperature")),
+    top_p: float | None = typer.Option(None, min=0.0, max=1.0, help=defaults_help(GEN, "top_p")),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1),
     report: Path | None = typer.Option(None, help="JSON report (default: OUT with .report.json)."),
@@ -113,7 +115,8 @@ def generation(
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
-    proto = gen_mod.get_protocol(protocol)
+    protocol = protocol.value
+    proto = GEN[protocol]
     check_sampling(temperature, top_p)
     check_device(device)
     check_output_path(out)
@@ -129,10 +132,8 @@ def generation(
     m, tok = load_model(model, dtype=dtype, device=device)
     if pairs is None:
         interp = Interpreter(m, tok, load_adapter(adapter))
-        # the reference's label generator samples (T 0.7, top-p 0.9, 30 tokens); ours is greedy for one label
-        sampling = ({"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 30} if proto.name == "reference" else
-                    {"temperature": 0.0 if label_samples == 1 else 1.0})
-        pairs = gen_mod.labels_from_adapter(interp, sae_model, indices, samples=label_samples, seed=seed, **sampling)
+        pairs = gen_mod.labels_from_adapter(interp, sae_model, indices, samples=label_samples, seed=seed,
+                                            **proto.label_settings(label_samples))
     samples = samples or proto.samples
     total = len(pairs) * samples
     done = min(total, sum(1 for line in out.open() if line.strip())) if out.is_file() else 0  # resumed trials
@@ -176,17 +177,17 @@ def bridge(
     adapter: str | None = typer.Option(None, help="Adapter file; none = untrained baseline."),
     layers: str | None = typer.Option(None, help="Layers, e.g. '0-31' (default: all)."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N records."),
-    protocol: str = typer.Option("default", help="default: question tokens, aliases in the label; reference: "
-                                 "the reference script ('Complete the statement: ', first question token to the end "
-                                 "of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, whole text)."),
-    samples: int | None = typer.Option(None, min=1, help="Descriptions per (layer, token) and scale [default 4; "
-                                       "reference 10]."),
-    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s) [reference: 10 untrained]."),
-    temperature: float | None = typer.Option(None, min=0.0, help="[default 1.0; reference 0.7]"),
-    max_new_tokens: int | None = typer.Option(None, min=1, help="[default 24; reference 20]"),
+    protocol: BridgeName = typer.Option("default", help=protocols_help(BRIDGE) + "."),
+    samples: int | None = typer.Option(None, min=1, help="Descriptions per (layer, token) and scale "
+                                       f"{defaults_help(BRIDGE, 'samples')}."),
+    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s) untrained "
+                                             f"{defaults_help(BRIDGE, 'untrained_scale')}."),
+    temperature: float | None = typer.Option(None, min=0.0, help=defaults_help(BRIDGE, "temperature")),
+    max_new_tokens: int | None = typer.Option(None, min=1, help=defaults_help(BRIDGE, "max_new_tokens")),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(64, min=1),
-    chat: bool = typer.Option(True, help="Render the question with the chat template."),
+    chat: bool = typer.Option(True, "--chat/--raw", " /--no-chat", help="Render the question with the chat template "
+                              "(--raw: plain text with BOS)."),
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
@@ -196,8 +197,7 @@ def bridge(
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """
-    if protocol not in bridge_mod.PROTOCOLS:
-        raise SelfieError(f"unknown --protocol {protocol!r}; choose one of {', '.join(bridge_mod.PROTOCOLS)}")
+    protocol = protocol.value
     rows = read_jsonl(records, what="records")[:limit]
     for r in rows:  # validate every record before loading the model
         bridge_mod.question_of(r), bridge_mod.aliases_of(r)

@@ -14,6 +14,8 @@ import math
 import torch
 
 from ..adapters.kinds import (
+    INIT_FACTOR,
+    INIT_SCALE,
     FullRank,
     LowRankOnly,
     Projection,
@@ -22,7 +24,7 @@ from ..adapters.kinds import (
     ScaleOnly,
     build_projection,
 )
-from ..adapters.stats import projection_stats
+from ..adapters.stats import low_rank_singular_values, projection_stats
 from ..errors import SelfieError
 
 
@@ -41,7 +43,7 @@ class ProjectionModule(Projection):
             raise SelfieError(f"{self.kind} requires 'low_rank_init_factor'; set config.projection."
                               "low_rank_init_factor to a positive float (e.g. 0.01)")
         fresh = build_projection(self.kind, self.dim, rank=self.rank, init_scale=init_scale,
-                                 init_factor=low_rank_init_factor or 0.01)
+                                 init_factor=low_rank_init_factor or INIT_FACTOR)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.copy_(getattr(fresh, name))
@@ -64,9 +66,7 @@ class ProjectionModule(Projection):
         with torch.no_grad():
             if hasattr(self, "weight"):
                 return torch.linalg.svdvals(self.weight.float())
-            _, ru = torch.linalg.qr(self.U.float())  # UVᵀ = Qu Ru Rvᵀ Qvᵀ: same singular values as Ru Rvᵀ
-            _, rv = torch.linalg.qr(self.V.float())
-            return torch.linalg.svdvals(ru @ rv.T)
+        return low_rank_singular_values(self)
 
     def get_low_rank_to_diagonal_ratio(self) -> float:
         """‖UVᵀ‖_F / (√d · scale): near 0 while the low-rank part is unused."""
@@ -107,7 +107,7 @@ REFERENCE_CLASSES: dict[str, type[ProjectionModule]] = {
 
 
 def create_projection_module(projection_type: str, dim: int, normalize_input: bool,
-                             device: torch.device | str | None = None, init_scale: float = 30.0,
+                             device: torch.device | str | None = None, init_scale: float = INIT_SCALE,
                              low_rank_rank: int | None = None,
                              low_rank_init_factor: float | None = None) -> ProjectionModule:
     """The reference's factory: a freshly initialised projection of ``projection_type``.

@@ -21,10 +21,10 @@ from ..errors import SelfieError
 from ..files import write_json
 from ..models.tokens import pad_token_id
 from ..models.tree import check_layers, decoder_layers
-from ..runs.outputs import OutputLock
-from ..runs.row_log import check_settings
+from ..runs.outputs import OutputLock, check_settings
 from ..vectors.hidden import hidden_states_batch
 from ..vectors.prompts import question_tokens
+from .protocols import lookup
 from .report import save_heatmap
 
 QUESTION_FIELDS = ("question", "prompt", "query")
@@ -43,14 +43,18 @@ class BridgeProtocol:
     max_new_tokens: int
     untrained_scale: float | None  # the baseline's scale (None: the interpreter's sweep)
     match_on: str  # "label" (text before the closing quote) or "text" (the whole generation)
+    help: str = ""
 
 
-PROTOCOLS = {
-    "default": BridgeProtocol("default", "", False, 4, 1.0, 1.0, 24, None, "label"),
+BRIDGE_PROTOCOLS = {
+    "default": BridgeProtocol("default", "", False, 4, 1.0, 1.0, 24, None, "label",
+                              "question tokens, aliases in the label"),
     # the reference script: "Complete the statement: ", from the first question token (34 for Llama-3.1)
     # to the end of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, aliases in the whole text.
     # Its top-p is not set there (the model's generation config applies: 0.9 for Llama-3.1-Instruct).
-    "reference": BridgeProtocol("reference", "Complete the statement: ", True, 10, 0.7, 0.9, 20, 10.0, "text"),
+    "reference": BridgeProtocol("reference", "Complete the statement: ", True, 10, 0.7, 0.9, 20, 10.0, "text",
+                                "the reference script ('Complete the statement: ', first question token to the "
+                                "end of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, whole text)"),
 }
 
 
@@ -104,16 +108,14 @@ def bridge_eval(interpreter, record: dict, *, layers: Sequence[int] | None = Non
     """Describe every (layer, question token) state and score each cell by alias matches.
 
     ``protocol``: ``"default"`` (question tokens, aliases in the label) or ``"reference"`` (the reference
-    script's prompt, positions, sampling and whole-text matching, see ``PROTOCOLS``); arguments left
+    script's prompt, positions, sampling and whole-text matching, see ``BRIDGE_PROTOCOLS``); arguments left
     None take the protocol's values.
 
     >>> rep = bridge_eval(Interpreter(model, tok, adapter), {"question": "Who is the mother of the singer "
     ...                   "of 'Superstition'?", "e2_value": "Stevie Wonder"}, layers=range(32))
     >>> rep["scores"][19]   # one row per layer, one column per question token
     """
-    if protocol not in PROTOCOLS:
-        raise SelfieError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    proto = PROTOCOLS[protocol]
+    proto = lookup(BRIDGE_PROTOCOLS, protocol)
     samples = proto.samples if samples is None else samples
     temperature = proto.temperature if temperature is None else temperature
     max_new_tokens = max_new_tokens or proto.max_new_tokens

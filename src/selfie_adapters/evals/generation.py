@@ -37,6 +37,7 @@ from ..models.tree import check_layers, model_device
 from ..runs.row_log import JsonlLog
 from ..vectors.hidden import hidden_states_batch
 from ..vectors.prompts import render_chat
+from .protocols import lookup
 from .sae_probe import LatentProbe, latent_probe, sae_layer, sae_size
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,12 @@ class GenerationProtocol:
     parse: Callable[[str], list[dict]]
     mask: Callable[..., tuple[list[int], list[bool]]]
     stop_at: str  # "eos_ids": every end-of-sequence id; "tokenizer_eos": tokenizer.eos_token_id only
+    help: str = ""
+    label_sampling: tuple[tuple[str, float], ...] = ()  # how --adapter writes labels (empty: ours, see below)
+
+    def label_settings(self, label_samples: int) -> dict:
+        """Sampling of labels written on the fly (``--adapter``): the protocol's, else greedy for one label."""
+        return dict(self.label_sampling) or {"temperature": 0.0 if label_samples == 1 else 1.0}
 
 
 def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] = ("user", "assistant"),
@@ -185,18 +192,21 @@ def content_token_mask(tokenizer, messages: list[dict], *, roles: Sequence[str] 
     return list(enc["input_ids"]), mask
 
 
-PROTOCOLS = {
+GENERATION_PROTOCOLS = {
     "default": GenerationProtocol("default", DEFAULT_PROMPT, "{label}", None, 4, 64, 1.0, 0.95,
-                                  parse_conversation, content_token_mask, "eos_ids"),
+                                  parse_conversation, content_token_mask, "eos_ids",
+                                  help="this project's (content tokens only)"),
+    # the reference's label generator samples (T 0.7, top-p 0.9, 30 tokens)
     "reference": GenerationProtocol("reference", REFERENCE_PROMPT, "_", REFERENCE_SYSTEM, 10, 100, 0.7, 0.9,
-                                    parse_tagged_conversation, after_bos_mask, "tokenizer_eos"),
+                                    parse_tagged_conversation, after_bos_mask, "tokenizer_eos",
+                                    help="the reference implementation's prompt, [USER]/[ASSISTANT] parsing, "
+                                         "sampling and every token after BOS (its published numbers)",
+                                    label_sampling=(("temperature", 0.7), ("top_p", 0.9), ("max_new_tokens", 30))),
 }
 
 
 def get_protocol(name: str) -> GenerationProtocol:
-    if name not in PROTOCOLS:
-        raise SelfieError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+    return lookup(GENERATION_PROTOCOLS, name)
 
 
 @torch.inference_mode()

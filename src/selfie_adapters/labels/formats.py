@@ -15,7 +15,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,5 +135,32 @@ def neuronpedia_training_sections(rows: Sequence[dict], *, dataset_name: str, la
                           "vector_type": "sae_decoder"}, "vectors": vectors}]
 
 
-__all__ = ["best_labels", "neuronpedia_rows", "neuronpedia_training_sections", "read_neuronpedia", "write_delphi",
-           "write_neuronpedia"]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """A target of ``selfie labels export``: ``write(describe rows, out, **options) → written paths``."""
+
+    name: str
+    help: str
+    folder: bool  # ``out`` is a folder of files (else one file)
+    write: Callable[..., list[Path]]
+
+
+def _export_neuronpedia(rows: Sequence[dict], out, *, model_id: str, source: str, explanation_model: str,
+                        **_) -> list[Path]:
+    return [write_neuronpedia(neuronpedia_rows(rows, model_id=model_id, source=source,
+                                               explanation_model=explanation_model), out)]
+
+
+def _export_delphi(rows: Sequence[dict], out, *, module: str, **_) -> list[Path]:
+    return write_delphi(best_labels(rows), out, module)
+
+
+EXPORT_FORMATS = {
+    "neuronpedia": ExportFormat("neuronpedia", "every label", False, _export_neuronpedia),
+    "delphi": ExportFormat("delphi", "the best label per latent: closed, then highest log-prob", True, _export_delphi),
+}
+
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "best_labels", "neuronpedia_rows", "neuronpedia_training_sections",
+           "read_neuronpedia", "write_delphi", "write_neuronpedia"]

@@ -4,7 +4,8 @@
 symbolic link, a name too long for the files we keep beside it) before any byte is touched.
 ``OutputLock`` is an OS lock (``fcntl.flock``) on ``OUT.lock``: a second writer gets an error
 naming the holder's pid instead of interleaving rows. ``Record`` is the sidecar that proves a file
-is ours and says which inputs its contents were computed from.
+is ours and says which inputs its contents were computed from; ``check_settings`` is its form for a
+folder of results (``eval bridge --out-dir``: ``settings.json`` holds the inputs themselves).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..errors import SelfieError
 from ..files import write_text
-from .fingerprint import changed_keys
+from .fingerprint import changed_keys, resolve_settings
 
 NAME_MAX = 255
 SUFFIX_ROOM = 40  # ".settings.json" plus the atomic writer's ".NAME.<pid>.<n>.tmp" decoration
@@ -130,12 +131,7 @@ class Record:
     def read(self) -> dict | None:
         """The recorded inputs, or None when there is no record of ours."""
         check_output_path(self.path, "settings record")
-        if not self.path.exists():
-            return None
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
+        data = read_record(self.path)
         if not isinstance(data, dict) or data.get("selfie") != self.command or not isinstance(data.get("inputs"),
                                                                                                 dict):
             return None
@@ -147,6 +143,16 @@ class Record:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def read_record(path: Path):
+    """The JSON in a settings record, or None when it is absent or not JSON text."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def refuse_foreign(target: Path, command: str, why: str) -> SelfieError:
@@ -161,3 +167,20 @@ def check_same_inputs(target: Path, old: dict, new: dict) -> None:
     if diff:
         raise SelfieError(f"{target} was computed from other inputs ({', '.join(diff)} changed); resuming would mix "
                           "results. Use the same inputs, choose another output, or pass --overwrite to start over")
+
+
+def check_settings(settings_path: Path, settings: dict | None, has_results: bool, what: Path) -> None:
+    """Refuse to resume ``what`` (a folder of results) with inputs other than those it was started with.
+    ``FileInput`` values are compared by content (a file is re-hashed only when its size or mtime changed)."""
+    if settings is None:
+        return
+    old = read_record(settings_path)
+    if has_results and settings_path.exists() and not isinstance(old, dict):
+        raise SelfieError(f"{settings_path} is not a settings record of selfie; choose another output folder")
+    settings = resolve_settings(settings, old)
+    if has_results and isinstance(old, dict):
+        diff = changed_keys(old, settings)
+        if diff:
+            raise SelfieError(f"{what} was written with other settings ({', '.join(diff)} differ); "
+                              "use another output folder or delete it to start over")
+    write_text(settings_path, json.dumps(settings, indent=1))

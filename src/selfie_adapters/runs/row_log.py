@@ -12,11 +12,10 @@ import json
 import os
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import suppress
-from pathlib import Path
 
 from ..errors import SelfieError
-from ..files import iter_jsonl, write_text
-from .fingerprint import changed_keys, resolve_settings
+from ..files import iter_jsonl
+from .fingerprint import resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 
 
@@ -113,25 +112,3 @@ class JsonlLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def check_settings(settings_path: Path, settings: dict | None, has_results: bool, what: Path) -> None:
-    """Refuse to resume ``what`` (a folder of results) with inputs other than those it was started with.
-    ``FileInput`` values are compared by content (a file is re-hashed only when its size or mtime changed)."""
-    if settings is None:
-        return
-    old = None
-    if settings_path.exists():
-        try:
-            old = json.loads(settings_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            old = None
-        if has_results and not isinstance(old, dict):
-            raise SelfieError(f"{settings_path} is not a settings record of selfie; choose another output folder")
-    settings = resolve_settings(settings, old)
-    if has_results and isinstance(old, dict):
-        diff = changed_keys(old, settings)
-        if diff:
-            raise SelfieError(f"{what} was written with other settings ({', '.join(diff)} differ); "
-                              "use another output folder or delete it to start over")
-    write_text(settings_path, json.dumps(settings, indent=1))

@@ -22,7 +22,7 @@ from ..interpret.describe import Description
 from .inputs import decode_vectors, encode_tensor
 from .limits import RequestError
 from .scheduler import DescribeJob, Settings
-from .schemas import CompareRequest, DescribeRequest, ExtractRequest, LensRequest, VectorSource
+from .schemas import CompareRequest, DescribeRequest, ExtractRequest, LensRequest, VectorInput
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def prompt_routes(router: APIRouter, service: Service) -> None:
                                    for row in grid]}
 
 
-async def source_vectors(service: Service, src: VectorSource, request: Request, check: Callable[[int], object],
+async def source_vectors(service: Service, src: VectorInput, request: Request, check: Callable[[int], object],
                          field: str = "vectors") -> torch.Tensor:
     """(N, d) vectors of a request: decoded floats (minus the layer mean if ``layer`` is set) or prompt states.
 
@@ -149,7 +149,7 @@ async def source_vectors(service: Service, src: VectorSource, request: Request, 
         vectors = decode_vectors(src.vectors, src.vectors_b64, service.dim,
                                  "vectors" if field == "vectors" else f"{field}.vectors")
         check(len(vectors))
-        return vectors if src.layer is None else service.contrast(vectors, service.check_layers([src.layer])[0])
+        return vectors if src.layer is None else service.contrast(vectors, service.request_layers([src.layer])[0])
     if src.vectors is not None or src.vectors_b64 is not None:
         raise RequestError(f"'{field}': give either vectors or a prompt, not both")
     if src.layer is None:

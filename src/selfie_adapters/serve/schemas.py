@@ -39,7 +39,7 @@ class Generation(Sampling):
     scales: list[float] | None = Field(None, description="Soft-token scale(s); default: the mode's default.")
 
 
-class VectorSource(Strict):
+class VectorInput(Strict):
     """Vectors as JSON floats or base64 fp32, or the hidden state of prompt(s) at ``layer``/``position``."""
 
     vectors: list[list[float]] | list[float] | None = Field(None, description="One vector or a list of them.")
@@ -52,7 +52,7 @@ class VectorSource(Strict):
     chat: bool | None = Field(None, description=CHAT)
 
 
-class DescribeRequest(VectorSource, Generation):
+class DescribeRequest(VectorInput, Generation):
     stream: bool = Field(False, description="Stream rows as NDJSON while they are generated.")
 
 
@@ -73,5 +73,5 @@ class LensRequest(Sampling):
 
 
 class CompareRequest(Generation):
-    a: VectorSource = Field(description="One vector or one prompt state.")
-    b: VectorSource
+    a: VectorInput = Field(description="One vector or one prompt state.")
+    b: VectorInput

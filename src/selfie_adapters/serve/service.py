@@ -16,7 +16,7 @@ from ..interpret.describe import Interpreter
 from ..interpret.template import PromptTemplate
 from ..models.loading import load_model
 from ..models.tokens import pad_token_id
-from ..models.tree import decoder_layers, model_device
+from ..models.tree import decoder_layers, embedding_norm, model_device
 from ..vectors.hidden import extract_hidden_states, hidden_states_batch
 from ..vectors.prompts import question_tokens, render_prompts
 from ..vectors.tensor_files import load_mean_vectors
@@ -51,7 +51,7 @@ class Service:
             if m.shape != (self.dim,):
                 raise RequestError(f"mean vector layer_{L} has shape {tuple(m.shape)}, expected ({self.dim},)")
         # a baseline soft token as long as an average input embedding: a scale that fits any model
-        self.baseline_scale = round(model.get_input_embeddings().weight.float().norm(dim=-1).mean().item(), 4)
+        self.baseline_scale = round(embedding_norm(model), 4)
         self.adapter_source = adapter_source
         self.scheduler = Scheduler(batch_size, batch_wait_ms / 1000)
 
@@ -94,7 +94,8 @@ class Service:
                                "--max-new-tokens)", 413)
         return Settings(scales=scales, samples=samples, **generation)
 
-    def check_layers(self, layers: Sequence[int]) -> list[int]:
+    def request_layers(self, layers: Sequence[int]) -> list[int]:
+        """A request's layers, sorted and unique; out of range is a 400 naming the valid range."""
         bad = [L for L in layers if not 0 <= L < self.n_layers]
         if bad or not layers:
             raise RequestError(f"layer(s) {bad or list(layers)} out of range; this model has layers "
@@ -132,7 +133,7 @@ class Service:
                              chat: bool = False) -> torch.Tensor:
         """Hidden states after block ``layer`` at ``positions`` of each prompt, minus the layer mean if any:
         (N·P, d), prompt-major."""
-        layer = self.check_layers([layer])[0]
+        layer = self.request_layers([layer])[0]
         self._check_prompts(prompts, chat)
         states = await self.scheduler.call(extract_hidden_states, self.model, self.tokenizer, list(prompts), layer,
                                            positions=positions, chat=chat)
@@ -141,7 +142,7 @@ class Service:
     async def extract(self, prompts: Sequence[str], layers: Sequence[int], positions: int | Sequence[int] = -1,
                       chat: bool = False) -> dict[int, torch.Tensor]:
         """{L: (N, d) or (N, P, d)} fp32, as ``extract_hidden_states`` returns them."""
-        layers = self.check_layers(layers)
+        layers = self.request_layers(layers)
         self._check_prompts(prompts, chat)
         return await self.scheduler.call(extract_hidden_states, self.model, self.tokenizer, list(prompts), layers,
                                          positions=positions, chat=chat)
@@ -153,7 +154,7 @@ class Service:
         Columns run from the prompt's first token to the end of the rendered prompt (with ``chat``,
         the template's closing tokens too). Returns (grid header, describe job with layer-major rows).
         """
-        layers = self.check_layers(layers)
+        layers = self.request_layers(layers)
         ids, positions = self.lens_positions(prompt, chat)
         self.limits.check_count("lens cells (layers × tokens)", len(layers) * len(positions),
                                 self.limits.max_vectors, "--max-vectors")

@@ -4,7 +4,7 @@
 >>> model, tok, world = load_toy_model(); label(world.concepts[0])
 """
 
-from .model import TOY_DIR, chat_prompt, greedy_answers, load_toy_model, toy_config
+from .model import TOY_DIR, chat_prompt, greedy_answers, load_toy_model, toy_llama_config
 from .tokenizer import build_tokenizer
 from .world import (
     Concept,
@@ -25,5 +25,5 @@ from .world import (
 __all__ = [
     "TOY_DIR", "Concept", "World", "build_tokenizer", "chat", "chat_prompt", "description",
     "greedy_answers", "label", "load_toy_model", "load_world", "make_corpus", "make_world",
-    "save_world", "selfie_qa", "tell_me_about", "toy_config", "two_hop_question", "words",
+    "save_world", "selfie_qa", "tell_me_about", "toy_llama_config", "two_hop_question", "words",
 ]

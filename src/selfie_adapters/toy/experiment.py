@@ -23,6 +23,7 @@ import torch
 from ..adapters.artifact import load_adapter
 from ..adapters.kinds import PROJECTIONS, trainable_kinds
 from ..interpret.describe import Interpreter
+from ..training.data import write_labels_json
 from ..vectors.hidden import extract_hidden_states
 from .model import TOY_DIR, load_toy_model
 from .world import Concept, label
@@ -69,15 +70,9 @@ def split_concepts(n: int, heldout_fraction: float, seed: int) -> tuple[list[int
 def write_training_data(folder: Path, vectors: torch.Tensor, concepts: Sequence[Concept],
                         train: list[int], heldout: list[int]) -> Path:
     """The labels-JSON format of the trainer: held-out concepts form the validation split."""
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(vectors.contiguous(), folder / "vectors.pt")
-    split = {i: "train" for i in train} | {i: "val" for i in heldout}
-    section = {"metadata": {"dataset_name": "toy-concepts", "filename": "vectors.pt", "layer": None,
-                            "source": "selfie_adapters.toy", "vector_type": "contrastive"},
-               "vectors": [{"index": i, "labels": [label(c)], "split": split[i]} for i, c in enumerate(concepts)]}
-    path = folder / "labels.json"
-    path.write_text(json.dumps([section]))
-    return path
+    return write_labels_json(folder, vectors, {i: label(c) for i, c in enumerate(concepts)}, train, heldout,
+                             dataset_name="toy-concepts", layer=None, source="selfie_adapters.toy",
+                             vector_type="contrastive")
 
 
 def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, model, tokenizer,

@@ -15,10 +15,10 @@ TOY_BLOCKS = 4  # decoder blocks of the toy Llama
 WORLD_FILE = "world.json"
 
 
-def toy_config(vocab_size: int, tokenizer: PreTrainedTokenizerBase | None = None) -> LlamaConfig:
+def toy_llama_config(vocab_size: int, tokenizer: PreTrainedTokenizerBase | None = None) -> LlamaConfig:
     """A ~1.2M-parameter Llama: hidden 128, 4 layers, 4 heads, MLP 512, untied embeddings.
 
-    Untied embeddings matter: tied ones let untrained SelfIE work too well (see REFERENCE.md).
+    Untied embeddings matter: tied ones let untrained SelfIE work too well.
     """
     ids = {}
     if tokenizer is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from .model import TOY_DIR, WORLD_FILE, greedy_answers, toy_config
+from .model import TOY_DIR, WORLD_FILE, greedy_answers, toy_llama_config
 from .tokenizer import build_tokenizer
 from .world import World, make_corpus, make_world, save_world, selfie_qa, tell_me_about, words
 
@@ -64,7 +64,7 @@ def train_toy_lm(cfg: ToyLMConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenize
     world = make_world(cfg.n_concepts, cfg.world_seed)
     tok = build_tokenizer(words(world))
     tok.padding_side = "right"
-    model = LlamaForCausalLM(toy_config(len(tok), tok))
+    model = LlamaForCausalLM(toy_llama_config(len(tok), tok))
     header_id = tok.convert_tokens_to_ids("<|end_header_id|>")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import SelfieError
-from ..files import iter_jsonl, open_text
+from ..files import iter_jsonl, open_text, save_tensors
 from ..models.tokens import end_of_turn_token
 from ..vectors.source import VectorSource
 from .config import DataConfig
@@ -240,3 +241,18 @@ def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor
     if not inline:
         raise SelfieError(f"{path.name} has no examples")
     return vectors, datasets, raw
+
+
+def write_labels_json(folder: Path, vectors: torch.Tensor, labels: dict[int, str], train: Sequence[int],
+                      heldout: Sequence[int], **metadata) -> Path:
+    """``folder/labels.json`` + ``folder/vectors.safetensors`` in the trainer's format, one label per row;
+    held-out rows form the validation split. ``metadata``: dataset_name, layer, source, vector_type."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors({"vectors": vectors.contiguous()}, folder / "vectors.safetensors")
+    split = {i: "train" for i in train} | {i: "val" for i in heldout}
+    meta = {"dataset_name": metadata.pop("dataset_name"), "filename": "vectors.safetensors", **metadata}
+    section = {"metadata": meta,
+               "vectors": [{"index": i, "labels": [labels[i]], "split": split[i]} for i in sorted(split)]}
+    path = folder / "labels.json"
+    path.write_text(json.dumps([section]))
+    return path

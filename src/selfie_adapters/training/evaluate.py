@@ -21,7 +21,7 @@ from .sampling import validation_subset
 
 def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
                   dist: ddp.DistInfo | None = None) -> float:
-    """Validation loss: mean over batches of the batch-mean loss (REFERENCE.md "Loss")."""
+    """Validation loss: mean over batches of the batch-mean loss (the reference implementation's)."""
     dist = dist or ddp.DistInfo()
     if len(split) == 0:
         raise SelfieError("no examples to evaluate in this split")

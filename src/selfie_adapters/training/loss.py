@@ -1,4 +1,4 @@
-"""The training / validation loss (REFERENCE.md "Loss"), computed fast.
+"""The training / validation loss (the reference implementation's), computed fast.
 
 Definition: cross-entropy of each target token given everything before it (per-token clamp at
 ``max_loss``, optional label smoothing), mean over an example's target tokens, mean over the batch.

@@ -18,6 +18,7 @@ import torch
 
 from ..adapters.artifact import Adapter
 from ..adapters.kinds import Projection, build_projection
+from ..adapters.stats import low_rank_singular_values, projection_stats
 from ..errors import SelfieError
 from ..interpret.template import PromptTemplate, resolve_template
 from ..models.loading import load_model
@@ -370,14 +371,7 @@ def _start_wandb(cfg: TrainConfig):
 
 def _adapter_stats(projection: Projection, step: int, sv_every: int) -> dict:
     """Scale, bias norm and (every ``sv_every`` steps) the top singular values of U·Vᵀ."""
-    out = {}
-    with torch.no_grad():
-        if hasattr(projection, "log_scale"):
-            out["scale"] = float(projection.log_scale.exp())
-        if hasattr(projection, "bias"):
-            out["bias_norm"] = float(projection.bias.norm())
-        if hasattr(projection, "U") and sv_every and step % sv_every == 0:
-            # singular values of U·Vᵀ (d×d) = those of R_U·R_Vᵀ (r×r), with U = Q_U·R_U, V = Q_V·R_V
-            r_u, r_v = torch.linalg.qr(projection.U.float())[1], torch.linalg.qr(projection.V.float())[1]
-            out["uv_singular_values"] = torch.linalg.svdvals(r_u @ r_v.T)[:8].tolist()
+    out = projection_stats(projection, ("scale", "bias_norm"))
+    if hasattr(projection, "U") and sv_every and step % sv_every == 0:
+        out["uv_singular_values"] = low_rank_singular_values(projection)[:8].tolist()
     return out

@@ -69,13 +69,13 @@ def question_tokens(tokenizer, question: str, *, chat: bool = True, prefix: str 
     """(prompt ids, positions of the question's tokens — through the end of the prompt with ``to_end`` —,
     their strings) for the rendered prompt; ``prefix`` goes before the question in the user turn."""
     if chat:
-        text = chat_text(tokenizer, prefix + question, fix="pass --no-chat to use the raw question")
+        text = chat_text(tokenizer, prefix + question, fix="pass chat=False (CLI: --raw) to use the raw question")
     else:
         bos = getattr(tokenizer, "bos_token", None) or ""
         text = bos + prefix + question
     start = text.rfind(question.strip())
     if start < 0:
-        raise SelfieError("the chat template changed the question text; pass --no-chat")
+        raise SelfieError("the chat template changed the question text; pass chat=False (CLI: --raw)")
     end = start + len(question.strip())
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
