@@ -206,6 +206,11 @@ def test_scale_multiplies_the_adapter_input_not_its_bias(tiny_model, tokenizer):
         want = 2.0 * s * x + (s * x @ proj.U) @ proj.V.T + proj.bias
         torch.testing.assert_close(interp.soft_tokens(v, s), want.detach())
     assert not torch.allclose(interp.soft_tokens(v, 3.4), 3.4 * interp.soft_tokens(v, 1.0))
+    # describe injects exactly these soft tokens (it runs the same Adapter.scaled_transform)
+    got = interp.describe(v, scales=[3.4], max_new_tokens=3)
+    want = generate(tiny_model, [interp.prompt_ids] * 3, [interp.sites] * 3, interp.soft_tokens(v, 3.4),
+                    max_new_tokens=3, stop_ids=interp.stop_ids)
+    assert [d.text for d in got] == [tokenizer.decode([t for t in w.tokens if t not in interp.eos_ids]) for w in want]
     identity = Interpreter(tiny_model, tokenizer)
     torch.testing.assert_close(identity.soft_tokens(v, 3.4), 3.4 * x)  # identity: unchanged
     assert identity.default_scales == (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)

@@ -65,6 +65,10 @@ class Projection(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _log_scale(self) -> nn.Parameter:
+        """log(init_scale), so a fresh adapter starts as ``init_scale · x``."""
+        return self._param(1, fill=math.log(self.init_scale))
+
     def _param(self, *shape: int, fill: float | None = None, std: float | None = None) -> nn.Parameter:
         t = torch.empty(*shape, dtype=torch.float32)
         if fill is not None:
@@ -93,7 +97,7 @@ class ScaleOnly(Projection):
 
     def __init__(self, dim: int, **kw) -> None:
         super().__init__(dim, **kw)
-        self.log_scale = self._param(1, fill=math.log(self.init_scale))
+        self.log_scale = self._log_scale()
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_scale.float().exp() * x
@@ -135,7 +139,7 @@ class ScalarAffinePlusLowRank(_LowRank):
 
     def __init__(self, dim: int, **kw) -> None:
         super().__init__(dim, **kw)
-        self.log_scale = self._param(1, fill=math.log(self.init_scale))
+        self.log_scale = self._log_scale()
         self._init_low_rank()
         self.bias = self._param(dim, fill=0.0)
 

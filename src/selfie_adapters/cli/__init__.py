@@ -14,7 +14,7 @@ from . import (
     core,  # noqa: F401
     demo,  # noqa: F401
     evals,  # noqa: F401
-    experiment,  # noqa: F401
+    experiments,  # noqa: F401
     serve,  # noqa: F401
     train,  # noqa: F401
 )

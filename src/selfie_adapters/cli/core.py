@@ -15,6 +15,7 @@ from ..vectors.chunked import extract_to_file, mean_to_file
 from ..vectors.source import VectorSource
 from .app import app
 from .checks import check_device, check_sampling, check_scales, check_template
+from .display import console, progress_hook
 from .options import (
     LABEL_END_HELP,
     AllowMismatchOpt,
@@ -27,7 +28,6 @@ from .options import (
     TemplateOpt,
     parse_indices,
 )
-from .output import console, progress_hook
 
 VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several) "
                 "or sae-lens:RELEASE/ID (SAE decoder rows; with --features).")

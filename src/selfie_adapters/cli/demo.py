@@ -12,8 +12,8 @@ from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
 from ..files import read_jsonl
 from ..models.tree import check_layers
-from ..toy.experiment import ExperimentConfig, run_experiment
-from ..toy.model import TOY_BLOCKS
+from ..toy.concept_experiment import ExperimentConfig, run_experiment
+from ..toy.lm import TOY_BLOCKS
 from .app import app
 
 TRAINABLE = trainable_kinds()

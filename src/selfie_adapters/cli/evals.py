@@ -24,8 +24,8 @@ from ..runs.outputs import check_output_path
 from ..vectors.source import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
+from .display import print_table, progress_bar
 from .options import DeviceOpt, DtypeOpt, ModelOpt, choices, parse_indices
-from .output import print_table, progress_bar
 
 GEN, BRIDGE = gen_mod.GENERATION_PROTOCOLS, bridge_mod.BRIDGE_PROTOCOLS
 RetrievalName = choices("RetrievalName", ret_mod.RETRIEVAL_PROTOCOLS)

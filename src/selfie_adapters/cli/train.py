@@ -18,8 +18,8 @@ from ..training.evaluate import adapter_loss
 from ..training.trainer import train as run_training
 from .app import app, eval_app
 from .checks import check_device, check_scales
+from .display import progress_bar
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
-from .output import progress_bar
 
 
 @app.command("train")

@@ -1,6 +1,6 @@
 """Report helpers for evals: table cells (``fmt``) and PNG heatmaps (matplotlib, imported lazily).
 
-Tables are printed by the CLI (``cli/output.py``); Markdown reports format their cells here too.
+Tables are printed by the CLI (``cli/display.py``); Markdown reports format their cells here too.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 >>> model, tok, world = load_toy_model(); label(world.concepts[0])
 """
 
-from .model import TOY_DIR, chat_prompt, greedy_answers, load_toy_model, toy_llama_config
+from .lm import TOY_DIR, chat_prompt, greedy_answers, load_toy_model, toy_llama_config
 from .tokenizer import build_tokenizer
 from .world import (
     Concept,

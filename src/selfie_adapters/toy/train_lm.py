@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from .model import TOY_DIR, WORLD_FILE, greedy_answers, toy_llama_config
+from .lm import TOY_DIR, WORLD_FILE, greedy_answers, toy_llama_config
 from .tokenizer import build_tokenizer
 from .world import World, make_corpus, make_world, save_world, selfie_qa, tell_me_about, words
 

@@ -25,7 +25,7 @@ from ..adapters.kinds import PROJECTIONS, trainable_kinds
 from ..interpret.describe import Interpreter
 from ..training.data import write_labels_json
 from ..vectors.hidden import extract_hidden_states
-from .model import TOY_DIR, load_toy_model
+from .lm import TOY_DIR, load_toy_model
 from .world import Concept, label
 
 DEFAULT_KINDS = trainable_kinds()

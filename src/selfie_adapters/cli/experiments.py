@@ -12,7 +12,7 @@ from ..errors import SelfieError
 from ..models.catalogue import catalogue_rows
 from ..training.config import AUTOCAST_DTYPES
 from .app import app
-from .output import console, print_table
+from .display import console, print_table
 
 TRAINABLE = trainable_kinds()
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that run the whole pipeline on a model.")
