@@ -32,7 +32,7 @@ from ..models.tree import check_layers, embedding_norm
 from ..runs.chunk_store import ChunkStore
 from ..runs.row_log import JsonlLog
 from ..training.data import write_labels_json
-from ..vectors.hidden import extract_hidden_states
+from ..vectors.hidden import contrastive, extract_hidden_states
 from ..vectors.prompts import load_prompts
 
 PROMPT = "Tell me about {title}."
@@ -114,7 +114,7 @@ def topic_vectors(model, tok, topics: Sequence[str], layers: Sequence[int], cach
     if cache.is_file():
         states, meta = read_safetensors(cache)
         if json.loads(meta.get("topics", "[]")) == list(topics) and all(f"layer_{L}" in states for L in layers):
-            return {L: states[f"layer_{L}"] - states[f"layer_{L}"].mean(0) for L in layers}
+            return {L: contrastive(states[f"layer_{L}"]) for L in layers}
     prompts = [PROMPT.format(title=t) for t in topics]
 
     def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
@@ -129,7 +129,7 @@ def topic_vectors(model, tok, topics: Sequence[str], layers: Sequence[int], cach
         save_tensors(states, cache, {"model_name": model_name, "topics": json.dumps(list(topics)),
                                      **store.metadata()})
         store.finish()
-    return {L: states[f"layer_{L}"] - states[f"layer_{L}"].mean(0) for L in layers}
+    return {L: contrastive(states[f"layer_{L}"]) for L in layers}
 
 
 def write_labels(folder: Path, vectors: torch.Tensor, topics: Sequence[str], train: Sequence[int],

@@ -24,7 +24,7 @@ from ..adapters.artifact import load_adapter
 from ..adapters.kinds import PROJECTIONS, trainable_kinds
 from ..interpret.describe import Interpreter
 from ..training.data import write_labels_json
-from ..vectors.hidden import extract_hidden_states
+from ..vectors.hidden import contrastive, extract_hidden_states
 from .lm import TOY_DIR, load_toy_model
 from .world import Concept, label
 
@@ -57,7 +57,7 @@ def concept_vectors(model, tokenizer, concepts: Sequence[Concept], layer: int) -
     """Contrastive vectors (N, d): last-token state of ``Tell me about X.`` minus the mean over concepts."""
     prompts = [f"Tell me about {c.name}." for c in concepts]
     states = extract_hidden_states(model, tokenizer, prompts, layer, chat=True, batch_size=128)[layer]
-    return states - states.mean(0)
+    return contrastive(states)
 
 
 def split_concepts(n: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -111,3 +111,8 @@ def mean_hidden_states(model, tokenizer, prompts: Sequence[str], layers: int | S
 def means_of(sums: dict[int, torch.Tensor], count: int) -> dict[int, torch.Tensor]:
     """{L: fp64 sum} over ``count`` prompts → {L: (d,) fp32 mean}."""
     return {L: (s / count).float() for L, s in sums.items()}
+
+
+def contrastive(states: torch.Tensor) -> torch.Tensor:
+    """(N, d) states minus their mean over the set: the contrastive vectors of the topic experiments."""
+    return states - states.mean(0)
