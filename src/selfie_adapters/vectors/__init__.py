@@ -1,2 +1,4 @@
-"""Where vectors come from: hidden states of prompts, vector files and dataset means, SAE decoder
-rows, and ``VectorSource``, the one syntax every command takes."""
+"""Where vectors come from: prompts (``prompts``), hidden states and means (``hidden``, and ``chunked``
+for resumable `extract`/`mean` files), vector and mean files (``tensor_files``), SAE decoder rows
+(``sae``), ``VectorSource`` (``source``: the one syntax every command takes) and the one place zero
+rows are dropped (``rows``)."""
