@@ -11,6 +11,7 @@ import json
 import warnings
 
 from ..errors import SelfieError
+from ..models.tokens import config_eos_ids
 
 # Configuration fingerprints of models with published adapters. The eos list tells the Instruct
 # model from the base model (same shapes otherwise).
@@ -55,7 +56,7 @@ def _mismatch(adapter, model) -> str | None:
         return f"adapter was trained on {expected_name!r} but the model is {name!r}"
     got = model_signature(model)
     if "eos_token_id" in expected:
-        got["eos_token_id"] = _eos_list(model)
+        got["eos_token_id"] = config_eos_ids(model)
     diffs = [f"{k}={got.get(k)!r} (expected {v!r})" for k, v in expected.items()
              if _norm(got.get(k)) != _norm(v)]
     if diffs:
@@ -70,14 +71,6 @@ def _expected_signature(adapter) -> dict | None:
         except json.JSONDecodeError:
             return None
     return KNOWN_MODELS.get(adapter.model_name)
-
-
-def _eos_list(model) -> list[int]:
-    eos = getattr(model.config, "eos_token_id", None)
-    gen = getattr(model, "generation_config", None)
-    if gen is not None and gen.eos_token_id is not None:
-        eos = gen.eos_token_id
-    return sorted(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
 
 
 def _norm(v):

@@ -98,3 +98,12 @@ def conversation_stop_ids(tokenizer, model=None, stop_at: str = "eos_ids") -> se
     if stop_at == "tokenizer_eos" and tokenizer.eos_token_id is not None:
         return {int(tokenizer.eos_token_id)}
     return eos_token_ids(tokenizer, model)
+
+
+def config_eos_ids(model) -> list[int]:
+    """The EOS id(s) a model's (generation) config declares, sorted: part of its identity (see ``adapters.guard``)."""
+    eos = getattr(model.config, "eos_token_id", None)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.eos_token_id is not None:
+        eos = gen.eos_token_id
+    return sorted(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
