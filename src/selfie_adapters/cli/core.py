@@ -85,6 +85,13 @@ def describe(
     device: DeviceOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out instead of resuming it (needed when "
                                    "it holds other results or was computed from other inputs)."),
+    ray: str | None = typer.Option(None, help="Run the work as shards on a Ray cluster: 'local' (start one on this "
+                                   "machine), 'auto' (the cluster this machine belongs to) or HEAD:6379. Output "
+                                   "identical to a single-process run."),
+    workers: int | None = typer.Option(None, min=1, help="With --ray: model workers (default: one per GPU of the "
+                                       "cluster, or per CPU slot)."),
+    shard_vectors: int | None = typer.Option(None, min=1, help="With --ray: vectors per shard (rounded to whole "
+                                             "batches; default: at most 256)."),
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
 
@@ -109,7 +116,13 @@ def describe(
                       injection_token=injection_token, allow_model_mismatch=allow_model_mismatch,
                       relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device)
     with progress_hook("describing") as progress:
-        describe_source(run, out, overwrite=overwrite, progress=progress)
+        if ray is None:
+            describe_source(run, out, overwrite=overwrite, progress=progress)
+        else:
+            from ..engines.ray_shards import describe_sharded
+
+            describe_sharded(run, out, address=None if ray == "local" else ray, num_workers=workers,
+                             shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
 
 
