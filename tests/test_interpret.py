@@ -169,6 +169,17 @@ def test_label_is_text_before_the_last_quote_generated_to_end_of_turn(tiny_model
     assert d.logprob == pytest.approx(0.0, abs=1e-3)
 
 
+def test_label_drops_special_tokens_as_the_reference_decodes_but_text_keeps_them(tiny_model, tokenizer):
+    """The reference decodes with skip_special_tokens=True before cutting at the last quote."""
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    special = tokenizer.convert_tokens_to_ids("<|reserved_special_token_5|>")
+    words = tokenizer(" a red", add_special_tokens=False)["input_ids"]
+    rest = tokenizer(' fruit"', add_special_tokens=False)["input_ids"]
+    d = _forced_describe(tiny_model, tokenizer, words + [special] + rest + [eot])
+    assert d.text == ' a red<|reserved_special_token_5|> fruit"' and d.closed
+    assert d.label == "a red fruit"
+
+
 def test_first_quote_label_end_stops_early_and_cuts_at_the_first_quote(tiny_model, tokenizer):
     from selfie_adapters.models.tokens import stop_token_ids
 

@@ -162,8 +162,10 @@ class Interpreter:
 
     def _describe_one(self, job: DescribeItem, out: Generated, relevancy=None) -> Description:
         text_ids = [t for t in out.tokens if t not in self.eos_ids]
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
-        label = extract_label(text, self.template.closing, self.label_end)
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=False)  # the raw continuation
+        # the label as the reference decodes it: special tokens dropped, then cut at the quote
+        plain = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        label = extract_label(plain, self.template.closing, self.label_end)
         lp = sum(out.logprobs) / max(len(out.logprobs), 1)
         return Description(job.index, job.scale, job.sample, label, text, lp, out.closed, relevancy)
 
