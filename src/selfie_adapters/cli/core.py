@@ -10,7 +10,9 @@ import typer
 
 from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
-from ..interpret.resumable import DescribeRun, describe_source
+from ..files import iter_jsonl
+from ..interpret.label_text import LabelSpread
+from ..interpret.resumable import DescribeRun, describe_source, label_spreads
 from ..vectors.chunked import extract_to_file, mean_to_file
 from ..vectors.source import VectorSource
 from .app import app
@@ -124,6 +126,18 @@ def describe(
             describe_sharded(run, out, address=None if ray == "local" else ray, num_workers=workers,
                              shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
+    print_label_spreads(label_spreads(list(iter_jsonl(out))))
+
+
+def print_label_spreads(spreads: dict[float, LabelSpread]) -> None:
+    """One line per scale; a warning where a few strings dominate."""
+    for scale, spread in spreads.items():
+        where = f"scale {scale:g}: " if len(spreads) > 1 else ""
+        console.print(f"{where}{spread.summary()}", highlight=False, soft_wrap=True)
+        if spread.collapsed:
+            console.print(f"warning: {where}a few labels dominate ({spread.distinct} distinct for {spread.inputs} "
+                          "inputs): the adapter may have collapsed; see docs/training.md", style="yellow",
+                          highlight=False, soft_wrap=True)
 
 
 def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None, sae_id: str | None,

@@ -37,7 +37,7 @@ from ..vectors.rows import drop_zero_rows
 from ..vectors.source import VectorSource
 from ..vectors.tensor_files import load_mean_vectors
 from .describe import Description, Interpreter
-from .label_text import check_label_end
+from .label_text import LabelSpread, check_label_end, label_spread
 
 KEY_FIELDS = ("index", "scale", "sample")  # what identifies a description row (resume skips these keys)
 Progress = Callable[[int, int], Callable[[int], None] | None]  # (total rows, rows done) → per-batch callback
@@ -170,3 +170,13 @@ def _mean_vector(path: str | os.PathLike | None, layer: int | None) -> torch.Ten
     if layer not in means:
         raise SelfieError(f"{path} has no layer_{layer}; it holds layers {sorted(means)}")
     return means[layer]
+
+
+def label_spreads(rows: Sequence[dict]) -> dict[float, LabelSpread]:
+    """Per scale, how many distinct labels the distinct inputs got (sample 0: one label per input), so a
+    collapsed adapter shows at once."""
+    by_scale: dict[float, list[str]] = {}
+    for row in rows:
+        if row["sample"] == 0:
+            by_scale.setdefault(float(row["scale"]), []).append(row["label"])
+    return {scale: label_spread(labels) for scale, labels in sorted(by_scale.items())}

@@ -32,8 +32,12 @@ AUTOCAST_DTYPES = ("bfloat16", "float16")
 class ModelConfig:
     name: str = "meta-llama/Meta-Llama-3.1-8B-Instruct"
     device_map: str | None = "auto"  # for the frozen LM; ignored on CPU-only machines and under DDP
-    dtype: str = "bfloat16"
-    enable_gradient_checkpointing: bool = True
+    # "auto": the checkpoint's own dtype (bf16 for Llama-3.1, fp32 for a dequantised GGUF), as the reference
+    # loads it whatever this says, and as `selfie describe` loads the model
+    dtype: str = "auto"
+    # None: on when the frozen LM is on a GPU (memory), off on CPU, where it only costs a recomputed
+    # forward and the shared prefix cache (about 2-3x slower steps)
+    enable_gradient_checkpointing: bool | None = None
     load_in_8bit: bool = False
 
 

@@ -21,6 +21,7 @@ from ..adapters.kinds import Projection, build_projection
 from ..adapters.stats import low_rank_singular_values, projection_stats
 from ..errors import SelfieError
 from ..interpret.template import PromptTemplate, resolve_template
+from ..interpret.label_text import label_spread
 from ..models.loading import load_model
 from ..models.tokens import end_of_turn_token
 from ..models.tree import embedding_norm, model_device
@@ -100,6 +101,13 @@ def with_model_defaults(cfg: TrainConfig, model, tokenizer) -> TrainConfig:
                    projection={"init_scale": cfg.projection.init_scale or round(embedding_norm(model), 4)})
 
 
+def use_gradient_checkpointing(cfg: TrainConfig, model) -> bool:
+    """``model.enable_gradient_checkpointing`` as set, or (unset) on when the frozen LM runs on a GPU."""
+    if cfg.model.enable_gradient_checkpointing is not None:
+        return cfg.model.enable_gradient_checkpointing
+    return model_device(model).type == "cuda"
+
+
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     """Multiplier of the base learning rates at optimizer step ``step`` (0-based)."""
     if step < warmup:
@@ -140,7 +148,8 @@ class _Run:
                                            rank=p.low_rank_rank, init_factor=p.low_rank_init_factor)
         self.projection.to(model_device(model)).train()
         self.optimizer = build_optimizer(self.projection, cfg)
-        if cfg.model.enable_gradient_checkpointing:
+        checkpointing = use_gradient_checkpointing(cfg, model)
+        if checkpointing:
             # HF checkpointing drops KV caches inside checkpointed layers, so the prefix is recomputed instead.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.train()
@@ -148,7 +157,7 @@ class _Run:
         self.template = template
         self.loss_fn = SelfieLoss(model, tokenizer, template, label_smoothing=cfg.training.label_smoothing,
                                   max_loss=cfg.training.max_loss,
-                                  prefix_cache=not cfg.model.enable_gradient_checkpointing,
+                                  prefix_cache=not checkpointing,
                                   autocast=getattr(torch, cfg.training.autocast) if cfg.training.autocast else None)
         groups = parse_ratios(cfg.data.train_dataset_ratios, self.data.datasets)
         self.sampler = EpochSampler(self.data.train.dataset_ids, groups, shuffle=cfg.data.shuffle, seed=cfg.seed,
@@ -350,7 +359,12 @@ class _Logger:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def samples(self, step: int, rows: list[dict]) -> None:
-        self.metrics({"step": step, "samples": rows})
+        """Log sample generations with their spread; warn when distinct inputs share a few labels."""
+        spread = label_spread(r["generated"] for r in rows)
+        self.metrics({"step": step, "samples": rows, "distinct_generated": spread.distinct, "inputs": spread.inputs})
+        if spread.collapsed and self.active:
+            warnings.warn(f"step {step}: sample generations look collapsed ({spread.summary()}); the adapter maps "
+                          "different vectors to the same few labels (see docs/training.md)", stacklevel=2)
 
     def close(self) -> None:
         if self.wandb is not None:
