@@ -97,3 +97,41 @@ def test_cli_extract_train_describe_need_no_template_or_end_of_turn_options(tmp_
                  "--max-new-tokens", "6", "--out", str(tmp_path / "d.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1] and all(isinstance(r["label"], str) for r in rows)
+
+
+NAMES = ["Angola", "Osaka", "Swahili", "Norway", "Chicago", "Tamil", "Peru", "Lagos", "Finnish", "Nepal",
+         "Madrid", "Hebrew", "Kenya", "Seoul", "Welsh", "Chile"]
+KINDS = ["country", "city", "language"] * 5 + ["country"]
+
+
+def test_trained_adapter_names_its_training_vectors(smollm2, tmp_path):
+    """The check that would have caught a train/describe mismatch: after a few dozen steps with the default
+    adapter kind, greedy labels of *training* vectors contain their names, and untrained ones do not."""
+    from selfie_adapters.adapters.artifact import load_adapter
+    from selfie_adapters.interpret.describe import Interpreter
+    from selfie_adapters.training.config import config_from_dict
+    from selfie_adapters.training.trainer import train
+    from selfie_adapters.vectors.hidden import extract_hidden_states
+
+    model, tok = smollm2
+    vecs = extract_hidden_states(model, tok, [f"Tell me about {n}." for n in NAMES], 18, chat=True)[18]
+    vecs = (vecs - vecs.mean(0)).contiguous()
+    torch.save(vecs, tmp_path / "vectors.pt")
+    section = {"metadata": {"dataset_name": "entities", "filename": "vectors.pt", "layer": 18},
+               "vectors": [{"index": i, "labels": [f"{n}, a {k}"], "split": "train"}
+                           for i, (n, k) in enumerate(zip(NAMES, KINDS))]}
+    (tmp_path / "labels.json").write_text(json.dumps([section]))
+    cfg = config_from_dict({
+        "model": {"name": "smollm2-135m-instruct"},
+        "data": {"labels_file": str(tmp_path / "labels.json"), "batch_size": 16},
+        "training": {"max_steps": 40, "checkpoint_dir": str(tmp_path / "runs")},
+        "logging": {"use_wandb": False, "log_sample_generations": 0}})
+    result = train(cfg, model=model, tokenizer=tok)
+
+    def named(adapter) -> int:
+        found = Interpreter(model, tok, adapter).describe(vecs, max_new_tokens=12, scales=[1.0])
+        return sum(n.lower() in d.label.lower() for n, d in zip(NAMES, found))
+
+    trained, untrained = named(load_adapter(result.final_path)), named(None)
+    assert untrained <= 2
+    assert trained >= 10, f"trained adapter named {trained}/16 training entities"
