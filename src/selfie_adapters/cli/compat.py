@@ -8,9 +8,8 @@ from pathlib import Path
 import typer
 
 from ..compat.convert import convert
-from ..labels.formats import EXPORT_FORMATS
+from ..labels.formats import EXPORT_FORMATS, export_format
 from .app import app
-from .options import choices
 
 
 @app.command("convert")
@@ -34,7 +33,6 @@ def convert_command(
         print(f"next: {result.next_step}")
 
 
-ExportName = choices("ExportName", EXPORT_FORMATS)
 FORMAT_HELP = " or ".join(f"{name} ({f.help})" for name, f in EXPORT_FORMATS.items()) + "."
 labels_app = typer.Typer(no_args_is_help=True, help="Labels to and from other tools (Neuronpedia, delphi).")
 app.add_typer(labels_app, name="labels")
@@ -44,7 +42,7 @@ app.add_typer(labels_app, name="labels")
 def labels_export(
     rows: Path = typer.Argument(..., help="`selfie describe` output (JSONL: index, label, scale, ...)."),
     out: Path = typer.Option(..., help="neuronpedia: a .json / .jsonl / .jsonl.gz file; delphi: a folder."),
-    format_: ExportName = typer.Option("neuronpedia", "--format", help=FORMAT_HELP),
+    format_: str = typer.Option("neuronpedia", "--format", metavar="|".join(EXPORT_FORMATS), help=FORMAT_HELP),
     model_id: str = typer.Option("llama3.1-8b-it", help="Neuronpedia modelId."),
     source: str = typer.Option("19-resid-post-gf", help="Neuronpedia source id (its 'layer' field)."),
     explanation_model: str = typer.Option("selfie-adapter", help="Neuronpedia explanationModelName (e.g. the "
@@ -61,7 +59,7 @@ def labels_export(
     data = read_jsonl(rows, what="labels")
     if any("index" not in r for r in data):
         raise SelfieError(f"{rows}: every row needs 'index' and 'label' (as `selfie describe` writes)")
-    fmt = EXPORT_FORMATS[format_.value]
+    fmt = export_format(format_)
     paths = fmt.write(data, out, model_id=model_id, source=source, explanation_model=explanation_model, module=module)
     print(f"wrote {len(paths)} explanations to {out}" if fmt.folder else f"wrote {paths[0]}")
 

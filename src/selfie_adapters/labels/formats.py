@@ -162,5 +162,13 @@ EXPORT_FORMATS = {
     "delphi": ExportFormat("delphi", "the best label per latent: closed, then highest log-prob", True, _export_delphi),
 }
 
-__all__ = ["EXPORT_FORMATS", "ExportFormat", "best_labels", "neuronpedia_rows", "neuronpedia_training_sections",
+
+
+def export_format(name: str) -> ExportFormat:
+    """The registered export format ``name``, or an error listing them (``--format``)."""
+    if name not in EXPORT_FORMATS:
+        raise SelfieError(f"unknown --format {name!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[name]
+
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "best_labels", "export_format", "neuronpedia_rows", "neuronpedia_training_sections",
            "read_neuronpedia", "write_delphi", "write_neuronpedia"]
