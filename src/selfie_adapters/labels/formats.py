@@ -170,5 +170,5 @@ def export_format(name: str) -> ExportFormat:
         raise SelfieError(f"unknown --format {name!r}; choose {' or '.join(EXPORT_FORMATS)}")
     return EXPORT_FORMATS[name]
 
-__all__ = ["EXPORT_FORMATS", "ExportFormat", "best_labels", "export_format", "neuronpedia_rows", "neuronpedia_training_sections",
-           "read_neuronpedia", "write_delphi", "write_neuronpedia"]
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "best_labels", "export_format", "neuronpedia_rows",
+           "neuronpedia_training_sections", "read_neuronpedia", "write_delphi", "write_neuronpedia"]
