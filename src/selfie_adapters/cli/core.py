@@ -10,7 +10,7 @@ import typer
 
 from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
-from ..files import iter_jsonl
+from ..files import read_jsonl
 from ..interpret.label_text import LabelSpread
 from ..interpret.resumable import DescribeRun, describe_source, label_spreads
 from ..vectors.chunked import extract_to_file, mean_to_file
@@ -126,7 +126,7 @@ def describe(
             describe_sharded(run, out, address=None if ray == "local" else ray, num_workers=workers,
                              shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
-    print_label_spreads(label_spreads(list(iter_jsonl(out))))
+    print_label_spreads(label_spreads(read_jsonl(out, what="descriptions")))
 
 
 def print_label_spreads(spreads: dict[float, LabelSpread]) -> None:
