@@ -234,8 +234,7 @@ def test_describe_new_and_old_spellings_agree(tiny_model_dir, tmp_path, capsys, 
     sae_new = texts("sae_new", "--vectors", "sae-lens:rel/layer_1", "--features", "2,4")
     assert sae_new == texts("sae_old", "--sae-release", "rel", "--sae-id", "layer_1", "--features", "2,4")
     assert [i for i, _ in sae_new] == [2, 4]
-    assert main(common + ["--vectors", "sae-lens:rel/layer_1", "--out", str(tmp_path / "x.jsonl")]) == 2
-    assert "sae-lens:rel/layer_1 needs --features" in capsys.readouterr().err
+    assert [i for i, _ in texts("sae_all", "--vectors", "sae-lens:rel/layer_1")] == list(range(10))  # every latent
 
 
 def test_training_data_reads_the_same_syntax(tmp_path, fake_sae_lens):

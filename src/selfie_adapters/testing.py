@@ -97,11 +97,14 @@ def toy_model(tokenizer, seed: int = 0, name: str = "toy-tiny-llama"):
     return model
 
 
-def write_local_sae(path: Path, d: int, latents: int, layer: int) -> Path:
-    """A random local SAE file (``W_enc`` (d, latents), ``b_enc``, ``b_dec``) as ``eval generation --sae`` reads."""
+def write_local_sae(path: Path, d: int, latents: int, layer: int, dead: tuple[int, ...] = ()) -> Path:
+    """A random local SAE file (``W_enc`` (d, latents), ``b_enc``, ``b_dec``) as ``eval generation --sae`` and
+    ``describe --vectors FILE`` read; the latents in ``dead`` have zero weights (dead latents)."""
     from safetensors.torch import save_file
 
-    save_file({"W_enc": torch.randn(d, latents), "b_enc": torch.zeros(latents), "b_dec": torch.zeros(d)},
+    W_enc = torch.randn(d, latents)  # (d, m)
+    W_enc[:, list(dead)] = 0.0
+    save_file({"W_enc": W_enc, "b_enc": torch.zeros(latents), "b_dec": torch.zeros(d)},
               str(path), metadata={"layer": str(layer)})
     return path
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..compat.convert import convert
-from ..labels.formats import EXPORT_FORMATS, export_format
+from ..labels.formats import EXPORT_FORMATS, EXPORT_SETTINGS, export_format
 from .app import app
 
 
@@ -43,11 +43,13 @@ def labels_export(
     rows: Path = typer.Argument(..., help="`selfie describe` output (JSONL: index, label, scale, ...)."),
     out: Path = typer.Option(..., help="neuronpedia: a .json / .jsonl / .jsonl.gz file; delphi: a folder."),
     format_: str = typer.Option("neuronpedia", "--format", metavar="|".join(EXPORT_FORMATS), help=FORMAT_HELP),
-    model_id: str = typer.Option("llama3.1-8b-it", help="Neuronpedia modelId."),
-    source: str = typer.Option("19-resid-post-gf", help="Neuronpedia source id (its 'layer' field)."),
-    explanation_model: str = typer.Option("selfie-adapter", help="Neuronpedia explanationModelName (e.g. the "
+    model_id: str = typer.Option(EXPORT_SETTINGS["model_id"], help="Neuronpedia modelId."),
+    source: str = typer.Option(EXPORT_SETTINGS["source"], help="Neuronpedia source id (its 'layer' field)."),
+    explanation_model: str = typer.Option(EXPORT_SETTINGS["explanation_model"],
+                                          help="Neuronpedia explanationModelName (e.g. the "
                                           "adapter's name)."),
-    module: str = typer.Option("layers.19", help="delphi module name: files are {module}_latent{index}.txt."),
+    module: str = typer.Option(EXPORT_SETTINGS["module"],
+                               help="delphi module name: files are {module}_latent{index}.txt."),
 ) -> None:
     """Write labels as Neuronpedia explanation rows or a delphi explanations folder.
 

@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 
 from ..adapters.artifact import load_adapter
-from ..errors import SelfieError
 from ..files import read_jsonl
 from ..interpret.label_text import LabelSpread
 from ..interpret.resumable import DescribeRun, describe_source, label_spreads
+from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
 from ..vectors.chunked import extract_to_file, mean_to_file
+from ..vectors.rows import skipped_note
 from ..vectors.source import VectorSource
 from .app import app
 from .checks import check_device, check_sampling, check_scales, check_template
@@ -31,8 +32,9 @@ from .options import (
     parse_indices,
 )
 
-VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several) "
-                "or sae-lens:RELEASE/ID (SAE decoder rows; with --features).")
+VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several), "
+                "sae-lens:RELEASE/ID or a local SAE .safetensors (SAE decoder rows: every latent, or --features; "
+                "dead latents skipped and listed in OUT.skipped.json).")
 
 
 @app.command()
@@ -62,7 +64,7 @@ def describe(
     sae_release: str | None = typer.Option(None, help="Old spelling of --vectors sae-lens:RELEASE/ID."),
     sae_id: str | None = typer.Option(None, help="With --sae-release: the SAE id, e.g. layer_19."),
     features: str | None = typer.Option(None, help="Rows to describe, e.g. '0,5,10-20' (SAE latents; "
-                                        "required for an SAE)."),
+                                        "default: every row)."),
     prompts: Path | None = typer.Option(None, help="Describe the state after block --layer at the last token of "
                                         "each prompt (one per line, or JSONL with \"prompt\")."),
     chat: bool = typer.Option(True, "--chat/--raw", help="With --prompts: render each prompt with the chat "
@@ -92,6 +94,10 @@ def describe(
                                    "identical to a single-process run."),
     workers: int | None = typer.Option(None, min=1, help="With --ray: model workers (default: one per GPU of the "
                                        "cluster, or per CPU slot)."),
+    export: list[str] | None = typer.Option(None, help="Also write the finished rows as FORMAT:PATH, repeatable: "
+                                            "neuronpedia:FILE (.json / .jsonl / .jsonl.gz) or delphi:FOLDER."),
+    export_set: list[str] | None = typer.Option(None, help="KEY=VALUE for --export, repeatable: model_id, "
+                                                "source (Neuronpedia), explanation_model, module (delphi)."),
     shard_vectors: int | None = typer.Option(None, min=1, help="With --ray: vectors per shard (rounded to whole "
                                              "batches; default: at most 256)."),
 ) -> None:
@@ -101,15 +107,19 @@ def describe(
       --adapter keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors
       --vectors sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --features 0-99 --out labels.jsonl
 
-    Vectors come from exactly one of --vectors SOURCE (FILE, FILE#KEY or sae-lens:RELEASE/ID with
-    --features) or --prompts FILE --layer L [--raw] (with --mean-vectors for contrastive adapters).
+    Vectors come from exactly one of --vectors SOURCE (FILE, FILE#KEY, sae-lens:RELEASE/ID or a local SAE
+    file: every row, or --features) or --prompts FILE --layer L [--raw] (with --mean-vectors for contrastive
+    adapters). Zero rows (dead latents) are skipped and listed in OUT.skipped.json; --export writes the
+    finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
     # Flag values are checked here, the rest by describe_source, all before the model loads.
     scales = check_scales(scale)
     check_sampling(temperature, top_p)
     check_device(device)
     check_template(template, injection_token)
-    source = _source_from_options(vectors, key, sae_release, sae_id, features)
+    source = _source_from_options(vectors, key, sae_release, sae_id)
+    exports = [parse_export(spec) for spec in export or ()]
+    export_settings = parse_export_settings(export_set or (), explanation_model=export_model_name(adapter))
     rows = parse_indices(features, "--features") if features and source is not None else None
     run = DescribeRun(model=model, source=source, features=rows,
                       prompts=prompts, layer=layer, chat=chat, adapter=adapter, mean_vectors=mean_vectors,
@@ -117,7 +127,7 @@ def describe(
                       top_p=top_p, seed=seed, batch_size=batch_size, inject_layer=inject_layer, template=template,
                       injection_token=injection_token, allow_model_mismatch=allow_model_mismatch,
                       relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device)
-    with progress_hook("describing") as progress:
+    with progress_hook("describing", unit="labels") as progress:
         if ray is None:
             describe_source(run, out, overwrite=overwrite, progress=progress)
         else:
@@ -126,7 +136,12 @@ def describe(
             describe_sharded(run, out, address=None if ray == "local" else ray, num_workers=workers,
                              shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
-    print_label_spreads(label_spreads(read_jsonl(out, what="descriptions")))
+    if (note := skipped_note(out)) is not None:
+        console.print(note, style="yellow", highlight=False)
+    written = read_jsonl(out, what="descriptions")
+    print_label_spreads(label_spreads(written))
+    for line in write_exports(written, exports, export_settings):
+        console.print(line, highlight=False)
 
 
 def print_label_spreads(spreads: dict[float, LabelSpread]) -> None:
@@ -140,15 +155,12 @@ def print_label_spreads(spreads: dict[float, LabelSpread]) -> None:
                           highlight=False, soft_wrap=True)
 
 
-def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None, sae_id: str | None,
-                         features: str | None) -> VectorSource | None:
+def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None,
+                         sae_id: str | None) -> VectorSource | None:
     """``--vectors SOURCE`` or the old spellings (``--key K``, ``--sae-release R --sae-id ID``); None: no source."""
     if vectors is None and sae_release is None:
         return None
-    source = VectorSource.sae(sae_release, sae_id) if sae_release else VectorSource.parse(vectors, key)
-    if source.is_sae and not features:
-        raise SelfieError(f"{source} needs --features: which latents to describe (e.g. --features 0-99)")
-    return source
+    return VectorSource.sae(sae_release, sae_id) if sae_release else VectorSource.parse(vectors, key)
 
 
 # Options shared by `extract` and `mean`.

@@ -47,7 +47,7 @@ from ..interpret.resumable import KEY_FIELDS, DescribeRun, Progress, _mean_vecto
 from ..runs.fingerprint import resolve_settings
 from ..runs.outputs import Record
 from ..runs.row_log import JsonlLog
-from ..vectors.rows import drop_zero_rows
+from ..vectors.rows import drop_zero_rows, write_skipped
 
 log = logging.getLogger(__name__)
 COMMAND = "describe"  # the parts and OUT are `selfie describe` outputs: the same rows, the same record
@@ -161,7 +161,7 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     """
     check_label_end(run.label_end)
     adapter = load_adapter(run.adapter) if run.adapter else None
-    vectors, indices = _vectors(run)
+    named, (vectors, indices) = _vectors(run)
     mean = _mean_vector(run.mean_vectors, run.layer)
     run = _with_scales(run, adapter)
     jobs_per_vector = len(run.scales) * run.samples
@@ -171,6 +171,7 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     with JsonlLog(out, inputs, command=COMMAND, key_fields=KEY_FIELDS, overwrite=overwrite) as final:
         if overwrite:
             _remove_parts(parts_dir)
+        write_skipped(out, named, indices, run.source.row_name)
         if not _already_complete(final, out, len(vectors) * jobs_per_vector):
             size = shard_vectors or min(MAX_SHARD_VECTORS, -(-len(vectors) // 64))
             shards = plan_shards(len(vectors), jobs_per_vector, run.batch_size, size)
@@ -188,14 +189,17 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     return out
 
 
-def _vectors(run: DescribeRun) -> tuple[torch.Tensor, list[int]]:
+def _vectors(run: DescribeRun) -> tuple[list[int], tuple[torch.Tensor, list[int]]]:
+    """(the rows asked for, (the non-zero vectors, their indices))."""
     if run.prompts is not None:
         raise SelfieError("describing --prompts with Ray is not supported: extract their states first "
                           "(selfie extract --layer L --prompts FILE --out states.safetensors), then describe "
                           "--vectors states.safetensors#layer_L")
     if run.source is None:
-        raise SelfieError("give a vector source: --vectors FILE[#KEY] or --vectors sae-lens:RELEASE/ID --features 0-99")
-    return drop_zero_rows(*run.source.load(run.features), run.source.row_name)
+        raise SelfieError("give a vector source: --vectors FILE[#KEY] or --vectors sae-lens:RELEASE/ID "
+                          "[--features 0-99]")
+    loaded, named = run.source.load(run.features)
+    return named, drop_zero_rows(loaded, named, run.source.row_name)
 
 
 def _with_scales(run: DescribeRun, adapter: Adapter | None) -> DescribeRun:

@@ -33,7 +33,7 @@ from ..runs.fingerprint import FileInput, model_identity, sha256_text
 from ..runs.row_log import JsonlLog
 from ..vectors.hidden import extract_hidden_states
 from ..vectors.prompts import load_prompts
-from ..vectors.rows import drop_zero_rows
+from ..vectors.rows import drop_zero_rows, write_skipped
 from ..vectors.source import VectorSource
 from ..vectors.tensor_files import load_mean_vectors
 from .describe import Description, Interpreter
@@ -132,17 +132,20 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
     adapter = load_adapter(run.adapter) if run.adapter else None
     if (run.source is None) == (run.prompts is None):
         raise SelfieError("give exactly one vector source: --vectors FILE[#KEY], --vectors "
-                          "sae-lens:RELEASE/ID --features 0-99, or --prompts FILE --layer L")
+                          "sae-lens:RELEASE/ID [--features 0-99], or --prompts FILE --layer L")
     texts = _prompt_texts(run) if run.prompts is not None else None
     if run.source is not None:
-        vectors, indices = drop_zero_rows(*run.source.load(run.features), run.source.row_name)
+        loaded, named = run.source.load(run.features)  # every row asked for (all of them without features)
+        vectors, indices = drop_zero_rows(loaded, named, run.source.row_name)
     mean = _mean_vector(run.mean_vectors, run.layer)
     with JsonlLog(out, run.inputs(texts), command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as log:
         model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
         if texts is not None:  # hidden states of the prompts, after block `layer`, last token
             states = extract_hidden_states(model, tok, texts, run.layer, chat=run.chat,
                                            batch_size=run.batch_size)[run.layer]
-            vectors, indices = drop_zero_rows(states, list(range(len(texts))), "prompt state")
+            named = list(range(len(texts)))
+            vectors, indices = drop_zero_rows(states, named, "prompt state")
+        write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
         interp = Interpreter(model, tok, adapter, template=run.template, injection_token=run.injection_token,
                              inject_layer=run.inject_layer, mean=mean, allow_model_mismatch=run.allow_model_mismatch,
                              label_end=run.label_end)

@@ -163,12 +163,66 @@ EXPORT_FORMATS = {
 }
 
 
+# What the Neuronpedia rows and delphi files are named by (``labels export`` flags, ``describe --export-set``).
+EXPORT_SETTINGS = {"model_id": "llama3.1-8b-it", "source": "19-resid-post-gf",
+                   "explanation_model": "selfie-adapter", "module": "layers.19"}
 
-def export_format(name: str) -> ExportFormat:
+
+def export_format(name: str, flag: str = "--format") -> ExportFormat:
     """The registered export format ``name``, or an error listing them (``--format``)."""
     if name not in EXPORT_FORMATS:
-        raise SelfieError(f"unknown --format {name!r}; choose {' or '.join(EXPORT_FORMATS)}")
+        raise SelfieError(f"unknown {flag} {name!r}; choose {' or '.join(EXPORT_FORMATS)}")
     return EXPORT_FORMATS[name]
 
-__all__ = ["EXPORT_FORMATS", "ExportFormat", "best_labels", "export_format", "neuronpedia_rows",
-           "neuronpedia_training_sections", "read_neuronpedia", "write_delphi", "write_neuronpedia"]
+
+def parse_export(spec: str) -> tuple[ExportFormat, Path]:
+    """``FORMAT:PATH`` (``describe --export``), checked before any work: ``neuronpedia:explanations.json``
+    (a file: .json, .jsonl or .jsonl.gz) or ``delphi:explanations`` (a folder).
+
+    >>> parse_export("delphi:explanations")[0].name
+    'delphi'
+    """
+    name, sep, path = spec.partition(":")
+    if not sep or not path:
+        raise SelfieError(f"--export takes FORMAT:PATH, got {spec!r} (e.g. --export neuronpedia:explanations.json "
+                          "or --export delphi:explanations)")
+    fmt, out = export_format(name, "--export format"), Path(path)
+    if fmt.folder and out.exists() and not out.is_dir():
+        raise SelfieError(f"--export {spec}: {out} is a file; {fmt.name} writes a folder")
+    if not fmt.folder and out.is_dir():
+        raise SelfieError(f"--export {spec}: {out} is a folder; {fmt.name} writes one file (e.g. {out}/labels.json)")
+    return fmt, out
+
+
+def export_model_name(adapter: str | None) -> str:
+    """The explanationModelName of an adapter's labels: its file name (``goodfire-sae-scalar-affine``), or
+    ``selfie-untrained`` for the untrained baseline."""
+    return Path(adapter).name.split(".")[0] if adapter else "selfie-untrained"
+
+
+def parse_export_settings(pairs: Sequence[str], **defaults: str) -> dict[str, str]:
+    """``KEY=VALUE`` overrides (``describe --export-set``) of ``EXPORT_SETTINGS`` (after ``defaults``)."""
+    settings = {**EXPORT_SETTINGS, **defaults}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in EXPORT_SETTINGS:
+            raise SelfieError(f"--export-set takes KEY=VALUE with KEY one of {', '.join(EXPORT_SETTINGS)}; "
+                              f"got {pair!r} (e.g. --export-set source=19-resid-post-gf)")
+        settings[key] = value
+    return settings
+
+
+def write_exports(rows: Sequence[dict], exports: Sequence[tuple[ExportFormat, Path]],
+                  settings: dict[str, str]) -> list[str]:
+    """Write ``rows`` (``selfie describe`` output) in every ``(format, path)``; one line per export written."""
+    lines = []
+    for fmt, out in exports:
+        paths = fmt.write(rows, out, **settings)
+        lines.append(f"wrote {len(paths)} {fmt.name} explanations to {out}" if fmt.folder
+                     else f"wrote {fmt.name} explanations {paths[0]}")
+    return lines
+
+
+__all__ = ["EXPORT_FORMATS", "EXPORT_SETTINGS", "ExportFormat", "best_labels", "export_format",
+           "export_model_name", "neuronpedia_rows", "neuronpedia_training_sections", "parse_export",
+           "parse_export_settings", "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]

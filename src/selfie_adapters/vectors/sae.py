@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -10,6 +12,7 @@ from ..errors import SelfieError
 from .rows import drop_zero_rows
 
 DEAD_LATENT = "dead latent"  # what a zero SAE row is called in warnings
+SAE_TENSORS = ("W_enc", "b_enc", "b_dec")  # a local SAE file (``eval generation --sae FILE``) holds these
 
 
 def sae_rows(W_dec: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -51,3 +54,27 @@ def sae_decoder_vectors(release: str, sae_id: str, indices: Sequence[int],
     """Decoder vectors of SAE latents (dead ones skipped): ((K, d) fp32, kept indices)."""
     sae = load_sae(release, sae_id, device)
     return decoder_rows(sae.W_dec.detach(), indices)
+
+
+def is_sae_file(path: str | os.PathLike) -> bool:
+    """A local ``.safetensors`` SAE (tensors W_enc, b_enc, b_dec[, W_dec, threshold]); reads the header only."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return set(SAE_TENSORS) <= set(f.keys())
+    except Exception:  # not a safetensors file: load_vectors says so
+        return False
+
+
+def sae_file_decoder(path: str | os.PathLike) -> torch.Tensor:
+    """The decoder rows (d_sae, d) fp32 of a local SAE file: ``W_dec``, else ``W_enc``ᵀ (as ``SimpleSAE``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        names = set(f.keys())
+        W = f.get_tensor("W_dec") if "W_dec" in names else f.get_tensor("W_enc").T  # (d_sae, d)
+    return W.float().contiguous()

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from .sae import DEAD_LATENT, import_sae_lens, load_sae, sae_rows
+from .sae import DEAD_LATENT, import_sae_lens, is_sae_file, load_sae, sae_file_decoder, sae_rows
 from .tensor_files import load_vectors
 
 SAE_PREFIX = "sae-lens:"
@@ -20,8 +20,9 @@ SAE_PREFIX = "sae-lens:"
 class VectorSource:
     """Where vectors come from, in the one syntax every command takes (``describe --vectors``,
     ``eval loss --vectors``, ``data.vectors_file``, ``eval generation --sae``):
-    ``FILE`` (.safetensors / .pt / .npy), ``FILE#KEY`` (one tensor of several) or
-    ``sae-lens:<release>/<sae_id>`` (an SAE's decoder rows, ``sae`` extra).
+    ``FILE`` (.safetensors / .pt / .npy), ``FILE#KEY`` (one tensor of several),
+    ``sae-lens:<release>/<sae_id>`` (an SAE's decoder rows, ``sae`` extra) or a local SAE ``FILE``
+    (.safetensors with W_enc, b_enc, b_dec[, W_dec]: its decoder rows).
 
     >>> VectorSource.parse("sae-lens:goodfire-llama-3.1-8b-instruct/layer_19").load([0, 5])[1]
     [0, 5]
@@ -78,13 +79,19 @@ class VectorSource:
     @property
     def row_name(self) -> str:
         """What one row is called in messages (a zero SAE row is a dead latent)."""
-        return DEAD_LATENT if self.is_sae else "vector"
+        return DEAD_LATENT if self.is_sae or self.is_sae_file else "vector"
+
+    @property
+    def is_sae_file(self) -> bool:
+        """A local SAE ``.safetensors`` given without ``#KEY``: its rows are the decoder's."""
+        return not self.is_sae and self.key is None and is_sae_file(self.path)
 
     def load(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """((N, d) fp32 vectors, their row indices); ``indices`` picks rows. Zero rows are kept: describing
         drops them (``drop_zero_rows``), training keeps its table whole."""
-        if self.is_sae:
-            W_dec = load_sae(self.sae_release, self.sae_id).W_dec.detach()  # (d_sae, d)
+        if self.is_sae or self.is_sae_file:
+            W_dec = (load_sae(self.sae_release, self.sae_id).W_dec.detach() if self.is_sae
+                     else sae_file_decoder(self.path))  # (d_sae, d)
             if indices is None:
                 return W_dec.float().cpu(), list(range(len(W_dec)))
             return sae_rows(W_dec, indices), list(indices)
