@@ -8,8 +8,13 @@
 2. Load test: 1,000 requests from 32 concurrent clients over every endpoint, ~15% malformed (bad
    JSON, wrong dimension, NaN, unknown field, bad layer, oversize). Target: zero 5xx, zero lost
    responses, every malformed request a 4xx and every good one a 200.
+3. Large vocabulary (in process, no HTTP): the same 16 requests x 8 vectors on a random 8-block
+   Llama with Llama-3's 128k vocabulary, baseline mode at 1, 6 and 12 scales, greedy, 2 new
+   tokens, one at a time against merged; at 6 scales also merged without the logits bound
+   (``--batch-size 1024``: the 768-generation batches of issue #18). Target: merged >= 1x at every
+   scale count, labels identical.
 
-Run: python benchmarks/bench_serve.py [--device cuda] [--threads 2]
+Run: python benchmarks/bench_serve.py [--device cuda] [--threads 2] [--only vocab]
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ import httpx
 import torch
 
 from selfie_adapters import extract_hidden_states
+from selfie_adapters.interpret.describe import BASELINE_SCALES
+from selfie_adapters.serve import Service
 from selfie_adapters.serve.process import serve_process
+from selfie_adapters.testing import make_llama3_tokenizer, make_tiny_llama
 from selfie_adapters.toy import load_toy_model
 
 CLIENTS, VECTORS, ROUNDS = 16, 8, 3
 SERVER: list[str] = []  # extra `selfie serve` flags (--device, --threads) from the command line
 OURS: list[str] = []  # flags only for the micro-batching server (--batch-wait-ms)
 DESCRIBE = {"mode": "baseline", "scales": [1.0], "max_new_tokens": 24}
+SWEEPS = {1: (1.0,), 6: BASELINE_SCALES, 12: tuple(round(0.5 * 11 ** (i / 11), 2) for i in range(12))}  # 0.5 .. 5.5
 
 
 def concept_vectors(n: int) -> torch.Tensor:
@@ -107,6 +116,55 @@ def bench_batching(vectors: torch.Tensor, repeats: int = 3) -> None:
           f"{stats['rows'] / stats['batches']:.1f} vectors per model batch on average")
 
 
+async def describe_requests(service: Service, requests: list[torch.Tensor], settings, merged: bool):
+    """Seconds to describe every request, all queued at once (merged) or each after the last, and the labels."""
+    start = time.perf_counter()
+    if merged:
+        jobs = [service.describe(v, settings, "baseline") for v in requests]
+        rows = await asyncio.gather(*(job.collect() for job in jobs))
+    else:
+        rows = [await service.describe(v, settings, "baseline").collect() for v in requests]
+    return time.perf_counter() - start, [[d.label for d in r] for r in rows]
+
+
+def bench_vocab(repeats: int = 2, new_tokens: int = 2, device: str = "cpu") -> None:
+    """In process; per scale count the ways alternate ``repeats`` times (medians), so load hits all alike."""
+    model, tok = make_tiny_llama(layers=8, hidden=256).to(device), make_llama3_tokenizer()
+    torch.manual_seed(0)
+    requests = list(torch.randn(CLIENTS * VECTORS, 256).split(VECTORS))
+    ways = {"one at a time": (Service(model, tok, batch_wait_ms=0), False), "merged": (Service(model, tok), True),
+            "merged, unbounded": (Service(model, tok, batch_size=1024, max_step_logits=2**62), True)}
+    print(f"large vocabulary: {CLIENTS} requests x {VECTORS} vectors, random Llama (8 blocks, d=256, "
+          f"{model.config.vocab_size:,} tokens), baseline, greedy, {new_tokens} new tokens, in process, "
+          f"{torch.get_num_threads()} thread(s)")
+    for service, _ in ways.values():
+        service.start()
+    try:
+        for n, scales in SWEEPS.items():
+            settings = ways["merged"][0].settings("baseline", scales, max_new_tokens=new_tokens)
+            names = [w for w in ways if n == 6 or w != "merged, unbounded"]  # unbounded: the issue's case only
+            times, labels, before = {w: [] for w in names}, {}, {w: Counter(ways[w][0].scheduler.stats) for w in names}
+            for _ in range(repeats):
+                for w in names:
+                    seconds, labels[w] = asyncio.run(describe_requests(ways[w][0], requests, settings, ways[w][1]))
+                    times[w].append(seconds)
+            cells = []
+            for w in names:  # the ratio of each run to the one-at-a-time run just before it: load drifts slowly
+                done = ways[w][0].scheduler.stats - before[w]
+                ratios = sorted(a / t for a, t in zip(times["one at a time"], times[w]))
+                cells.append(f"{w} {statistics.median(times[w]):5.1f} s "
+                             f"({done['generations'] / done['forwards']:.0f} gen/forward)"
+                             + ("" if w == "one at a time" else
+                                f" {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"))
+            same = all(labels[w] == labels["one at a time"] for w in names)
+            print(f"  {n:>2} scales: " + ", ".join(cells) + f"; labels {'identical' if same else 'DIFFERENT'}")
+    finally:
+        for service, _ in ways.values():
+            service.stop()
+    print(f"  (x = one at a time / merged: median (range) of {repeats} alternations; target: merged >= 1x at "
+          "every scale count)")
+
+
 def load_requests(vectors: torch.Tensor, n: int, rng: random.Random) -> list[tuple[str, object, bool]]:
     """(path, body, well-formed?) for a mix of endpoints with ~15% malformed requests."""
     v = lambda k: vectors[rng.randrange(len(vectors) - k):][:k].tolist()  # noqa: E731
@@ -172,11 +230,19 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1,
                         help="the server's CPU threads for torch (1: the shared 2-core CI machine)")
     parser.add_argument("--batch-wait-ms", help="the micro-batching server's window (default: selfie serve's)")
+    parser.add_argument("--only", choices=["batching", "load", "vocab"], help="run one benchmark (default: all)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternations per scale count in the vocab benchmark")
     args = parser.parse_args()
     SERVER += ["--device", args.device, "--threads", str(args.threads)]
     OURS += ["--batch-wait-ms", args.batch_wait_ms] if args.batch_wait_ms else []
-    print(f"server: {' '.join(SERVER + OURS)}")
-    torch.set_num_threads(1)  # the client process leaves the cores to the server
-    vecs = concept_vectors(CLIENTS * VECTORS)
-    bench_batching(vecs)
-    bench_load(vecs)
+    if args.only in (None, "batching", "load"):
+        print(f"server: {' '.join(SERVER + OURS)}")
+        torch.set_num_threads(1)  # the client process leaves the cores to the server
+        vecs = concept_vectors(CLIENTS * VECTORS)
+        if args.only in (None, "batching"):
+            bench_batching(vecs)
+        if args.only in (None, "load"):
+            bench_load(vecs)
+    if args.only in (None, "vocab"):
+        torch.set_num_threads(args.threads)  # in process: the model runs here
+        bench_vocab(args.repeats, device=args.device)

@@ -56,6 +56,7 @@ def test_info_reports_model_adapter_template_and_limits(client, toy):
     assert info["adapter"]["projection_type"] == "scalar_affine" and info["adapter"]["model_dim"] == 128
     assert info["injection_sites"] == Interpreter(toy[0], toy[1]).sites and info["mean_layers"] == [1]
     assert info["limits"]["max_vectors"] == 64 and info["default_scales"]["adapter"] == [1.0]
+    assert info["batch_generations"] == 128  # the toy vocabulary is small: --batch-size binds, not the logits
 
 
 def test_describe_float_lists_match_the_library(client, toy):

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from selfie_adapters import Interpreter
+from selfie_adapters.interpret import describe as describe_module
+from selfie_adapters.interpret.generate import generate
 from selfie_adapters.serve import DescribeJob, Scheduler, Settings
 from selfie_adapters.toy import load_toy_model
 
@@ -77,6 +79,42 @@ def test_batches_respect_the_size_and_share_it_between_jobs(interp, vectors):
     assert same(small, interp.describe(vectors[10:], **GREEDY.kwargs()))
 
 
+def test_generations_per_step_are_bounded_by_logits():
+    assert Scheduler(batch_size=512).step_generations(128256) == 2**24 // 128256 == 130  # Llama-3's vocabulary
+    assert Scheduler(batch_size=128).step_generations(616) == 128  # a small vocabulary: batch_size binds
+    assert Scheduler(max_step_logits=100).step_generations(128256) == 1  # never zero
+
+
+@pytest.fixture
+def forward_sizes(monkeypatch):
+    """Rows of every ``generate`` call (one forward per decode step) that describe makes."""
+    sizes = []
+
+    def recording(model, prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        return generate(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(describe_module, "generate", recording)
+    return sizes
+
+
+@pytest.mark.parametrize(("settings", "cap"), [(GREEDY, 5), (SAMPLED, 5), (SAMPLED, 2)],
+                         ids=["greedy", "sampled", "sampled-vector-over-cap"])
+def test_merged_and_lone_batches_stay_under_the_logits_bound(interp, vectors, settings, cap, forward_sizes):
+    vocab = interp.model.get_output_embeddings().weight.shape[0]
+    scheduler = Scheduler(batch_size=64, max_step_logits=cap * vocab)  # cap generations per forward
+    parts = [vectors[:3], vectors[3:4], vectors[4:9]]
+    merged = run(with_scheduler(scheduler, lambda: [DescribeJob(interp, v, settings) for v in parts]))
+    assert max(forward_sizes) <= cap and sum(forward_sizes) == 9 * settings.per_vector
+    assert scheduler.stats["rows"] == 9 and scheduler.stats["forwards"] == len(forward_sizes)
+    for v, got in zip(parts, merged):
+        assert same(got, interp.describe(v, **settings.kwargs()))
+    forward_sizes.clear()  # a request alone gets the same bound
+    lone = Scheduler(batch_size=64, max_step_logits=cap * vocab)
+    run(with_scheduler(lone, lambda: [DescribeJob(interp, vectors[:9], settings)]))
+    assert max(forward_sizes) <= cap and sum(forward_sizes) == 9 * settings.per_vector
+
+
 def test_cancelled_job_is_dropped_and_the_worker_goes_on(interp, vectors):
     scheduler = Scheduler(batch_size=4)
 
@@ -97,14 +135,15 @@ def test_cancelled_job_is_dropped_and_the_worker_goes_on(interp, vectors):
 
 
 def test_a_failing_batch_fails_its_jobs_only(interp, vectors):
-    class Broken:
+    class Broken(Interpreter):
         def describe(self, *args, **kwargs):
             raise RuntimeError("boom")
 
     scheduler = Scheduler(batch_size=64)
+    broken = Broken(interp.model, interp.tokenizer)
 
     async def scenario():
-        bad, good = DescribeJob(Broken(), vectors[:2], GREEDY), DescribeJob(interp, vectors[:2], GREEDY)
+        bad, good = DescribeJob(broken, vectors[:2], GREEDY), DescribeJob(interp, vectors[:2], GREEDY)
         scheduler.submit(bad)
         scheduler.submit(good)
         scheduler.start()

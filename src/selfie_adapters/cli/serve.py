@@ -26,9 +26,14 @@ def serve(
     token: str | None = typer.Option(None, envvar="SELFIE_SERVE_TOKEN",
                                      help="Require 'Authorization: Bearer TOKEN' on the API (or set "
                                           "SELFIE_SERVE_TOKEN)."),
-    batch_size: int = typer.Option(128, min=1, help="Generations per micro-batch shared by concurrent requests."),
+    batch_size: int = typer.Option(128, min=1, help="Generations per micro-batch shared by concurrent requests "
+                                   "(fewer when --max-step-logits binds)."),
     batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a new request waits for others to join "
                                         "its batch."),
+    max_step_logits: int | None = typer.Option(None, min=1, help="Generations × vocabulary per decode step, so "
+                                               "merged batches never run slower than requests one at a time "
+                                               "(default 2^24 fp32 logits = 64 MiB: 130 generations at a 128k "
+                                               "vocabulary)."),
     max_vectors: int = typer.Option(1024, min=1, help="Vectors, prompts or lens cells per request."),
     max_prompt_tokens: int = typer.Option(1024, min=1, help="Tokens per prompt."),
     max_samples: int = typer.Option(64, min=1, help="Samples per vector and scale."),
@@ -52,7 +57,7 @@ def serve(
     try:
         import uvicorn
 
-        from ..serve import Limits, Service, create_app
+        from ..serve import MAX_STEP_LOGITS, Limits, Service, create_app
     except ImportError as e:
         raise SelfieError(f"selfie serve needs the serve extra ({e.name} is missing): "
                           "pip install 'selfie-adapters[serve]'") from None
@@ -67,7 +72,7 @@ def serve(
     service = Service.load(model, adapter, mean_vectors=mean_vectors, dtype=dtype, device=device,
                            template=template, injection_token=injection_token, inject_layer=inject_layer,
                            allow_model_mismatch=allow_model_mismatch, limits=limits, batch_size=batch_size,
-                           batch_wait_ms=batch_wait_ms)
+                           batch_wait_ms=batch_wait_ms, max_step_logits=max_step_logits or MAX_STEP_LOGITS)
     if token is None and not _is_loopback(host):
         print(f"warning: serving on {host} without --token; anyone who can reach it can use this model",
               file=sys.stderr)

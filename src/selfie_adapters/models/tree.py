@@ -88,3 +88,10 @@ def embedding_norm(model) -> float:
 
 def model_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+def logits_width(model) -> int:
+    """How many logits one row of one forward produces: the output head's rows (``config.vocab_size``
+    when the model has no separate head module)."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)

@@ -7,10 +7,11 @@ FastAPI and uvicorn come with the ``serve`` extra: ``pip install 'selfie-adapter
 """
 
 from .limits import Limits, RequestError
-from .scheduler import DescribeJob, Scheduler, Settings
+from .scheduler import MAX_STEP_LOGITS, DescribeJob, Scheduler, Settings
 from .service import Service
 
-__all__ = ["DescribeJob", "Limits", "RequestError", "Scheduler", "Service", "Settings", "create_app"]
+__all__ = ["MAX_STEP_LOGITS", "DescribeJob", "Limits", "RequestError", "Scheduler", "Service", "Settings",
+           "create_app"]
 
 
 def create_app(service: Service, *, token: str | None = None):

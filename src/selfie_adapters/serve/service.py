@@ -16,12 +16,12 @@ from ..interpret.describe import Interpreter
 from ..interpret.template import PromptTemplate
 from ..models.loading import load_model
 from ..models.tokens import pad_token_id
-from ..models.tree import decoder_layers, embedding_norm, model_device
+from ..models.tree import decoder_layers, embedding_norm, logits_width, model_device
 from ..vectors.hidden import extract_hidden_states, hidden_states_batch
 from ..vectors.prompts import question_tokens, render_prompts
 from ..vectors.tensor_files import load_mean_vectors
 from .limits import Limits, RequestError
-from .scheduler import DescribeJob, Scheduler, Settings
+from .scheduler import MAX_STEP_LOGITS, DescribeJob, Scheduler, Settings
 
 MODES = ("adapter", "baseline")
 
@@ -37,7 +37,8 @@ class Service:
                  means: dict[int, torch.Tensor] | None = None, template: PromptTemplate | str | None = None,
                  injection_token: str | None = None, inject_layer: int | None = None,
                  allow_model_mismatch: bool = False, limits: Limits | None = None,
-                 batch_size: int = 128, batch_wait_ms: float = 5.0, adapter_source: str | None = None) -> None:
+                 batch_size: int = 128, batch_wait_ms: float = 5.0, max_step_logits: int = MAX_STEP_LOGITS,
+                 adapter_source: str | None = None) -> None:
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.limits = limits or Limits()
         kw = {"template": template, "injection_token": injection_token, "inject_layer": inject_layer}
@@ -53,7 +54,7 @@ class Service:
         # a baseline soft token as long as an average input embedding: a scale that fits any model
         self.baseline_scale = round(embedding_norm(model), 4)
         self.adapter_source = adapter_source
-        self.scheduler = Scheduler(batch_size, batch_wait_ms / 1000)
+        self.scheduler = Scheduler(batch_size, batch_wait_ms / 1000, max_step_logits)
 
     @classmethod
     def load(cls, model: str, adapter: str | None = None, *, mean_vectors: str | None = None, dtype: str = "auto",
@@ -196,6 +197,7 @@ class Service:
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
             "mean_layers": sorted(self.means),
             "limits": vars(self.limits),
+            "batch_generations": self.scheduler.step_generations(logits_width(self.model)),
             "stats": {"pending_rows": self.scheduler.pending_rows(), **self.scheduler.stats},
         }
 
