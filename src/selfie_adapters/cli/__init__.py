@@ -15,6 +15,7 @@ from . import (
     demo,  # noqa: F401
     evals,  # noqa: F401
     experiments,  # noqa: F401
+    models,  # noqa: F401
     serve,  # noqa: F401
     train,  # noqa: F401
 )

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..adapters.artifact import load_adapter
+from ..engines.choice import ENGINES
 from ..files import read_jsonl
 from ..interpret.label_text import LabelSpread
 from ..interpret.resumable import DescribeRun, describe_source, label_spreads
@@ -87,6 +88,9 @@ def describe(
     label_end: LabelEnd = typer.Option(LabelEnd("last-quote"), help=LABEL_END_HELP),
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    engine: str = typer.Option("hf", help=f"Generation backend: {' or '.join(ENGINES)}. vllm: a safetensors folder "
+                               "or hub id (GGUF: selfie models export first), in the venv of `make setup-vllm`; "
+                               "greedy labels match hf; no --inject-layer or --relevancy."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out instead of resuming it (needed when "
                                    "it holds other results or was computed from other inputs)."),
     ray: str | None = typer.Option(None, help="Run the work as shards on a Ray cluster: 'local' (start one on this "
@@ -126,7 +130,8 @@ def describe(
                       scales=scales, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                       top_p=top_p, seed=seed, batch_size=batch_size, inject_layer=inject_layer, template=template,
                       injection_token=injection_token, allow_model_mismatch=allow_model_mismatch,
-                      relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device)
+                      relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device,
+                      engine=engine)
     with progress_hook("describing", unit="labels") as progress:
         if ray is None:
             describe_source(run, out, overwrite=overwrite, progress=progress)

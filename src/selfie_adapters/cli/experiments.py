@@ -1,4 +1,4 @@
-"""`selfie experiment topics` and `selfie models`: thin commands over ``selfie_adapters.experiments``."""
+"""`selfie experiment topics`: a thin command over ``selfie_adapters.experiments``."""
 # ruff: noqa: B008  (typer declares options as call defaults)
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from ..runs.fingerprint import resolve_settings
 from ..runs.outputs import Record
 from ..runs.row_log import JsonlLog
 from ..vectors.rows import drop_zero_rows, write_skipped
+from .choice import check_engine
 
 log = logging.getLogger(__name__)
 COMMAND = "describe"  # the parts and OUT are `selfie describe` outputs: the same rows, the same record
@@ -133,13 +134,9 @@ class DescribeWorker:
 
 
 def _interpreter(run: DescribeRun, adapter: Adapter | None, mean: torch.Tensor | None):
-    from ..interpret.describe import Interpreter
-    from ..models.loading import load_model
+    from ..interpret.resumable import open_engine
 
-    model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
-    return Interpreter(model, tok, adapter, template=run.template, injection_token=run.injection_token,
-                       inject_layer=run.inject_layer, mean=mean, allow_model_mismatch=run.allow_model_mismatch,
-                       label_end=run.label_end)
+    return open_engine(run, adapter, mean)  # run.engine travels with the run: each worker opens hf or vllm
 
 
 def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str | None = None,
@@ -160,6 +157,7 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     ``describe_source``; ``on_batch`` sees every appended batch with its shard and worker.
     """
     check_label_end(run.label_end)
+    check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
     adapter = load_adapter(run.adapter) if run.adapter else None
     named, (vectors, indices) = _vectors(run)
     mean = _mean_vector(run.mean_vectors, run.layer)

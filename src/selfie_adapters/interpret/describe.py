@@ -147,18 +147,24 @@ class Interpreter:
             rows = torch.tensor([where[job.row] for job in batch], device=base.device)
             scale = torch.tensor([job.scale for job in batch], dtype=torch.float32, device=base.device)
             soft = self.adapter.scaled_transform(base[rows], scale, prepared=True)  # (b, d)
-            gens = None
-            if temperature > 0:
-                device = model_device(self.model)
-                gens = [torch.Generator(device=device).manual_seed(derived_seed(seed, *job.key)) for job in batch]
-            outs = generate(self.model, [self.prompt_ids] * len(batch), [self.sites] * len(batch), soft,
-                            inject_layer=self.inject_layer, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, generators=gens,
-                            stop_ids=self.stop_ids, pad_id=pad_token_id(self.tokenizer))
+            outs = self.generate_rows(batch, soft, max_new_tokens=max_new_tokens, temperature=temperature,
+                                      top_p=top_p, seed=seed)
             rel = self._relevancy(outs) if relevancy else [None] * len(outs)
             yield [self._describe_one(job, out, r) for job, out, r in zip(batch, outs, rel)]
             if progress is not None:
                 progress(len(batch))
+
+    def generate_rows(self, batch: Sequence[DescribeItem], soft: torch.Tensor, *, max_new_tokens: int,
+                      temperature: float, top_p: float, seed: int) -> list[Generated]:
+        """The template with ``soft[b]`` (b, d) at every site → row b's continuation; sampling is seeded by
+        ``derived_seed(seed, *batch[b].key)``. The one step another backend (``engines.vllm``) replaces."""
+        gens = None
+        if temperature > 0:
+            device = model_device(self.model)
+            gens = [torch.Generator(device=device).manual_seed(derived_seed(seed, *job.key)) for job in batch]
+        return generate(self.model, [self.prompt_ids] * len(batch), [self.sites] * len(batch), soft,
+                        inject_layer=self.inject_layer, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, generators=gens, stop_ids=self.stop_ids, pad_id=pad_token_id(self.tokenizer))
 
     def _describe_one(self, job: DescribeItem, out: Generated, relevancy=None) -> Description:
         text_ids = [t for t in out.tokens if t not in self.eos_ids]

@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 
 from ..adapters.artifact import load_adapter
+from ..engines.choice import check_engine
 from ..errors import SelfieError
 from ..files import resolve_file
 from ..models.loading import load_model
@@ -104,13 +105,14 @@ class DescribeRun:
     relevancy: bool = False
     label_end: str = "last-quote"
     dtype: str = "auto"
-    device: str | None = None
+    device: str | None = None  # the HF engine's; vLLM places the model itself
+    engine: str = "hf"  # "hf" (transformers, this package's generate) or "vllm" (engines.vllm)
 
     def inputs(self, texts: Sequence[str] | None) -> dict:
         """What the rows depend on, as recorded beside OUT (files by content: see ``runs.fingerprint``)."""
         src = self.source
         file = src is not None and not src.is_sae
-        return {"model": model_identity(self.model), "dtype": self.dtype,
+        recorded = {"model": model_identity(self.model), "dtype": self.dtype,
                 "adapter": FileInput(resolve_file(self.adapter)) if self.adapter else None,
                 "template": self.template, "injection_token": self.injection_token,
                 "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
@@ -121,6 +123,9 @@ class DescribeRun:
                 "sae": f"{src.sae_release}/{src.sae_id}" if src is not None and src.is_sae else None,
                 "prompts": sha256_text("\n".join(texts)) if texts is not None else None, "chat": self.chat,
                 "relevancy": self.relevancy, "label_end": self.label_end}
+        if self.engine != "hf":  # outputs written before engines existed keep their recorded inputs
+            recorded["engine"] = self.engine
+        return recorded
 
 
 def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool = False,
@@ -129,6 +134,7 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
     same inputs resumes, other inputs are refused unless ``overwrite``. Everything that can be checked
     without the model is checked before it loads."""
     check_label_end(run.label_end)
+    check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
     adapter = load_adapter(run.adapter) if run.adapter else None
     if (run.source is None) == (run.prompts is None):
         raise SelfieError("give exactly one vector source: --vectors FILE[#KEY], --vectors "
@@ -139,20 +145,34 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
         vectors, indices = drop_zero_rows(loaded, named, run.source.row_name)
     mean = _mean_vector(run.mean_vectors, run.layer)
     with JsonlLog(out, run.inputs(texts), command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as log:
-        model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
+        model = tok = None  # the vLLM engine needs no HF model, unless for the prompts' states
+        if run.engine == "hf" or texts is not None:
+            model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
         if texts is not None:  # hidden states of the prompts, after block `layer`, last token
             states = extract_hidden_states(model, tok, texts, run.layer, chat=run.chat,
                                            batch_size=run.batch_size)[run.layer]
             named = list(range(len(texts)))
             vectors, indices = drop_zero_rows(states, named, "prompt state")
         write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
-        interp = Interpreter(model, tok, adapter, template=run.template, injection_token=run.injection_token,
-                             inject_layer=run.inject_layer, mean=mean, allow_model_mismatch=run.allow_model_mismatch,
-                             label_end=run.label_end)
-        write_descriptions(log, interp, vectors, indices, scales=run.scales, samples=run.samples, progress=progress,
+        engine = open_engine(run, adapter, mean, model, tok)
+        write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.samples, progress=progress,
                            max_new_tokens=run.max_new_tokens, temperature=run.temperature, top_p=run.top_p,
                            seed=run.seed, batch_size=run.batch_size, relevancy=run.relevancy)
     return Path(out)
+
+
+def open_engine(run: DescribeRun, adapter, mean: torch.Tensor | None, model=None, tokenizer=None) -> DescribeEngine:
+    """``run.engine``'s describe engine: an :class:`Interpreter` on the HF model (loaded here unless given),
+    or a :class:`~selfie_adapters.engines.vllm.VllmEngine` (which uses ``model`` only for its embeddings)."""
+    settings = {"template": run.template, "injection_token": run.injection_token, "mean": mean,
+                "allow_model_mismatch": run.allow_model_mismatch, "label_end": run.label_end}
+    if run.engine == "vllm":
+        from ..engines.vllm import VllmEngine
+
+        return VllmEngine(run.model, adapter, dtype=run.dtype, prompt_model=model, tokenizer=tokenizer, **settings)
+    if model is None:
+        model, tokenizer = load_model(run.model, dtype=run.dtype, device=run.device)
+    return Interpreter(model, tokenizer, adapter, inject_layer=run.inject_layer, **settings)
 
 
 def _prompt_texts(run: DescribeRun) -> list[str]:
