@@ -9,7 +9,6 @@ import typer
 
 from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
-from ..models.catalogue import catalogue_rows
 from ..training.config import AUTOCAST_DTYPES
 from .app import app
 from .display import console, print_table
@@ -17,12 +16,6 @@ from .display import console, print_table
 TRAINABLE = trainable_kinds()
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that run the whole pipeline on a model.")
 app.add_typer(experiment_app, name="experiment")
-
-
-@app.command()
-def models() -> None:
-    """Short model names accepted by every --model (besides hub ids, folders and folder/file.gguf)."""
-    print_table("model catalogue", ["name", "source", "what"], catalogue_rows())
 
 
 @experiment_app.command()
