@@ -123,3 +123,15 @@ def test_engine_is_recorded_and_switching_is_refused(outputs, case, capsys):
     code = main([str(a) for a in ("describe", "--model", model_dir, "--vectors", vectors, "--max-new-tokens",
                                   MAX_NEW, "--out", path, "--engine", "hf")])
     assert code == 2 and "engine" in capsys.readouterr().err
+
+
+def test_sampled_rows_do_not_depend_on_what_was_resumed(case, tmp_path, capsys):
+    """Each row's seed is derived_seed(seed, index, scale, sample), so a resumed sampled run equals a whole one."""
+    sampled = ("--engine", "vllm", "--temperature", "1", "--top-p", "0.9", "--scale", 1, "--samples", 2)
+    whole = describe(capsys, case, tmp_path / "whole.jsonl", *sampled)
+    part = tmp_path / "part.jsonl"
+    describe(capsys, case, part, *sampled)
+    part.write_text("".join(part.read_text().splitlines(keepends=True)[::3]))  # keep every third row
+    resumed = describe(capsys, case, part, *sampled)
+    assert sorted(resumed, key=json.dumps) == sorted(whole, key=json.dumps)
+    assert len({r["text"] for r in whole}) > 1  # really sampled
