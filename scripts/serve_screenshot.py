@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
+from selfie_adapters.toy.experiment import ExperimentConfig, concept_vectors, run_experiment
 
 from selfie_adapters.serve.process import CHROMIUM_ARGS, chromium_path, serve_process
 from selfie_adapters.toy import load_toy_model
-from selfie_adapters.toy.experiment import ExperimentConfig, concept_vectors, run_experiment
 from selfie_adapters.vectors import extract_hidden_states, save_mean_vectors
 
 KIND, LAYER = "scalar_affine_plus_low_rank", 1

@@ -20,8 +20,8 @@ from ..adapters.artifact import Adapter
 from ..adapters.kinds import Projection, build_projection
 from ..adapters.stats import low_rank_singular_values, projection_stats
 from ..errors import SelfieError
-from ..interpret.template import PromptTemplate, resolve_template
 from ..interpret.label_text import label_spread
+from ..interpret.template import PromptTemplate, resolve_template
 from ..models.loading import load_model
 from ..models.tokens import end_of_turn_token
 from ..models.tree import embedding_norm, model_device
