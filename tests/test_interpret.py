@@ -308,3 +308,15 @@ def test_relevancy_matches_hand_computed_probabilities(tiny_model, tokenizer):
         got = torch.tensor([r for _, r in d.relevancy], dtype=torch.float64)
         assert (got > 0).all()  # probabilities are ~1e-5 here: compare relatively
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=2e-3)
+
+
+def test_label_spread_flags_a_few_dominant_labels_only():
+    from selfie_adapters.interpret.label_text import label_spread
+
+    collapsed = label_spread(["Bangalore"] * 75 + ["Osaka", "Swahili"] + [f"x{i}" for i in range(85)])
+    assert collapsed.collapsed and collapsed.top[0] == ("Bangalore", 75) and collapsed.distinct == 88
+    assert "162 inputs, 88 distinct labels; most frequent: 'Bangalore' ×75 (46%)" in collapsed.summary()
+    assert label_spread(["a", "a", "b", "c", "a", "d"]).collapsed  # 'a' on half of them
+    assert not label_spread(["a", "b", "c", "d"]).collapsed  # all distinct: no label dominates
+    assert not label_spread([f"x{i}" for i in range(20)] + ["x0"]).collapsed
+    assert not label_spread(["a", "a", "a"]).collapsed  # too few inputs to judge

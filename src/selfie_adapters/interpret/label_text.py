@@ -47,11 +47,11 @@ class LabelSpread:
 
     @property
     def collapsed(self) -> bool:
-        """A few strings dominate: fewer distinct labels than half the inputs, or one label on over a
-        fifth of them (judged from 4 inputs on)."""
+        """A few strings dominate: fewer distinct labels than half the inputs, or one label shared by over
+        a fifth of them (judged from 4 inputs on; a label that one input alone got never dominates)."""
         if self.inputs < 4:
             return False
-        return self.distinct < self.inputs / 2 or self.top[0][1] > self.inputs / 5
+        return self.distinct < self.inputs / 2 or self.top[0][1] > max(1.0, self.inputs / 5)
 
     def summary(self) -> str:
         """One line, e.g. ``212 inputs, 31 distinct labels; most frequent: 'Bangalore' ×74 (35%), …``."""
