@@ -138,7 +138,7 @@ def describe(
         else:
             from ..engines.ray_shards import describe_sharded
 
-            describe_sharded(run, out, address=None if ray == "local" else ray, num_workers=workers,
+            describe_sharded(run, out, address=ray, num_workers=workers,
                              shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
     if (note := skipped_note(out)) is not None:
