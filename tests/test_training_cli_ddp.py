@@ -40,6 +40,7 @@ def test_train_and_eval_loss_commands(toy_dir, tmp_path, capsys):
     assert "train" in err and "4/4" in err  # the CLI's progress bar (the trainer only reports)
     final = tmp_path / "toy" / "final.safetensors"
     assert f"final: {final}" in out and "best:" in out
+    assert "time: load " in out and "forward" in out and "steps/s in the steps" in out  # the stage breakdown
     metrics = [json.loads(x) for x in (tmp_path / "toy" / "metrics.jsonl").read_text().splitlines()]
     last_val = [m["val_loss"] for m in metrics if "val_loss" in m][-1]
 

@@ -158,3 +158,22 @@ def test_schedule_shapes():
     assert 0 < lr_factor(99, 100, 10, "cosine") < 0.01
     assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
     assert lr_factor(55, 100, 10, "constant") == 1.0
+
+
+def test_run_reports_where_its_time_went(toy_task, tmp_path):
+    root, tok, model = toy_task
+    cfg = _config(root, "full_rank", logging={"log_sample_generations": 1, "log_generations_every_n_steps": 2},
+                  checkpoint_dir=str(tmp_path), max_steps=4, validation_every_n_steps=2)
+    result = train(cfg, model=model, tokenizer=tok)
+    times = result.timing
+    assert times.steps == 4
+    assert {"load", "forward", "backward", "optimizer", "validation", "samples", "checkpoints", "logging"} == set(
+        times.seconds)
+    assert all(v > 0 for v in times.seconds.values())
+    last = _metrics(result.run_dir)[-1]
+    assert last["step"] == 4 and last["timing_s"] == pytest.approx(times.seconds, abs=1e-3)
+    line = times.summary()
+    assert line.startswith("load ") and "steps/s in the steps" in line and "validation" in line
+    # the step stages' shares add up to the whole step
+    shares = [int(x.split()[1].rstrip("%),")) for x in line.split("(")[1].split(")")[0].split(", ")]
+    assert 98 <= sum(shares) <= 102

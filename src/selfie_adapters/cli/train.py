@@ -50,6 +50,7 @@ def train_command(
                 bar.update(task, completed=step, total=total, info=text)
 
             result = run_training(cfg, resume=resume, overwrite=overwrite, progress=show)
+    print(f"time: {result.timing.summary()}")
     if result.best_path is None and result.final_path is None:
         print(f"stopped at step {result.global_step}; no adapter written (resume with --resume)")
         return

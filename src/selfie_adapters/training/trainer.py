@@ -34,6 +34,7 @@ from .evaluate import evaluate_loss
 from .loss import SelfieLoss
 from .run_dir import check_run_dir, clear_run, truncate_metrics
 from .sampling import EpochSampler, parse_ratios, validation_subset
+from .timing import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TrainResult:
     global_step: int
     best_val_loss: float | None
     final_val_loss: float | None
+    timing: StageTimes  # wall seconds per stage of this call (load, forward, backward, optimizer, validation, ...)
 
 
 Progress = Callable[[int, int, dict], None]  # (step, total steps, {"loss", "lr", "steps_per_s"})
@@ -68,10 +70,12 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     check_run_dir(cfg, resume=resume, overwrite=overwrite)
     dist = ddp.setup_distributed()
     lock = OutputLock(cfg.run_dir).acquire() if dist.is_main else None  # one trainer per run folder
+    times = StageTimes()
     try:
-        if model is None or tokenizer is None:
-            model, tokenizer = _load_frozen_model(cfg, dist)
-        run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, progress)
+        with times("load"):  # the frozen LM (when not given) and the tokenized data
+            if model is None or tokenizer is None:
+                model, tokenizer = _load_frozen_model(cfg, dist)
+            run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, progress, times)
         try:
             return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
         finally:
@@ -134,8 +138,9 @@ def build_optimizer(projection: Projection, cfg: TrainConfig) -> torch.optim.Opt
 class _Run:
     """State of one training run (kept in one place so that ``fit`` reads as the loop it is)."""
 
-    def __init__(self, cfg: TrainConfig, model, tokenizer, dist: ddp.DistInfo, progress: Progress | None) -> None:
-        self.cfg, self.model, self.tokenizer, self.dist = cfg, model, tokenizer, dist
+    def __init__(self, cfg: TrainConfig, model, tokenizer, dist: ddp.DistInfo, progress: Progress | None,
+                 times: StageTimes) -> None:
+        self.cfg, self.model, self.tokenizer, self.dist, self.times = cfg, model, tokenizer, dist, times
         if dist.device is not None and model_device(model) != dist.device:
             model.to(dist.device)
         model.requires_grad_(False)
@@ -192,14 +197,21 @@ class _Run:
             train_loss, grad_norm, lr = self._optimizer_step(step)  # schedule, forward/backward, clip, update
             done = step + 1
             self._check_finite(done, train_loss)
-            self.logger.step(done, loss=train_loss, lr=lr, grad_norm=grad_norm, projection=self.projection)
+            with self.times("logging"):
+                self.logger.step(done, loss=train_loss, lr=lr, grad_norm=grad_norm, projection=self.projection)
             if done % t.validation_every_n_steps == 0 or done == self.total_steps:
-                val_loss = self._validate(done)
+                with self.times("validation"):
+                    val_loss = self._validate(done)
             if self.cfg.logging.log_sample_generations and done % cfg.logging.log_generations_every_n_steps == 0:
-                self.logger.samples(done, self._sample_descriptions())
+                with self.times("samples"):
+                    self.logger.samples(done, self._sample_descriptions())
             if done % t.checkpoint_every_n_steps == 0 or done == end:
-                self._save_state(done)
-        return self._finish(end, val_loss)
+                with self.times("checkpoints"):
+                    self._save_state(done)
+        with self.times("checkpoints"):
+            result = self._finish(end, val_loss)
+        self.logger.metrics({"step": end, "timing_s": {k: round(v, 3) for k, v in self.times.seconds.items()}})
+        return result
 
     def _optimizer_step(self, step: int) -> tuple[float, float, float]:
         t = self.cfg.training
@@ -214,15 +226,19 @@ class _Run:
             scale = 1.0 / (len(idx) * len(batches))
             mine = self.dist.shard(idx)
             if len(mine):
-                per = self._per_example_loss(self.data.train, mine)  # (b,)
-                (per.sum() * scale).backward()
+                with self.times("forward"):
+                    per = self._per_example_loss(self.data.train, mine)  # (b,)
+                with self.times("backward"):
+                    (per.sum() * scale).backward()
                 loss_sum += per.detach().sum().float().cpu() * scale
-        params = list(self.projection.parameters())
-        ddp.all_reduce_grads(params, self.dist)
-        ddp.all_reduce_sum([loss_sum], self.dist)
-        max_norm = t.gradient_clip_norm if t.gradient_clip_norm else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
+        with self.times("optimizer"):  # gradient all-reduce, clip, update
+            params = list(self.projection.parameters())
+            ddp.all_reduce_grads(params, self.dist)
+            ddp.all_reduce_sum([loss_sum], self.dist)
+            max_norm = t.gradient_clip_norm if t.gradient_clip_norm else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            self.optimizer.step()
+        self.times.steps += 1
         return loss_sum.item(), float(grad_norm), self.optimizer.param_groups[0]["lr"]
 
     def _check_finite(self, step: int, loss: float) -> None:
@@ -314,7 +330,7 @@ class _Run:
         best = self.run_dir / "best.safetensors"
         ddp.barrier(self.dist)
         return TrainResult(self.run_dir, best if best.exists() else None, final, step, self.best_val_loss,
-                           val_loss)
+                           val_loss, self.times)
 
     def close(self) -> None:
         self.logger.close()
