@@ -177,3 +177,13 @@ def test_run_reports_where_its_time_went(toy_task, tmp_path):
     # the step stages' shares add up to the whole step
     shares = [int(x.split()[1].rstrip("%),")) for x in line.split("(")[1].split(")")[0].split(", ")]
     assert 98 <= sum(shares) <= 102
+
+
+def test_low_rank_kinds_default_to_rank_64(toy_task, tmp_path):
+    root, tok, model = toy_task
+    raw = toy_config_dict(root, checkpoint_dir=str(tmp_path), max_steps=1)
+    raw["projection"] = {"type": "scalar_affine_plus_low_rank", "init_scale": 5.0}  # no low_rank_rank
+    result = train(config_from_dict(raw), model=model, tokenizer=tok)
+    adapter = load_adapter(result.final_path)
+    assert adapter.projection.U.shape[1] == 64 and adapter.metadata["low_rank_rank"] == "64"
+    assert json.loads(adapter.metadata["config_json"])["projection"]["low_rank_rank"] == 64

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd_momentum")
 SCHEDULERS = ("cosine", "linear", "constant")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
+DEFAULT_LOW_RANK_RANK = 64  # projection.low_rank_rank left unset (the published SA+LR config's rank)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ProjectionConfig:
     type: str = "scalar_affine"
     normalize_input: bool = True
     init_scale: float | None = None  # None: the mean input-embedding norm of the model
-    low_rank_rank: int | None = None
+    low_rank_rank: int | None = None  # None: DEFAULT_LOW_RANK_RANK for the low-rank kinds
     low_rank_init_factor: float = INIT_FACTOR
 
 
@@ -380,5 +381,6 @@ def replace(cfg: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:
     return config_from_dict(raw, cfg.base_dir)
 
 
-__all__ = ["DataConfig", "LoggingConfig", "ModelConfig", "ProjectionConfig", "SoftPromptConfig", "TrainConfig",
-           "TrainingConfig", "apply_override", "config_from_dict", "load_config", "replace", "validate"]
+__all__ = ["DEFAULT_LOW_RANK_RANK", "DataConfig", "LoggingConfig", "ModelConfig", "ProjectionConfig",
+           "SoftPromptConfig", "TrainConfig", "TrainingConfig", "apply_override", "config_from_dict", "load_config",
+           "replace", "validate"]

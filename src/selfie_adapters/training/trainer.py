@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..adapters.artifact import Adapter
-from ..adapters.kinds import Projection, build_projection
+from ..adapters.kinds import PROJECTIONS, Projection, build_projection
 from ..adapters.stats import low_rank_singular_values, projection_stats
 from ..errors import SelfieError
 from ..interpret.label_text import label_spread
@@ -28,7 +28,7 @@ from ..models.tree import embedding_norm, model_device
 from ..runs.outputs import OutputLock
 from . import ddp
 from .checkpoint import load_state, save_adapter, save_state, state_path
-from .config import TrainConfig, replace
+from .config import DEFAULT_LOW_RANK_RANK, TrainConfig, replace
 from .data import Split, check_sources, load_training_data
 from .evaluate import evaluate_loss
 from .loss import SelfieLoss
@@ -97,12 +97,14 @@ def _load_frozen_model(cfg: TrainConfig, dist: ddp.DistInfo):
 
 def with_model_defaults(cfg: TrainConfig, model, tokenizer) -> TrainConfig:
     """Fill what the config leaves to the model: SelfIE template and injection token (model family),
-    end-of-turn token (chat template) and init scale (mean input-embedding norm). The filled-in
-    config is what the adapter files record."""
+    end-of-turn token (chat template), init scale (mean input-embedding norm) and, for the low-rank
+    kinds, the rank (``DEFAULT_LOW_RANK_RANK``). The filled-in config is what the adapter files record."""
+    p = cfg.projection
     prompt = resolve_template(tokenizer, cfg.soft_prompt.template, cfg.soft_prompt.reserved_token)
+    rank = p.low_rank_rank or (DEFAULT_LOW_RANK_RANK if PROJECTIONS[p.type].needs_rank else None)
     return replace(cfg, soft_prompt={"template": prompt.text, "reserved_token": prompt.injection_token},
                    data={"eos_token": cfg.data.eos_token or end_of_turn_token(tokenizer)},
-                   projection={"init_scale": cfg.projection.init_scale or round(embedding_norm(model), 4)})
+                   projection={"init_scale": p.init_scale or round(embedding_norm(model), 4), "low_rank_rank": rank})
 
 
 def use_gradient_checkpointing(cfg: TrainConfig, model) -> bool:
