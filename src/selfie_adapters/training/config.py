@@ -61,7 +61,10 @@ class DataConfig:
 
 @dataclass
 class ProjectionConfig:
-    type: str = "scalar_affine"
+    # The reference's default is scalar_affine; on a model whose hidden space is not aligned with its input
+    # embeddings (SmolLM2-135M: scale falls, labels collapse) it does not learn, while the scalar affine map
+    # plus a rank-64 term does (README "Named entities"). Set `type: scalar_affine` for the paper's adapter.
+    type: str = "scalar_affine_plus_low_rank"
     normalize_input: bool = True
     init_scale: float | None = None  # None: the mean input-embedding norm of the model
     low_rank_rank: int | None = None  # None: DEFAULT_LOW_RANK_RANK for the low-rank kinds
