@@ -2,10 +2,11 @@
 # The named-entity check of a real model, through the CLI only (issue #18): SmolLM2-135M-Instruct, layer 18,
 # 808 countries / cities / languages (examples/entities/entities.json, built by scripts/build_entities.py),
 # vectors = last-token state of "Tell me about {name}." minus the set mean, 80/20 split by entity,
-# labels "{name}, a {category}". Usage: scripts/entities_experiment.sh OUT_DIR [KIND ...]
+# labels "{name}, a {category}". Usage: scripts/entities_experiment.sh OUT_DIR [KIND ...] (default: the default kind;
+# low-rank kinds get the default rank 64). About 20-35 min per kind on 2 CPU cores.
 set -euo pipefail
 out=${1:?usage: entities_experiment.sh OUT_DIR [KIND ...]}; shift
-kinds=("${@:-full_rank}")
+kinds=("${@:-scalar_affine_plus_low_rank}")
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python}
 mkdir -p "$out" && cd "$out"
@@ -19,7 +20,7 @@ for kind in "${kinds[@]}"; do
 model: {name: smollm2-135m-instruct}
 data: {labels_file: labels.json, batch_size: 32}
 projection: {type: $kind}
-training: {max_steps: 150, checkpoint_dir: runs}
+training: {max_steps: 300, checkpoint_dir: runs}
 logging: {use_wandb: false}
 experiment_name: $kind
 YAML
