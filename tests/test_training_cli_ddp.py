@@ -34,7 +34,7 @@ def test_train_and_eval_loss_commands(toy_dir, tmp_path, capsys):
     raw["model"]["name"] = str(toy_dir / "model")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     code = main(["train", str(tmp_path / "c.yaml"), "--set", "training.max_steps=4", "--set",
-                 "training.val_fraction=0.5"])
+                 "training.val_fraction=0.5", "--set", "data.batch_size=4"])
     out, err = capsys.readouterr()
     assert code == 0, out
     assert "train" in err and "4/4" in err  # the CLI's progress bar (the trainer only reports)
@@ -45,11 +45,17 @@ def test_train_and_eval_loss_commands(toy_dir, tmp_path, capsys):
     last_val = [m["val_loss"] for m in metrics if "val_loss" in m][-1]
 
     args = ["eval", "loss", "--model", str(toy_dir / "model"), "--labels", str(toy_dir / "labels.json"),
-            "--batch-size", "8", "--json"]
+            "--batch-size", "4", "--json"]
     assert main(args + ["--adapter", str(final)]) == 0
     row = json.loads(capsys.readouterr().out)
     # the adapter's own val_fraction and seed pick the same int(12·0.5) examples the trainer validated on
     assert row["num_examples"] == 6 and row["loss"] == pytest.approx(last_val, abs=1e-5)
+    # validation is a mean over batches (6 examples: 4 + 2); the default batch size is the adapter's own
+    no_batch = [a for a in args if a not in ("--batch-size", "4")]
+    assert main(no_batch + ["--adapter", str(final)]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(last_val, abs=1e-6)
+    assert main(no_batch + ["--adapter", str(final), "--batch-size", "80"]) == 0  # one batch of 6: another mean
+    assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(last_val, abs=1e-6)
     assert main(args + ["--adapter", str(final), "--val-fraction", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["num_examples"] == 12
     assert main(args + ["--scale", "1", "--scale", "5"]) == 0

@@ -73,7 +73,9 @@ def loss_command(
     val_fraction: float | None = typer.Option(None, help="Validate on int(n·f) examples drawn as the reference "
                                               "does (default: the adapter's training.val_fraction, else 1)."),
     seed: int | None = typer.Option(None, help="Seed of that draw (default: the adapter's config seed, else 42)."),
-    batch_size: int = typer.Option(80, help="Examples per forward pass (the loss is a mean over batches)."),
+    batch_size: int | None = typer.Option(None, help="Examples per forward pass; the loss is a mean over batches, "
+                                          "so the default is the adapter's training data.batch_size (the "
+                                          "trainer's val loss exactly), else 80."),
     allow_model_mismatch: AllowMismatchOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
@@ -86,7 +88,7 @@ def loss_command(
     """
     if adapter is None and not scale:
         raise SelfieError("give --adapter FILE, or --scale S (repeatable) for the untrained baseline")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise SelfieError(f"--batch-size must be positive, got {batch_size}")
     scale = list(check_scales(scale) or ())
     check_device(device)

@@ -39,7 +39,7 @@ def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split
 
 
 def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *, vectors_file: str | None = None,
-                 split: str = "val", batch_size: int = 80, scales: Sequence[float] = (1.0,),
+                 split: str = "val", batch_size: int | None = None, scales: Sequence[float] = (1.0,),
                  strip_labels: bool | None = None, allow_model_mismatch: bool = False,
                  val_fraction: float | None = None, seed: int | None = None) -> list[dict]:
     """The published val loss of ``adapter`` (None → identity with L2 normalisation, the untrained
@@ -47,7 +47,9 @@ def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *,
     Template, eos and label stripping come from the adapter's training config when it has one; so
     do ``val_fraction`` and ``seed`` of the validation subset (the reference's: ``int(n·f)`` sorted
     indices from ``RandomState(seed)``), so a published adapter is scored on the examples its published
-    val loss was measured on. An adapter for another model is refused (``check_model``) unless
+    val loss was measured on; and ``batch_size`` (None: the adapter's ``data.batch_size``, else 80) — the
+    loss is a mean over batches, so another batch size weighs a short last batch differently and the
+    number no longer equals the trainer's. An adapter for another model is refused (``check_model``) unless
     ``allow_model_mismatch``.
 
     >>> adapter_loss(model, tok, None, "labels.json.gz", vectors_file="w_dec.pt", scales=[2.5, 10])
@@ -57,6 +59,7 @@ def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *,
     if adapter is not None:
         check_model(adapter, model, allow_model_mismatch)
     trained = _training_config(adapter)
+    batch_size = batch_size or _positive_int(trained.get("data", {}).get("batch_size")) or 80
     data_cfg = DataConfig(labels_file=labels_file, vectors_file=vectors_file, batch_size=batch_size,
                           **{k: v for k, v in trained.get("data", {}).items() if k in ("eos_token", "strip_labels")})
     if strip_labels is not None:
@@ -91,6 +94,10 @@ def _published_subset(part: Split, data: LabelledData, trained: dict, val_fracti
         raise SelfieError(f"val_fraction must be in (0, 1], got {fraction}")
     seed = seed if seed is not None else int(trained.get("seed", 42))
     return validation_subset(part, data.datasets, None, fraction, seed)
+
+
+def _positive_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _training_config(adapter: Adapter | None) -> dict:
