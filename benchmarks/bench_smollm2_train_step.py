@@ -198,11 +198,10 @@ def main() -> None:
               f"{r['peak_mib']:10.0f}{r['first_loss']:12.4f}")
     if args.trainer:
         times = trainer_rate(args.trainer, args.threads, args.device)
-        step_s = sum(times.seconds.get(k, 0.0) for k in ("forward", "backward", "optimizer"))
-        overall = times.steps / sum(v for k, v in times.seconds.items() if k != "load")
+        in_steps, overall = times.rates()
         ours = res["ours"]["steps_per_s"]
         print(f"selfie train, {times.steps} steps: {times.summary()}")
-        print(f"selfie train {overall:.3f} steps/s overall ({times.steps / step_s:.3f} in the steps) vs the ours "
+        print(f"selfie train {overall:.3f} steps/s overall ({in_steps:.3f} in the steps) vs the ours "
               f"step {ours:.3f}: {ours / overall:.2f}x slower overall")
 
 

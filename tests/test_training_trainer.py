@@ -172,6 +172,8 @@ def test_run_reports_where_its_time_went(toy_task, tmp_path):
     assert all(v > 0 for v in times.seconds.values())
     last = _metrics(result.run_dir)[-1]
     assert last["step"] == 4 and last["timing_s"] == pytest.approx(times.seconds, abs=1e-3)
+    in_steps, overall = times.rates()
+    assert in_steps == pytest.approx(4 / times.step_seconds) and 0 < overall < in_steps
     line = times.summary()
     assert line.startswith("load ") and "steps/s in the steps" in line and "validation" in line
     # the step stages' shares add up to the whole step

@@ -40,20 +40,31 @@ class StageTimes:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
+    @property
+    def step_seconds(self) -> float:
+        """Seconds in the optimizer steps themselves (forward, backward, optimizer)."""
+        return sum(self.seconds.get(k, 0.0) for k in STEP_STAGES)
+
+    def rates(self) -> tuple[float, float]:
+        """Steps/s over the steps alone and over the whole run after loading (0.0 before any step)."""
+        total = sum(v for k, v in self.seconds.items() if k != "load")
+        if not (self.steps and self.step_seconds):
+            return 0.0, 0.0
+        return self.steps / self.step_seconds, self.steps / total
+
     def summary(self) -> str:
         """One line: seconds per stage, the step stages' share, and steps/s of the steps alone and overall.
 
         >>> times.summary()
-        'load 9.1 s · step 820.4 s (forward 41%, backward 58%, optimizer 1%) · validation 30.2 s · ...'
+        'load 9.1 s · steps 820.4 s (forward 41%, backward 58%, optimizer 1%) · validation 30.2 s · ...'
         """
-        s = self.seconds
-        step = sum(s.get(k, 0.0) for k in STEP_STAGES)
+        s, step = self.seconds, self.step_seconds
         parts = [f"load {s['load']:.1f} s"] if "load" in s else []
         if step:
             shares = ", ".join(f"{k} {100 * s.get(k, 0.0) / step:.0f}%" for k in STEP_STAGES)
             parts.append(f"steps {step:.1f} s ({shares})")
         parts += [f"{k} {v:.1f} s" for k, v in s.items() if k != "load" and k not in STEP_STAGES]
-        total = sum(v for k, v in s.items() if k != "load")
         if self.steps and step:
-            parts.append(f"{self.steps / step:.3f} steps/s in the steps, {self.steps / total:.3f} overall")
+            in_steps, overall = self.rates()
+            parts.append(f"{in_steps:.3f} steps/s in the steps, {overall:.3f} overall")
         return " · ".join(parts)
