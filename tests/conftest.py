@@ -20,6 +20,8 @@ from selfie_adapters.testing import (
 )
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# every in-process `main()` keeps that count (see selfie_adapters.threads): results stay comparable bit for bit
+os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """Files on disk: atomic writes, safetensors with metadata, weights-only torch files, JSON/JSONL, hub paths.
 
 Every write in the package goes through ``atomic_path``: the data lands in a temp file beside the
-target, is fsynced, then renamed over it, so a kill never leaves a half-written file behind.
+target (``.NAME.<pid>.<n>.tmp``), is fsynced, then renamed over it, so a kill never leaves a
+half-written file behind. The temp file of a killed writer is removed by the next write of the same
+name (``remove_stale_temps``), and owners of a folder sweep it when they open and finish it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import count
@@ -24,6 +27,7 @@ from .errors import SelfieError, first_line
 
 HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
 _tmp_ids = count()
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<n>\d+)\.tmp")
 
 
 @contextmanager
@@ -35,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, names={path.name})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_ids)}.tmp")
     try:
         yield tmp
@@ -45,11 +50,52 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(folder: str | os.PathLike, *, names: set[str] | None = None,
+                       owned: bool = False) -> list[Path]:
+    """Delete temp files that ``atomic_path`` left in ``folder`` when its process was killed; return them.
+
+    Only temps of ``names`` (all names when None) are touched, never this process's own. A temp is
+    stale when its process is gone; ``owned=True`` (the caller holds the lock of everything written
+    here, e.g. a ``.parts`` folder) treats every other process's temp as stale, pid reuse included.
+    """
+    folder, removed = Path(folder), []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry.name)
+        if m is None or (names is not None and m["name"] not in names) or int(m["pid"]) == os.getpid():
+            continue
+        if (owned or not _alive(int(m["pid"]))) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or no pid at all
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure atomically (the format from the suffix, PNG without one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    return path
 
 
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:

@@ -14,6 +14,7 @@ from ..files import read_jsonl
 from ..interpret.label_text import LabelSpread
 from ..interpret.resumable import DescribeRun, describe_source, label_spreads
 from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
+from ..threads import configure_threads
 from ..vectors.chunked import extract_to_file, mean_to_file
 from ..vectors.rows import skipped_note
 from ..vectors.source import VectorSource
@@ -30,6 +31,7 @@ from .options import (
     LabelEnd,
     ModelOpt,
     TemplateOpt,
+    ThreadsOpt,
     parse_indices,
 )
 
@@ -104,6 +106,7 @@ def describe(
                                                 "source (Neuronpedia), explanation_model, module (delphi)."),
     shard_vectors: int | None = typer.Option(None, min=1, help="With --ray: vectors per shard (rounded to whole "
                                              "batches; default: at most 256)."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
 
@@ -116,6 +119,7 @@ def describe(
     adapters). Zero rows (dead latents) are skipped and listed in OUT.skipped.json; --export writes the
     finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
+    configure_threads(threads)
     # Flag values are checked here, the rest by describe_source, all before the model loads.
     scales = check_scales(scale)
     check_sampling(temperature, top_p)
@@ -138,7 +142,7 @@ def describe(
         else:
             from ..engines.ray_shards import describe_sharded
 
-            describe_sharded(run, out, address=ray, num_workers=workers,
+            describe_sharded(run, out, address=ray, num_workers=workers, threads=threads,  # per worker
                              shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
     if (note := skipped_note(out)) is not None:
@@ -189,12 +193,14 @@ def extract(
     device: DeviceOpt = None, overwrite: OverwriteOpt = False,
     position: list[int] | None = typer.Option(None, help="Token position(s) to read (negative = from the end; "
                                               "default: the last token). Several give (N, P, d)."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Hidden states at the last token (or --position) of each prompt; blocks above L and the LM head never run.
 
     Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
       --out vectors.safetensors
     """
+    configure_threads(threads)
     positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
     check_device(device)
     with progress_hook("extracting") as progress:
@@ -209,12 +215,14 @@ def mean(
     out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
     chat: ChatOpt = True, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
     device: DeviceOpt = None, overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Mean last-token state over a prompt set, for contrastive vectors (vector − mean).
 
     Example: selfie mean --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts tell-me-about.txt
       --chat --out mean-vectors.safetensors
     """
+    configure_threads(threads)
     check_device(device)
     with progress_hook("averaging") as progress:
         wrote = mean_to_file(out, model, prompts, layer, chat=chat, batch_size=batch_size, chunk=chunk, dtype=dtype,

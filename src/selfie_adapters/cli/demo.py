@@ -6,15 +6,19 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
 from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
-from ..files import read_jsonl
+from ..files import read_jsonl, save_figure
 from ..models.tree import check_layers
+from ..threads import configure_threads
 from ..toy.concept_experiment import ExperimentConfig, run_experiment
 from ..toy.lm import TOY_BLOCKS
 from .app import app
+from .display import progress_bar
+from .options import ThreadsOpt
 
 TRAINABLE = trainable_kinds()
 
@@ -26,12 +30,14 @@ def demo(
     layer: int = typer.Option(1, help="Vectors = residual stream after this block of the 4-block toy model."),
     steps: int = typer.Option(200, min=1, help="Training steps per adapter kind."),
     out: Path = typer.Option(Path("selfie-demo"), help="Folder for report.json, demo.png and the adapters."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Watch SelfIE work offline: a tiny Llama trained on a made-up world describes concepts it
     was never asked about, through trained adapters, while untrained SelfIE fails.
 
     Example: selfie demo --kind scalar_affine --kind full_rank --seed 1
     """
+    configure_threads(threads)
     kinds = tuple(kind) if kind else tuple(TRAINABLE)
     bad = [k for k in kinds if k not in TRAINABLE]
     if bad:
@@ -43,9 +49,19 @@ def demo(
 
 
 def run_demo(cfg: ExperimentConfig, out_dir: Path, console: Console, rows: int = 12) -> tuple[Path, Path]:
-    """Run the experiment and show it; returns (report path, figure path)."""
+    """Run the experiment and show it (a training bar per adapter kind); returns (report path, figure path)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = run_experiment(cfg, out_dir, say=lambda s: console.print(f"[dim]{s}[/dim]", highlight=False))
+    with progress_bar(TextColumn("{task.fields[info]}")) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def show(kind: str, step: int, total: int, info: dict) -> None:
+            if kind not in tasks:
+                tasks[kind] = bar.add_task(f"train {kind:<27}", total=total, info="")
+            text = f"loss {info['loss']:.3f}  {info['steps_per_s']:.1f} step/s" if info else ""
+            bar.update(tasks[kind], completed=step, info=text)
+
+        report = run_experiment(cfg, out_dir, say=lambda s: bar.console.print(f"[dim]{s}[/dim]", highlight=False),
+                                progress=show)
     console.print(examples_table(report, rows))
     console.print(metrics_table(report))
     return out_dir / "report.json", plot_report(report, out_dir / "demo.png")
@@ -105,7 +121,7 @@ def plot_report(report: dict, path: Path) -> Path:
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(f"SelfIE adapters in the toy world (layer {report['layer']}, seed {report['seed']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

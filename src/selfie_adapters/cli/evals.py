@@ -21,11 +21,12 @@ from ..interpret.describe import Interpreter
 from ..models.loading import load_model
 from ..runs.fingerprint import FileInput, model_identity
 from ..runs.outputs import check_output_path
+from ..threads import configure_threads
 from ..vectors.source import VectorSource
 from .app import eval_app
 from .checks import check_device, check_sampling, check_scales
 from .display import print_table, progress_bar
-from .options import DeviceOpt, DtypeOpt, ModelOpt, choices, parse_indices
+from .options import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, choices, parse_indices
 
 GEN, BRIDGE = gen_mod.GENERATION_PROTOCOLS, bridge_mod.BRIDGE_PROTOCOLS
 RetrievalName = choices("RetrievalName", ret_mod.RETRIEVAL_PROTOCOLS)
@@ -49,11 +50,13 @@ def retrieval(
     cache_dir: Path | None = typer.Option(None, help="Topic-index cache (default ~/.cache/selfie-adapters)."),
     device: str | None = typer.Option(None, help="Embedding device: cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Rank every topic for each label by embedding similarity; recall@k and MRR.
 
     Example: selfie eval retrieval --labels labels.jsonl --topics topics.jsonl --out retrieval.json
     """
+    configure_threads(threads)
     protocol = protocol.value
     proto = ret_mod.RETRIEVAL_PROTOCOLS[protocol]
     strategy = ret_mod.REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or proto.strategy
@@ -105,6 +108,7 @@ def generation(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Generation scoring: conversations written about each label; hit = the latent fires on content.
 
@@ -115,6 +119,7 @@ def generation(
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
+    configure_threads(threads)
     protocol = protocol.value
     proto = GEN[protocol]
     check_sampling(temperature, top_p)
@@ -191,12 +196,14 @@ def bridge(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Bridge entities: describe every (layer, question token) state; heatmap of alias hits.
 
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """
+    configure_threads(threads)
     protocol = protocol.value
     rows = read_jsonl(records, what="records")[:limit]
     for r in rows:  # validate every record before loading the model

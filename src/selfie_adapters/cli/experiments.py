@@ -9,9 +9,11 @@ import typer
 
 from ..adapters.kinds import trainable_kinds
 from ..errors import SelfieError
+from ..threads import configure_threads
 from ..training.config import AUTOCAST_DTYPES
 from .app import app
 from .display import console, print_table
+from .options import ThreadsOpt
 
 TRAINABLE = trainable_kinds()
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that run the whole pipeline on a model.")
@@ -44,12 +46,14 @@ def topics(
     score_only: bool = typer.Option(False, "--score-only", help="Only score a run described elsewhere with "
                                     "--no-score (e.g. on a GPU machine): reads --out, loads no model."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """The topic experiment: train adapters on `Tell me about {title}.` vectors, describe held-out
     topics, score by retrieval among the held-out titles, next to untrained SelfIE at its best scale.
 
     Example: selfie experiment topics --model smollm2-135m-instruct --layers 12 18 --out topics-run
     """
+    configure_threads(threads)
     from ..experiments.topics import TopicsConfig, run_topics, score_run
 
     if score_only:

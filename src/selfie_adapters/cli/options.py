@@ -24,6 +24,9 @@ TemplateOpt = Annotated[str | None, typer.Option("--template", help="Prompt temp
 InjectionTokenOpt = Annotated[str | None, typer.Option("--injection-token", help="Token in the template replaced "
                                                        "by the vector (default: the adapter's, else one the "
                                                        "tokenizer keeps whole).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: "
+                                                "OMP_NUM_THREADS if set, else the usable CPUs that other "
+                                                "processes leave idle).")]
 
 
 

@@ -33,6 +33,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,12 +41,12 @@ import torch
 
 from ..adapters.artifact import Adapter, load_adapter
 from ..errors import SelfieError
-from ..files import atomic_path
+from ..files import atomic_path, remove_stale_temps
 from ..interpret.describe import BASELINE_SCALES
 from ..interpret.label_text import check_label_end
 from ..interpret.resumable import KEY_FIELDS, DescribeRun, Progress, _mean_vector, row_key
 from ..runs.fingerprint import resolve_settings
-from ..runs.outputs import Record
+from ..runs.outputs import OutputLock, Record
 from ..runs.row_log import JsonlLog
 from ..vectors.rows import drop_zero_rows, write_skipped
 from .choice import check_engine
@@ -182,8 +183,8 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
                     pool = _Pool(run, adapter, mean, num_workers, worker_options, threads, max_retries)
                     pool.run(todo, vectors, indices, parts_dir, inputs, jobs_per_vector, tick, on_batch)
             _merge(out, [_part_path(parts_dir, s) for s in shards], inputs)
-    if not keep_parts:
-        _remove_parts(parts_dir)
+        if not keep_parts:
+            _remove_parts(parts_dir)
     return out
 
 
@@ -407,11 +408,16 @@ def _merge(out: Path, parts: list[Path], inputs: dict) -> None:
 
 
 def _remove_parts(parts_dir: Path) -> None:
-    """Delete the parts we wrote and their records; anything else in the folder stays (and so does the folder)."""
+    """Delete the parts we wrote, their records, the temp files and locks a killed run left; anything else in
+    the folder stays (and so does the folder). Called while holding OUT's lock."""
     if not parts_dir.is_dir():
         return
     for path in parts_dir.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl*"):
         if path.name.endswith((".jsonl", ".jsonl.settings.json")) and path.is_file():
             path.unlink()
+        elif path.name.endswith(".jsonl.lock") and path.is_file():
+            with suppress(SelfieError, OSError):  # a worker that outlived its driver still holds it: leave it
+                OutputLock(path.with_suffix("")).acquire().release()  # releasing removes it
+    remove_stale_temps(parts_dir, owned=True)
     if not any(parts_dir.iterdir()):
         parts_dir.rmdir()

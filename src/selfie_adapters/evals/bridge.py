@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from ..files import write_json
+from ..files import remove_stale_temps, write_json
 from ..models.tokens import pad_token_id
 from ..models.tree import check_layers, decoder_layers
 from ..runs.outputs import OutputLock, check_settings
@@ -178,6 +178,7 @@ def bridge_records(records: Sequence[dict], out_dir: str | os.PathLike, interpre
 
     with OutputLock(out_dir):  # one writer per folder
         out_dir.mkdir(parents=True, exist_ok=True)  # a rerun keeps finished records (same settings only)
+        remove_stale_temps(out_dir, owned=True)  # a killed run's half-written reports
         check_settings(out_dir / "settings.json", settings, any((out_dir / f"{x}.json").exists() for x in names),
                        out_dir)
         summary = [_record(out_dir, name, rec, once, eval_kw) for name, rec in zip(names, records)]

@@ -128,31 +128,34 @@ class Interpreter:
                       progress: Callable[[int], None] | None = None) -> Iterator[list[Description]]:
         """Yield one list of descriptions per batch (vectors × scales × samples), for incremental writing.
 
-        ``temperature`` 0 is greedy; sampling is seeded per (index, scale, sample), so results do not
-        depend on batch size or on what was skipped. ``skip`` holds keys already done (resume);
-        ``indices`` names the rows (default 0..N-1). ``relevancy`` adds SelfIE's per-token relevancy
-        (one extra teacher-forced pass over the unpatched prompt per batch).
+        ``temperature`` 0 is greedy; sampling is seeded per (index, scale, sample). ``skip`` holds keys
+        already done (resume): batches are cut from the whole job list and a batch with a missing job
+        runs whole (only the missing rows are yielded), so a resumed run computes every row in the same
+        batch as an uninterrupted one, bit for bit. ``indices`` names the rows (default 0..N-1).
+        ``relevancy`` adds SelfIE's per-token relevancy (one extra teacher-forced pass per batch).
         """
         vectors = _as_matrix(vectors, self.model.config.hidden_size)
         indices = list(range(len(vectors))) if indices is None else list(indices)
         scales = tuple(float(s) for s in (scales or self.default_scales))
         done = set(skip)
-        jobs = [job for row in range(len(vectors)) for s in scales for k in range(samples)
-                if (job := DescribeItem(row, indices[row], s, k)).key not in done]
-        todo = sorted({job.row for job in jobs})
+        jobs = [DescribeItem(row, indices[row], s, k) for row in range(len(vectors)) for s in scales
+                for k in range(samples)]
+        batches = [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+        batches = [b for b in batches if any(job.key not in done for job in b)]
+        todo = sorted({job.row for batch in batches for job in batch})
         where = {row: u for u, row in enumerate(todo)}
-        base = self.adapter.prepare(self._centred(vectors[todo])) if jobs else None  # (U, d): x̂ once per vector
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
+        base = self.adapter.prepare(self._centred(vectors[todo])) if todo else None  # (U, d): x̂ once per vector
+        for batch in batches:
             rows = torch.tensor([where[job.row] for job in batch], device=base.device)
             scale = torch.tensor([job.scale for job in batch], dtype=torch.float32, device=base.device)
             soft = self.adapter.scaled_transform(base[rows], scale, prepared=True)  # (b, d)
             outs = self.generate_rows(batch, soft, max_new_tokens=max_new_tokens, temperature=temperature,
                                       top_p=top_p, seed=seed)
             rel = self._relevancy(outs) if relevancy else [None] * len(outs)
-            yield [self._describe_one(job, out, r) for job, out, r in zip(batch, outs, rel)]
+            found = [self._describe_one(job, out, r) for job, out, r in zip(batch, outs, rel) if job.key not in done]
+            yield found
             if progress is not None:
-                progress(len(batch))
+                progress(len(found))
 
     def generate_rows(self, batch: Sequence[DescribeItem], soft: torch.Tensor, *, max_new_tokens: int,
                       temperature: float, top_p: float, seed: int) -> list[Generated]:

@@ -3,7 +3,8 @@
 Before any byte is touched: the output must be absent, empty, or ours (``OUT.settings.json``
 names the command that wrote it, every row has that command's key fields) and computed from the
 same inputs (see ``fingerprint``); only then is a torn last line (a kill mid-write) cut off.
-The whole run holds ``OUT.lock``, so a second writer is refused instead of duplicating rows.
+The whole run holds ``OUT.lock``, so a second writer is refused instead of duplicating rows, and
+the temp files a killed run left beside OUT (its settings record is written atomically) are removed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import suppress
 
 from ..errors import SelfieError
-from ..files import iter_jsonl
+from ..files import iter_jsonl, remove_stale_temps
 from .fingerprint import resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 
@@ -40,6 +41,7 @@ class JsonlLog:
 
     def _open(self, settings: dict, overwrite: bool) -> list[dict]:
         record = Record(self.path, self.command)
+        remove_stale_temps(self.path.parent, names={self.path.name, record.path.name}, owned=True)  # OUT.lock is ours
         has_data = self.path.exists() and self.path.stat().st_size > 0
         if overwrite:
             self.path.unlink(missing_ok=True)

@@ -75,8 +75,11 @@ def write_training_data(folder: Path, vectors: torch.Tensor, concepts: Sequence[
                              vector_type="contrastive")
 
 
+TrainProgress = Callable[[str, int, int, dict], None]  # (kind, step, total steps, info: loss, lr, steps_per_s)
+
+
 def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, model, tokenizer,
-               init_scale: float):
+               init_scale: float, progress: TrainProgress | None = None):
     from ..training.config import config_from_dict
     from ..training.trainer import train
 
@@ -91,12 +94,14 @@ def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, 
                      "checkpoint_dir": str(runs)},
         "logging": {"use_wandb": False, "log_sample_generations": 0},
     }
-    return train(config_from_dict(raw), model=model, tokenizer=tokenizer)
+    report = None if progress is None else (lambda step, total, info: progress(kind, step, total, info))
+    return train(config_from_dict(raw), model=model, tokenizer=tokenizer, progress=report)
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: Path,
-                   say: Callable[[str], None] = lambda s: None) -> dict:
-    """Run everything; returns the report (also written to ``out_dir/report.json``)."""
+def run_experiment(cfg: ExperimentConfig, out_dir: Path, say: Callable[[str], None] = lambda s: None,
+                   progress: TrainProgress | None = None) -> dict:
+    """Run everything; returns the report (also written to ``out_dir/report.json``). ``say`` gets one line
+    per stage; ``progress(kind, step, total, info)`` is called after every training step of each kind."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model, tok, world = load_toy_model(cfg.model_dir)
@@ -114,7 +119,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path,
     descriptions: dict[str, list[str]] = {"untrained": baseline.pop("labels")}
     for kind in cfg.kinds:
         t = time.perf_counter()
-        result = train_kind(kind, cfg, labels_file, out_dir / "runs", model, tok, emb_norm)
+        result = train_kind(kind, cfg, labels_file, out_dir / "runs", model, tok, emb_norm, progress)
         adapter = load_adapter(result.final_path)
         labels = [d.label for d in Interpreter(model, tok, adapter).describe(
             held_vecs, max_new_tokens=cfg.max_new_tokens, batch_size=128)]
