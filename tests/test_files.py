@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from selfie_adapters.errors import SelfieError
-from selfie_adapters.files import atomic_path, read_jsonl, read_safetensors, save_tensors, write_json, write_text
+from selfie_adapters.files import (
+    atomic_path,
+    read_jsonl,
+    read_safetensors,
+    remove_stale_temps,
+    save_tensors,
+    write_json,
+    write_text,
+)
 from selfie_adapters.vectors.prompts import load_prompts
 
 
@@ -19,6 +30,28 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temp file left behind
+
+
+def test_stale_temp_files_of_dead_writers_are_swept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {f".a.txt.{dead}.0.tmp", f".b.txt.{dead}.3.tmp", f".a.txt.{alive.pid}.0.tmp",
+                 f".a.txt.{os.getpid()}.7.tmp", "a.txt.123.0.tmp", ".notes.tmp"}
+        for name in names:
+            (tmp_path / name).write_text("x")
+        write_text(tmp_path / "a.txt", "new")  # the next write of a.txt removes a.txt's dead temps only
+        left = {p.name for p in tmp_path.iterdir()}
+        assert left == names - {f".a.txt.{dead}.0.tmp"} | {"a.txt"}
+        assert remove_stale_temps(tmp_path) == [tmp_path / f".b.txt.{dead}.3.tmp"]
+        # the owner of the folder (holding its lock) treats every other process's temp as stale
+        assert {p.name for p in remove_stale_temps(tmp_path, owned=True)} == {f".a.txt.{alive.pid}.0.tmp"}
+        assert {p.name for p in tmp_path.iterdir()} == {"a.txt", f".a.txt.{os.getpid()}.7.tmp",
+                                                        "a.txt.123.0.tmp", ".notes.tmp"}  # not temps of ours
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_write_json_creates_parents_and_nulls_nan(tmp_path):
