@@ -21,9 +21,11 @@ def machine(monkeypatch, tmp_path):
     monkeypatch.setattr(threads, "CGROUP_V1", (tmp_path / "quota", tmp_path / "period"))
     before = torch.get_num_threads()
 
-    def set_(cpus: int = 8, load: float = 0.0, quota: str | None = None) -> None:
+    def set_(cpus: int = 8, load: float = 0.0, quota: str | None = None, runnable: int = 99) -> None:
         monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(cpus)))
         monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+        (tmp_path / "loadavg").write_text(f"{load:.2f} {load:.2f} {load:.2f} {runnable}/300 4242\n")
+        monkeypatch.setattr(threads, "LOADAVG", tmp_path / "loadavg")
         if quota is not None:
             (tmp_path / "cpu.max").write_text(quota + "\n")
 
@@ -46,6 +48,13 @@ def test_default_threads_follow_affinity_quota_and_load(machine, cpus, load, quo
     assert threads.default_threads() == want
     assert threads.choose_threads(None) == (want, f"{min(cpus, threads.usable_cpus())} usable CPU(s), load "
                                                   f"{load:.1f}")
+
+
+def test_a_job_that_just_ended_does_not_count(machine):
+    machine(cpus=2, load=2.0, runnable=1)  # the load average still remembers it; nothing else runs now
+    assert threads.busy_cpus() == 0 and threads.default_threads() == 2
+    machine(cpus=2, load=2.0, runnable=3)  # two others runnable beside this process: one thread
+    assert threads.busy_cpus() == 2.0 and threads.default_threads() == 1
 
 
 def test_cgroup_v1_quota(machine, tmp_path):

@@ -3,10 +3,10 @@
 torch's own default (one thread per physical core) assumes the machine is ours. On a small shared
 machine its threads wait on each other while another job holds a core, and a run gets many times
 slower (the toy demo took 21 min beside a 2-thread job, 3.5 min with one thread). So the default is
-the CPUs this process may run on (affinity mask, cgroup CPU quota) minus the load other processes
-put on them (1-minute load average), at least one. ``--threads N`` or ``OMP_NUM_THREADS`` decide
-instead when set; set one of them when results must match bit for bit across runs, since a
-different thread count may change the last bits of float sums.
+the CPUs this process may run on (affinity mask, cgroup CPU quota) minus those other processes keep
+busy (the 1-minute load average, capped by the threads runnable right now), at least one.
+``--threads N`` or ``OMP_NUM_THREADS`` decide instead when set; set one of them when results must
+match bit for bit across runs, since a different thread count may change the last bits of float sums.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 from .errors import SelfieError
 
 log = logging.getLogger(__name__)
 
+LOADAVG = Path("/proc/loadavg")
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
 
@@ -51,11 +53,27 @@ def cgroup_cpu_quota() -> float | None:
 
 
 def busy_cpus() -> float:
-    """CPUs other processes keep busy: the 1-minute load average (0 where the system has none)."""
+    """CPUs other processes keep busy: the 1-minute load average, but no more than the threads runnable right
+    now besides this one (so a job that just ended does not count for a minute); 0 where neither exists."""
     try:
-        return os.getloadavg()[0]
+        load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+    now = runnable_now()
+    return load if now is None else min(load, max(now - 1, 0))
+
+
+def runnable_now(samples: int = 3, gap_s: float = 0.01) -> int | None:
+    """The median count of runnable threads (this one included) over a few reads of ``/proc/loadavg``."""
+    counts = []
+    for i in range(samples):
+        try:
+            counts.append(int(LOADAVG.read_text().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(gap_s)
+    return sorted(counts)[len(counts) // 2]
 
 
 def default_threads() -> int:
