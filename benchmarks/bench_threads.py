@@ -47,10 +47,11 @@ def run_demo(args: list[str], env: dict) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the whole demo (every kind, 200 steps)")
+    parser.add_argument("--steps", type=int, default=100, help="training steps of the one kind (without --full)")
     parser.add_argument("--hog", type=int, default=2, help="busy-looping processes beside the 'hog' cases")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
     opts = parser.parse_args()
-    demo_args = [] if opts.full else ["--kind", "scalar_affine_plus_low_rank", "--steps", "100"]
+    demo_args = [] if opts.full else ["--kind", "scalar_affine_plus_low_rank", "--steps", str(opts.steps)]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     old = torch_default_threads(env)
     print(f"demo {' '.join(demo_args) or '(full)'}; torch's default: {old} threads; hog: {opts.hog} processes")
