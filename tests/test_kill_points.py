@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,14 @@ def killed_run(argv: list[str], root: Path, at: int, how: str) -> None:
                 code = main(argv)
         finally:
             os._exit(code if isinstance(code, int) else 98)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + 300
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:  # a hung child (one thread, no pool to inherit: it should not) fails
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the command hung before event {at} ({how})")
+        time.sleep(0.01)
+    status = done[1]
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
         f"the command never reached event {at} ({how}); exit status {os.waitstatus_to_exitcode(status)}"
 
