@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..errors import SelfieError
 from ..interpret.template import INJECTION_TOKEN, PromptTemplate
 
@@ -46,6 +44,8 @@ def check_device(device: str | None) -> None:
     """A device torch knows and this machine has (e.g. --device cuda on a CPU-only machine is refused)."""
     if device is None:
         return
+    import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):

@@ -8,14 +8,8 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import TextColumn
 
-from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
-from ..models.loading import load_model
-from ..training.config import load_config
-from ..training.evaluate import adapter_loss
-from ..training.trainer import train as run_training
 from .app import app, eval_app
 from .checks import check_device, check_scales
 from .display import progress_bar
@@ -38,6 +32,11 @@ def train_command(
 
     Example: selfie train examples/goodfire-l19-scalar-affine.yaml --set training.max_steps=200
     """
+    from rich.progress import TextColumn
+
+    from ..training.config import load_config
+    from ..training.trainer import train as run_training
+
     cfg = load_config(config, set_)
     if not progress:
         result = run_training(cfg, resume=resume, overwrite=overwrite)
@@ -86,6 +85,10 @@ def loss_command(
     Example: selfie eval loss --model meta-llama/Llama-3.1-8B-Instruct --labels labels.json.gz
     --vectors w_dec.pt --scale 2.5 --scale 10
     """
+    from ..adapters.artifact import load_adapter
+    from ..models.loading import load_model
+    from ..training.evaluate import adapter_loss
+
     if adapter is None and not scale:
         raise SelfieError("give --adapter FILE, or --scale S (repeatable) for the untrained baseline")
     if batch_size is not None and batch_size < 1:

