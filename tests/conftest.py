@@ -22,6 +22,19 @@ from selfie_adapters.testing import (
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests never write to the user's cache (dequantised GGUF models, topic indexes): SELFIE_CACHE points
+    at a temp folder for the whole session, subprocesses included."""
+    before = os.environ.get("SELFIE_CACHE")
+    os.environ["SELFIE_CACHE"] = str(tmp_path_factory.mktemp("selfie-cache"))
+    yield
+    if before is None:
+        os.environ.pop("SELFIE_CACHE", None)
+    else:
+        os.environ["SELFIE_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_llama3_tokenizer()

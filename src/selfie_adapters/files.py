@@ -23,7 +23,16 @@ if TYPE_CHECKING:
     import torch
 
 HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
+CACHE_ENV = "SELFIE_CACHE"  # overrides the user cache folder (tests point it at a temp folder)
 _tmp_ids = count()
+
+
+def user_cache_dir() -> Path:
+    """This package's cache folder: ``$SELFIE_CACHE``, else ``$XDG_CACHE_HOME/selfie-adapters``, else
+    ``~/.cache/selfie-adapters`` (dequantised GGUF models, topic indexes)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache",
+                                                     "selfie-adapters")
+    return Path(root).expanduser()
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from ..files import read_jsonl, read_safetensors, save_tensors
+from ..files import read_jsonl, read_safetensors, save_tensors, user_cache_dir
 from .protocols import (  # noqa: F401  (re-exported)
     DEFAULT_MODEL,
     REFERENCE_STRATEGY_NAMES,
@@ -301,9 +301,7 @@ def resolve_embedding_model(model: str) -> tuple[str, bool]:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("SELFIE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
-                                                          "selfie-adapters")
-    return Path(root).expanduser() / "retrieval"
+    return user_cache_dir() / "retrieval"
 
 
 def _as_tensor(x, n: int) -> torch.Tensor:
