@@ -1,7 +1,7 @@
 """Fixed cost of each `selfie` command: wall seconds from process start to exit, median of 3.
 
 Every command here exits before any model loads (help, a usage error, the catalogue, inspecting a
-tiny adapter), so the time is the CLI's start-up: Python, imports and argument parsing. It is the
+tiny adapter, a mistyped model name), so the time is the CLI's start-up: Python, imports and argument parsing. It is the
 price of every command, paid again by each shell call. Target: `selfie --help` and usage errors
 <= 1.5 s; torch and transformers imported only by commands that need them.
 
@@ -51,6 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         adapter = tiny_adapter(Path(tmp))
+        prompts = Path(tmp) / "prompts.txt"
+        prompts.write_text("Tell me about Paris.\n")
         cases = {
             "python -c pass (baseline)": [sys.executable, "-c", "pass"],
             "import selfie_adapters.cli": [sys.executable, "-c", "import selfie_adapters.cli"],
@@ -64,6 +66,9 @@ def main() -> None:
             "selfie inspect tiny.safetensors": SELFIE + ["inspect", str(adapter)],
             "selfie nosuchcommand (usage error)": SELFIE + ["nosuchcommand"],
             "selfie describe --bogus (usage error)": SELFIE + ["describe", "--bogus"],
+            "selfie extract --model smollm2-135m (typo)": SELFIE + ["extract", "--model", "smollm2-135m", "--layer",
+                                                                  "1", "--prompts", str(prompts), "--out",
+                                                                  str(Path(tmp) / "o.safetensors")],
         }
         print(f"{'command':42s} {'wall s (median of ' + str(args.repeats) + ')':>22s}  exit")
         for name, argv in cases.items():
