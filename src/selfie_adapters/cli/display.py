@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -84,7 +85,7 @@ class LoadNotices(logging.Handler):
         stage = getattr(record, "load_stage", None)
         if stage == "start":
             self.said = False
-            if SLOW_LOAD_S == float("inf"):  # notices off
+            if math.isinf(SLOW_LOAD_S):  # notices off
                 return
             self.timer = threading.Timer(SLOW_LOAD_S, self.say, [f"loading {record.model}…"])
             self.timer.daemon = True

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import SelfieError
@@ -90,14 +90,20 @@ def resolve_model(spec: str) -> ModelSource:
                           f"or one of: {', '.join(CATALOGUE)}")
     if not HUB_ID.fullmatch(spec):  # neither a catalogue name, a folder nor a hub id: do not ask the hub
         raise SelfieError(unknown_model_message(spec))
-    if hub_offline() or not hub_reachable():  # no retries against a hub that cannot answer
-        if not in_hub_cache(spec):
-            why = (f"{'/'.join(v for v in OFFLINE_VARS if _env_true(v))} is set" if hub_offline()
-                   else "huggingface.co cannot be reached (no network?)")
-            raise SelfieError(f"model {spec!r} is not in the local Hugging Face cache and {why}; download it "
-                              f"where there is network, or give a folder or one of: {', '.join(CATALOGUE)}")
-        return ModelSource(spec, spec, local_only=True)
     return ModelSource(spec, spec)
+
+
+def check_hub(source: ModelSource) -> ModelSource:
+    """Before loading a hub id: offline (HF_HUB_OFFLINE) or without network, the local Hugging Face cache
+    only (``local_only``) or, when it lacks the model, one error at once: no minute of hub retries."""
+    if source.is_gguf or Path(source.path).exists() or not (hub_offline() or not hub_reachable()):
+        return source
+    if not in_hub_cache(source.path):
+        why = (f"{'/'.join(v for v in OFFLINE_VARS if _env_true(v))} is set" if hub_offline()
+               else "huggingface.co cannot be reached (no network?)")
+        raise SelfieError(f"model {source.name!r} is not in the local Hugging Face cache and {why}; download "
+                          f"it where there is network, or give a folder or one of: {', '.join(CATALOGUE)}")
+    return replace(source, local_only=True)
 
 
 def unknown_model_message(spec: str) -> str:

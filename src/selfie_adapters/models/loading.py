@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from ..errors import SelfieError, first_line
-from .catalogue import resolve_model
+from .catalogue import check_hub, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +31,7 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     """
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise SelfieError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    source = resolve_model(name_or_dir)  # a bad name fails here, before torch is imported
+    source = check_hub(resolve_model(name_or_dir))  # a bad name fails here, before torch is imported
     import torch
 
     started = time.perf_counter()
