@@ -46,13 +46,15 @@ for path in paths(typer.main.get_command(app)):
     seen.append(path)
 assert all(code == 0 for code in codes.values()), codes
 assert len(seen) > 15, seen  # every command and group, not just the top level
-for argv in (["nosuchcommand"], ["describe", "--bogus"], ["train"], ["eval", "loss", "--labels", "x"]):
+typo = ["--model", "smollm2-135m", "--layer", "1", "--prompts", "p.txt", "--out", "o.safetensors"]
+for argv in (["nosuchcommand"], ["describe", "--bogus"], ["train"], ["eval", "loss", "--labels", "x"],
+             ["extract", *typo], ["describe", "--vectors", "v.pt", *typo[:2], "--out", "o.jsonl"]):
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(argv) == 2, argv
 """
 
 
-def test_help_of_every_command_and_usage_errors_import_no_heavy_module():
+def test_help_of_every_command_usage_errors_and_a_mistyped_model_import_no_heavy_module():
     assert imported_after(HELP_OF_EVERY_COMMAND) == dict.fromkeys(HEAVY, False)
 
 

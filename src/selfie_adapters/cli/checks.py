@@ -62,6 +62,14 @@ def check_device(device: str | None) -> None:
         raise SelfieError(f"--device {device}: unsupported device type {dev.type!r}; use cpu, cuda or mps")
 
 
+def check_model_name(model: str) -> None:
+    """A ``--model`` that names no model (a mistyped catalogue name, a missing folder or .gguf) fails
+    here, before the command imports torch (``models/catalogue.py`` is light)."""
+    from ..models.catalogue import resolve_model
+
+    resolve_model(model)
+
+
 def check_template(template: str | None, injection_token: str | None) -> None:
     """A ``--template`` must hold its injection token (default: the Llama-3 one); checked before loading."""
     if template is not None:

@@ -10,7 +10,7 @@ import typer
 
 from ..engines.choice import ENGINES
 from .app import app
-from .checks import check_device, check_sampling, check_scales, check_template
+from .checks import check_device, check_model_name, check_sampling, check_scales, check_template
 from .display import console, progress_hook
 from .options import (
     LABEL_END_HELP,
@@ -114,6 +114,7 @@ def describe(
     adapters). Zero rows (dead latents) are skipped and listed in OUT.skipped.json; --export writes the
     finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
     from ..files import read_jsonl
     from ..interpret.resumable import DescribeRun, describe_source, label_spreads
     from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
@@ -200,6 +201,7 @@ def extract(
     Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
       --out vectors.safetensors
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
     from ..vectors.chunked import extract_to_file
 
     positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
@@ -222,6 +224,7 @@ def mean(
     Example: selfie mean --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts tell-me-about.txt
       --chat --out mean-vectors.safetensors
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
     from ..vectors.chunked import mean_to_file
 
     check_device(device)

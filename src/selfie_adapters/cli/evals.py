@@ -23,7 +23,7 @@ from ..evals.protocols import (
     protocols_help,
 )
 from .app import eval_app
-from .checks import check_device, check_sampling, check_scales
+from .checks import check_device, check_model_name, check_sampling, check_scales
 from .display import print_table, progress_bar
 from .options import DeviceOpt, DtypeOpt, ModelOpt, choices, parse_indices
 
@@ -121,12 +121,6 @@ def generation(
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
-    from ..adapters.artifact import load_adapter
-    from ..evals import generation as gen_mod
-    from ..evals.sae_probe import open_sae
-    from ..files import read_jsonl, write_json
-    from ..interpret.describe import Interpreter
-    from ..models.loading import load_model
     from ..runs.outputs import check_output_path
 
     protocol = protocol.value
@@ -140,8 +134,16 @@ def generation(
         raise SelfieError("give exactly one label source: --labels FILE or --adapter PATH --latents 0-99")
     if adapter is not None and latents is None:
         raise SelfieError("--adapter writes labels for --latents; add e.g. --latents 0-99")
-    pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
     indices = parse_indices(latents, "--latents") if latents is not None else None
+    check_model_name(model)  # flag values first, then the model's name, then the heavy imports
+    from ..adapters.artifact import load_adapter
+    from ..evals import generation as gen_mod
+    from ..evals.sae_probe import open_sae
+    from ..files import read_jsonl, write_json
+    from ..interpret.describe import Interpreter
+    from ..models.loading import load_model
+
+    pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
     sae_model = open_sae(_sae_source(sae, sae_release, sae_id, sae_file), layer)
     m, tok = load_model(model, dtype=dtype, device=device)
     if pairs is None:
@@ -213,6 +215,7 @@ def bridge(
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
     from ..adapters.artifact import load_adapter
     from ..evals import bridge as bridge_mod
     from ..files import read_jsonl, resolve_file

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import SelfieError
 from .app import app, eval_app
-from .checks import check_device, check_scales
+from .checks import check_device, check_model_name, check_scales
 from .display import progress_bar
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
 
@@ -85,6 +85,7 @@ def loss_command(
     Example: selfie eval loss --model meta-llama/Llama-3.1-8B-Instruct --labels labels.json.gz
     --vectors w_dec.pt --scale 2.5 --scale 10
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
     from ..adapters.artifact import load_adapter
     from ..models.loading import load_model
     from ..training.evaluate import adapter_loss

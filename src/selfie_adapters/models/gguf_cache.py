@@ -17,6 +17,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SelfieError
@@ -166,14 +168,14 @@ def plain_copy(model):
     return plain.eval().requires_grad_(False)
 
 
-class quiet_gguf:  # noqa: N801  (used as a context manager, like contextlib's)
+@contextmanager
+def quiet_gguf() -> Iterator[None]:
     """Silence the GGUF converter's own tqdm bar (it ignores transformers' progress-bar switch)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    def __enter__(self) -> None:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-        self.module, self.original = gguf_utils, gguf_utils.tqdm
-        gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
-
-    def __exit__(self, *exc) -> None:
-        self.module.tqdm = self.original
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
