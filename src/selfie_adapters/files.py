@@ -18,16 +18,25 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from .errors import SelfieError, first_line
 
+if TYPE_CHECKING:
+    import torch
+
 HUB_PREFIX_PARTS = 3  # owner/repo/file.safetensors
+CACHE_ENV = "SELFIE_CACHE"  # overrides the user cache folder (tests point it at a temp folder)
 _tmp_ids = count()
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<n>\d+)\.tmp")
+
+
+def user_cache_dir() -> Path:
+    """This package's cache folder: ``$SELFIE_CACHE``, else ``$XDG_CACHE_HOME/selfie-adapters``, else
+    ``~/.cache/selfie-adapters`` (dequantised GGUF models, topic indexes)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache",
+                                                     "selfie-adapters")
+    return Path(root).expanduser()
 
 
 @contextmanager
@@ -146,6 +155,8 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "rows") -> list[dict]:
 
 def check_finite(t: torch.Tensor, what: str) -> None:
     """Refuse NaN/Inf in a float tensor, naming ``what`` and the count."""
+    import torch
+
     if t.is_floating_point() and not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).sum().item()
         raise SelfieError(f"{what} contain {bad} NaN/Inf value(s); fix or drop them before use")
@@ -153,6 +164,8 @@ def check_finite(t: torch.Tensor, what: str) -> None:
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the string metadata of a safetensors file, with clear errors."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -163,16 +176,29 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: dict[str, str] | None = None, dtype: torch.dtype | None = torch.float32) -> Path:
-    """Write contiguous CPU tensors (as ``dtype``; None keeps theirs) to a safetensors file atomically."""
+                 metadata: dict[str, str] | None = None, dtype: torch.dtype | str | None = "float32") -> Path:
+    """Write contiguous CPU tensors (as ``dtype``, a torch dtype or its name; None keeps theirs) to a
+    safetensors file atomically."""
+    import torch
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
     return Path(path)
 
 
+def save_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, imported on first use (the package starts without torch)."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
+
+
 def load_torch(path: Path):
     """A ``.pt`` file's contents with ``weights_only=True``: plain tensors and containers, never pickled code."""
+    import torch
+
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from ..compat.convert import convert
 from ..labels.formats import EXPORT_FORMATS, EXPORT_SETTINGS, export_format
 from .app import app
 
@@ -26,6 +25,8 @@ def convert_command(
 
     Example: selfie convert checkpoints/run_step_500.pt --out runs/goodfire-sa
     """
+    from ..compat.convert import convert
+
     result = convert(source, out, layer=layer, overrides=set_)
     for path in result.paths:
         print(f"wrote {path}")

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..adapters.artifact import load_adapter
 from ..engines.choice import ENGINES
-from ..files import read_jsonl
-from ..interpret.label_text import LabelSpread
-from ..interpret.resumable import DescribeRun, describe_source, label_spreads
-from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
 from ..threads import configure_threads
-from ..vectors.chunked import extract_to_file, mean_to_file
-from ..vectors.rows import skipped_note
-from ..vectors.source import VectorSource
 from .app import app
-from .checks import check_device, check_sampling, check_scales, check_template
+from .checks import check_device, check_model_name, check_sampling, check_scales, check_template
 from .display import console, progress_hook
 from .options import (
     LABEL_END_HELP,
@@ -35,6 +27,10 @@ from .options import (
     parse_indices,
 )
 
+if TYPE_CHECKING:  # the commands import the library inside, so `selfie --help` starts without torch
+    from ..interpret.label_text import LabelSpread
+    from ..vectors.source import VectorSource
+
 VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several), "
                 "sae-lens:RELEASE/ID or a local SAE .safetensors (SAE decoder rows: every latent, or --features; "
                 "dead latents skipped and listed in OUT.skipped.json).")
@@ -47,6 +43,8 @@ def inspect(adapter: str = typer.Argument(..., help="Adapter file (.safetensors 
 
     Example: selfie inspect goodfire-sae-scalar-affine.safetensors --json
     """
+    from ..adapters.artifact import load_adapter
+
     info = load_adapter(adapter).summary()
     if as_json:
         print(json.dumps(info))
@@ -120,6 +118,12 @@ def describe(
     finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
     configure_threads(threads)
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    from ..files import read_jsonl
+    from ..interpret.resumable import DescribeRun, describe_source, label_spreads
+    from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
+    from ..vectors.rows import skipped_note
+
     # Flag values are checked here, the rest by describe_source, all before the model loads.
     scales = check_scales(scale)
     check_sampling(temperature, top_p)
@@ -167,6 +171,8 @@ def print_label_spreads(spreads: dict[float, LabelSpread]) -> None:
 def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None,
                          sae_id: str | None) -> VectorSource | None:
     """``--vectors SOURCE`` or the old spellings (``--key K``, ``--sae-release R --sae-id ID``); None: no source."""
+    from ..vectors.source import VectorSource
+
     if vectors is None and sae_release is None:
         return None
     return VectorSource.sae(sae_release, sae_id) if sae_release else VectorSource.parse(vectors, key)
@@ -201,6 +207,9 @@ def extract(
       --out vectors.safetensors
     """
     configure_threads(threads)
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    from ..vectors.chunked import extract_to_file
+
     positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
     check_device(device)
     with progress_hook("extracting") as progress:
@@ -223,6 +232,9 @@ def mean(
       --chat --out mean-vectors.safetensors
     """
     configure_threads(threads)
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    from ..vectors.chunked import mean_to_file
+
     check_device(device)
     with progress_hook("averaging") as progress:
         wrote = mean_to_file(out, model, prompts, layer, chat=chat, batch_size=batch_size, chunk=chunk, dtype=dtype,

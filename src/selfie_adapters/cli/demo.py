@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
-from ..adapters.kinds import trainable_kinds
+from ..adapters.kind_names import trainable_kind_names
 from ..errors import SelfieError
 from ..files import read_jsonl, save_figure
-from ..models.tree import check_layers
 from ..threads import configure_threads
-from ..toy.concept_experiment import ExperimentConfig, run_experiment
-from ..toy.lm import TOY_BLOCKS
 from .app import app
 from .display import progress_bar
 from .options import ThreadsOpt
 
-TRAINABLE = trainable_kinds()
+if TYPE_CHECKING:  # the toy model needs torch and transformers: imported when the demo runs
+    from ..toy.concept_experiment import ExperimentConfig
+
+TRAINABLE = trainable_kind_names()
 
 
 @app.command()
@@ -38,6 +39,10 @@ def demo(
     Example: selfie demo --kind scalar_affine --kind full_rank --seed 1
     """
     configure_threads(threads)
+    from ..models.tree import check_layers
+    from ..toy.concept_experiment import ExperimentConfig
+    from ..toy.lm import TOY_BLOCKS
+
     kinds = tuple(kind) if kind else tuple(TRAINABLE)
     bad = [k for k in kinds if k not in TRAINABLE]
     if bad:
@@ -50,6 +55,8 @@ def demo(
 
 def run_demo(cfg: ExperimentConfig, out_dir: Path, console: Console, rows: int = 12) -> tuple[Path, Path]:
     """Run the experiment and show it (a training bar per adapter kind); returns (report path, figure path)."""
+    from ..toy.concept_experiment import run_experiment
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar(TextColumn("{task.fields[info]}")) as bar:
         tasks: dict[str, TaskID] = {}

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SelfieError
 from ..files import atomic_path, iter_jsonl, open_text, write_json, write_text
 
@@ -126,6 +124,8 @@ def neuronpedia_training_sections(rows: Sequence[dict], *, dataset_name: str, la
         label = r["description"].strip() if strip else r["description"]
         if label not in by_index.setdefault(r["index"], []):
             by_index[r["index"]].append(label)
+    import numpy as np  # the reference's seeded draw; imported here so `selfie --help` stays light
+
     indices = sorted(by_index)
     val = set(np.random.RandomState(seed).choice(len(indices), int(len(indices) * val_fraction), replace=False))
     vectors = [{"index": i, "labels": by_index[i], "split": "val" if k in val else "train"}
