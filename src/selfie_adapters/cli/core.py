@@ -117,8 +117,8 @@ def describe(
     adapters). Zero rows (dead latents) are skipped and listed in OUT.skipped.json; --export writes the
     finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
-    configure_threads(threads)
     check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
     from ..files import read_jsonl
     from ..interpret.resumable import DescribeRun, describe_source, label_spreads
     from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
@@ -206,8 +206,8 @@ def extract(
     Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
       --out vectors.safetensors
     """
-    configure_threads(threads)
     check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
     from ..vectors.chunked import extract_to_file
 
     positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
@@ -231,8 +231,8 @@ def mean(
     Example: selfie mean --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts tell-me-about.txt
       --chat --out mean-vectors.safetensors
     """
-    configure_threads(threads)
     check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
     from ..vectors.chunked import mean_to_file
 
     check_device(device)

@@ -221,8 +221,8 @@ def bridge(
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """
-    configure_threads(threads)
     check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
     from ..adapters.artifact import load_adapter
     from ..evals import bridge as bridge_mod
     from ..files import read_jsonl, resolve_file

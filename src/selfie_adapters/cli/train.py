@@ -89,8 +89,8 @@ def loss_command(
     Example: selfie eval loss --model meta-llama/Llama-3.1-8B-Instruct --labels labels.json.gz
     --vectors w_dec.pt --scale 2.5 --scale 10
     """
-    configure_threads(threads)
     check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
     from ..adapters.artifact import load_adapter
     from ..models.loading import load_model
     from ..training.evaluate import adapter_loss
