@@ -96,7 +96,7 @@ class Interpreter:
             check_finite(mean, "mean vector")
         self.mean = None if mean is None else mean.float()
         self.label_end = resolve_label_end(label_end, adapter is not None)
-        self.end_of_turn = trained_eos or _end_of_turn(tokenizer)
+        self.end_of_turn = _end_of_turn(tokenizer)  # the family, as its chat template closes a turn
         self.eos_ids = eos_token_ids(tokenizer, model, trained_eos)
         self.stop_ids = describe_stop_ids(tokenizer, self.eos_ids, self.template.closing, self.label_end)
 
