@@ -192,12 +192,6 @@ def parse_export(spec: str) -> tuple[ExportFormat, Path]:
     return fmt, out
 
 
-def export_model_name(adapter: str | None) -> str:
-    """The explanationModelName of an adapter's labels: its file name (``goodfire-sae-scalar-affine``), or
-    ``selfie-untrained`` for the untrained baseline."""
-    return Path(adapter).name.split(".")[0] if adapter else "selfie-untrained"
-
-
 def parse_export_settings(pairs: Sequence[str]) -> dict[str, str]:
     """``KEY=VALUE`` pairs (``describe --export-set``) → overrides of the settings ``export_settings`` reads."""
     settings = {}
@@ -223,5 +217,5 @@ def write_exports(rows: Sequence[dict], exports: Sequence[tuple[ExportFormat, Pa
 
 
 __all__ = ["EXPORT_FIELDS", "EXPORT_FORMATS", "ExportFormat", "ExportSettings", "best_labels", "export_format",
-           "export_model_name", "neuronpedia_rows", "neuronpedia_training_sections", "parse_export",
-           "parse_export_settings", "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]
+           "neuronpedia_rows", "neuronpedia_training_sections", "parse_export", "parse_export_settings",
+           "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]

@@ -78,7 +78,7 @@ def recorded_names(inputs: dict, about: dict) -> dict[str, str]:
         names["module"] = f"layers.{layer}"
     if "adapter" in inputs and inputs["adapter"] is None:
         names["explanation_model"] = "selfie-untrained"
-    elif isinstance(about.get("adapter"), str):
+    elif isinstance(about.get("adapter"), str):  # the adapter's file name, e.g. goodfire-sae-scalar-affine
         names["explanation_model"] = Path(about["adapter"]).name.split(".")[0]
     return names
 
