@@ -60,25 +60,11 @@ def test_demo_rejects_unknown_kind(capsys):
     assert "unknown adapter kind(s) ['bogus']" in capsys.readouterr().err
 
 
-def test_demo_tables_fit_80_columns_and_adapters_name_the_model(demo_run):
-    """One line per row at 80 columns (long labels cut with …), and the adapters record the model as
-    `toy` (loadable on any machine), not as a path inside this clone."""
-    import io
-
-    from rich.console import Console
-
+def test_demo_adapters_name_the_model_portably(demo_run):
+    """The adapters record the model as `toy` (loadable on any machine), not as a path inside this clone."""
     from selfie_adapters import load_adapter
-    from selfie_adapters.cli.demo import examples_table, metrics_table
 
     _, out = demo_run
-    report = json.loads((out / "report.json").read_text())
-    console = Console(width=80, record=True, file=io.StringIO())
-    console.print(examples_table(report, 12))
-    console.print(metrics_table(report))
-    lines = console.export_text().splitlines()
-    assert max(len(line) for line in lines) <= 80
-    for name in [*report["heldout"][:12], *report["kinds"]]:
-        assert sum(line.lstrip().startswith(name + " ") for line in lines) == 1, name
     finals = sorted((out / "runs").glob("*/final.safetensors"))
     assert finals and {load_adapter(f).model_name for f in finals} == {"toy"}
     assert main(["inspect", str(finals[0])]) == 0

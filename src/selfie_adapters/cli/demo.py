@@ -60,18 +60,20 @@ def best_kind(report: dict) -> str:
 
 def _table(title: str) -> Table:
     """A borderless table that fits an 80-column terminal: one line per row, long labels cut with "…"."""
-    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                 title_justify="left")
 
 
 def examples_table(report: dict, rows: int) -> Table:
     kind = best_kind(report)
     untrained = _labels(Path(report["descriptions"]["untrained"]))
     trained = _labels(Path(report["descriptions"][kind]))
+    names = report["heldout"][:rows]
     table = _table(f"Held-out concepts (never trained on): untrained vs {kind}")
-    table.add_column("concept", no_wrap=True)
-    table.add_column("untrained", no_wrap=True, overflow="ellipsis", max_width=22)
-    table.add_column(f"trained ({kind})", no_wrap=True, overflow="ellipsis")
-    table.add_column("right?", no_wrap=True)
+    table.add_column("concept", no_wrap=True, min_width=max(map(len, names), default=7))  # never cut a name
+    table.add_column("untrained", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column(f"trained ({kind})", no_wrap=True, overflow="ellipsis", max_width=40)
+    table.add_column("ok", no_wrap=True, min_width=3)
     for name in report["heldout"][:rows]:
         ok = trained[name].split(",")[0].strip() == name
         table.add_row(name, untrained[name], trained[name], "yes" if ok else "no")
