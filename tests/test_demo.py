@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from selfie_adapters.cli import main
+from selfie_adapters.files import save_tensors
 from selfie_adapters.toy import TOY_DIR
 
 pytestmark = [pytest.mark.skipif(not (TOY_DIR / "world.json").exists(), reason="toy weights missing"),
@@ -67,4 +68,8 @@ def test_demo_adapters_name_the_model_portably(demo_run):
     _, out = demo_run
     finals = sorted((out / "runs").glob("*/final.safetensors"))
     assert finals and {load_adapter(f).model_name for f in finals} == {"toy"}
-    assert main(["inspect", str(finals[0])]) == 0
+    vectors = out / "two.safetensors"
+    torch.manual_seed(0)
+    save_tensors({"v": torch.randn(2, 128)}, vectors)
+    assert main(["describe", "--model", "toy", "--adapter", str(finals[0]), "--vectors", str(vectors),
+                 "--max-new-tokens", "4", "--out", str(out / "two.jsonl")]) == 0  # the guard accepts "toy"
