@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from selfie_adapters.cli import main
+from selfie_adapters.files import save_tensors
 from selfie_adapters.toy import TOY_DIR
 
 pytestmark = [pytest.mark.skipif(not (TOY_DIR / "world.json").exists(), reason="toy weights missing"),
@@ -58,3 +59,17 @@ def test_training_lowers_heldout_val_loss(demo_run):
 def test_demo_rejects_unknown_kind(capsys):
     assert main(["demo", "--kind", "bogus"]) == 2
     assert "unknown adapter kind(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_demo_adapters_name_the_model_portably(demo_run):
+    """The adapters record the model as `toy` (loadable on any machine), not as a path inside this clone."""
+    from selfie_adapters import load_adapter
+
+    _, out = demo_run
+    finals = sorted((out / "runs").glob("*/final.safetensors"))
+    assert finals and {load_adapter(f).model_name for f in finals} == {"toy"}
+    vectors = out / "two.safetensors"
+    torch.manual_seed(0)
+    save_tensors({"v": torch.randn(2, 128)}, vectors)
+    assert main(["describe", "--model", "toy", "--adapter", str(finals[0]), "--vectors", str(vectors),
+                 "--max-new-tokens", "4", "--out", str(out / "two.jsonl")]) == 0  # the guard accepts "toy"

@@ -4,6 +4,8 @@ Every write in the package goes through ``atomic_path``: the data lands in a tem
 target (``.NAME.<pid>.<n>.tmp``), is fsynced, then renamed over it, so a kill never leaves a
 half-written file behind. The temp file of a killed writer is removed by the next write of the same
 name (``remove_stale_temps``), and owners of a folder sweep it when they open and finish it.
+The file gets the mode a plain ``open(path, "w")`` would give it (the umask's, or the replaced file's),
+whatever mode the writer created the temp file with (safetensors and ``tempfile`` create theirs 0600).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -90,6 +93,29 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def file_mode(path: str | os.PathLike) -> int:
+    """The permission bits a plain write to ``path`` leaves: those of the file it replaces, else
+    ``0o666`` less the process umask (``0o644`` under the usual umask 022)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: an input is not valid UTF-8 text (byte {e.start}); re-save it as UTF-8", file=sys.stderr)
         return 2
     except typer.TyperException as e:  # typer >= 0.29 vendors click: usage errors derive from this
-        if e.format_message():  # empty when a bare group already printed its help
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group: its help (the message) is the answer
+            print(e.format_message())
+        elif e.format_message():
             print(f"error: {e.format_message()}", file=sys.stderr)
         return 2
     except typer.Abort:

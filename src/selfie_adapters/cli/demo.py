@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import TaskID, TextColumn
 from rich.table import Table
@@ -36,6 +37,7 @@ def demo(
     """Watch SelfIE work offline: a tiny Llama trained on a made-up world describes concepts it
     was never asked about, through trained adapters, while untrained SelfIE fails.
 
+    \b
     Example: selfie demo --kind scalar_affine --kind full_rank --seed 1
     """
     configure_threads(threads)
@@ -79,13 +81,22 @@ def best_kind(report: dict) -> str:
                                                -(report["kinds"][k]["val_loss"] or 0)))
 
 
+def _table(title: str) -> Table:
+    """A borderless table that fits an 80-column terminal: one line per row, long labels cut with "…"."""
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                 title_justify="left")
+
+
 def examples_table(report: dict, rows: int) -> Table:
     kind = best_kind(report)
     untrained = _labels(Path(report["descriptions"]["untrained"]))
     trained = _labels(Path(report["descriptions"][kind]))
-    table = Table(title=f"Held-out concepts (never seen in training): untrained SelfIE vs {kind} adapter")
-    for col in ("concept", "untrained description", f"trained ({kind})", "correct?"):
-        table.add_column(col, overflow="fold")
+    names = report["heldout"][:rows]
+    table = _table(f"Held-out concepts (never trained on): untrained vs {kind}")
+    table.add_column("concept", no_wrap=True, min_width=max(map(len, names), default=7))  # never cut a name
+    table.add_column("untrained", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column(f"trained ({kind})", no_wrap=True, overflow="ellipsis", max_width=40)
+    table.add_column("ok", no_wrap=True, min_width=3)
     for name in report["heldout"][:rows]:
         ok = trained[name].split(",")[0].strip() == name
         table.add_row(name, untrained[name], trained[name], "yes" if ok else "no")
@@ -93,10 +104,10 @@ def examples_table(report: dict, rows: int) -> Table:
 
 
 def metrics_table(report: dict) -> Table:
-    table = Table(title=f"Toy world, layer {report['layer']}, {len(report['heldout'])} held-out concepts, "
-                        f"{report['seconds']:.0f} s")
-    for col in ("adapter", "params", "held-out recall@1", "attribute acc.", "val loss"):
-        table.add_column(col, justify="right" if col != "adapter" else "left")
+    table = _table(f"Toy world, layer {report['layer']}, {len(report['heldout'])} held-out concepts, "
+                   f"{report['seconds']:.0f} s")
+    for col in ("adapter", "params", "held-out R@1", "attributes", "val loss"):
+        table.add_column(col, justify="right" if col != "adapter" else "left", no_wrap=True)
     b = report["baseline"]
     table.add_row(f"untrained (scale {b['scale']:.3g})", "0", f"{b['heldout_recall_at_1']:.2f}",
                   f"{b['attribute_accuracy']:.2f}", "-")

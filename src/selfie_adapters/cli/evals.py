@@ -56,6 +56,7 @@ def retrieval(
 ) -> None:
     """Rank every topic for each label by embedding similarity; recall@k and MRR.
 
+    \b
     Example: selfie eval retrieval --labels labels.jsonl --topics topics.jsonl --out retrieval.json
     """
     configure_threads(threads)
@@ -122,6 +123,7 @@ def generation(
     context of the instruction that named the label; --protocol reference reads every token after BOS
     as the reference implementation does (its published hit rates).
 
+    \b
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
@@ -218,6 +220,7 @@ def bridge(
 ) -> None:
     """Bridge entities: describe every (layer, question token) state; heatmap of alias hits.
 
+    \b
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """

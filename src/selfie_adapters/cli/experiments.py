@@ -50,6 +50,7 @@ def topics(
     """The topic experiment: train adapters on `Tell me about {title}.` vectors, describe held-out
     topics, score by retrieval among the held-out titles, next to untrained SelfIE at its best scale.
 
+    \b
     Example: selfie experiment topics --model smollm2-135m-instruct --layers 12 18 --out topics-run
     """
     configure_threads(threads)

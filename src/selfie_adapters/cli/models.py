@@ -30,6 +30,7 @@ def export(name: str = typer.Argument(..., help="Catalogue name, hub id, folder 
            overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out.")) -> None:
     """Write a model as a plain HF safetensors folder (GGUF dequantised), e.g. for --engine vllm.
 
+    \b
     Example: selfie models export smollm2-135m-instruct --out smollm2-135m
       then: selfie describe --model smollm2-135m --engine vllm ...
     """

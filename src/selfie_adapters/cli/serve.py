@@ -61,6 +61,7 @@ def serve(
 ) -> None:
     """Serve /describe, /extract, /lens, /compare, /info and the explorer page at /.
 
+    \b
     Example: selfie serve --model toy --port 8000   (then open http://127.0.0.1:8000/)
     """
     try:

@@ -32,6 +32,7 @@ def train_command(
 ) -> None:
     """Train a SelfIE adapter; prints where the best and final adapters were written.
 
+    \b
     Example: selfie train examples/goodfire-l19-scalar-affine.yaml --set training.max_steps=200
     """
     configure_threads(threads)
@@ -86,6 +87,7 @@ def loss_command(
 ) -> None:
     """The published "val loss" of an adapter, or of untrained SelfIE at each --scale.
 
+    \b
     Example: selfie eval loss --model meta-llama/Llama-3.1-8B-Instruct --labels labels.json.gz
     --vectors w_dec.pt --scale 2.5 --scale 10
     """

@@ -28,9 +28,9 @@ class JsonlLog:
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict | None = None, *, command: str = "results",
-                 key_fields: Sequence[str] = (), overwrite: bool = False) -> None:
+                 key_fields: Sequence[str] = (), overwrite: bool = False, about: dict | None = None) -> None:
         self.path = check_output_path(path)
-        self.command, self.key_fields = command, tuple(key_fields)
+        self.command, self.key_fields, self.about = command, tuple(key_fields), about
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = OutputLock(self.path).acquire()
         try:
@@ -57,7 +57,7 @@ class JsonlLog:
             rows = self._read_rows()
         self._record, self._inputs = record, inputs  # the record is written with the first rows, so
         if has_data:                                 # a run that fails before them leaves nothing behind
-            record.write(inputs)
+            record.write(inputs, self.about)
             self._inputs = None
         return rows
 
@@ -92,7 +92,7 @@ class JsonlLog:
         except ValueError as e:
             raise SelfieError(f"a result row holds NaN/inf ({e}); nothing was written for this batch") from None
         if self._inputs is not None:
-            self._record.write(self._inputs)
+            self._record.write(self._inputs, self.about)
             self._inputs = None
         size = self.path.stat().st_size if self.path.exists() else 0
         try:

@@ -85,7 +85,7 @@ def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, 
 
     raw = {
         "seed": cfg.seed, "experiment_name": kind,
-        "model": {"name": str(cfg.model_dir), "dtype": "float32", "enable_gradient_checkpointing": False},
+        "model": {"name": model_name(cfg.model_dir), "dtype": "float32", "enable_gradient_checkpointing": False},
         "data": {"labels_file": str(labels_file), "batch_size": cfg.batch_size},
         "projection": {"type": kind, "normalize_input": True, "init_scale": init_scale,
                        "low_rank_rank": cfg.rank if PROJECTIONS[kind].needs_rank else None},
@@ -96,6 +96,12 @@ def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, 
     }
     report = None if progress is None else (lambda step, total, info: progress(kind, step, total, info))
     return train(config_from_dict(raw), model=model, tokenizer=tokenizer, progress=report)
+
+
+def model_name(model_dir: Path) -> str:
+    """What the adapters record as their model: the catalogue name ``toy`` for the shipped weights (a path
+    inside one clone means nothing on another machine; ``--model toy`` loads them anywhere), else the folder."""
+    return "toy" if Path(model_dir).resolve() == TOY_DIR else str(model_dir)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, say: Callable[[str], None] = lambda s: None,
