@@ -107,6 +107,21 @@ def test_every_label_of_k_neighbours_in_rank_order(data, tmp_path, capsys):
     assert sims == sorted(sims, reverse=True)
 
 
+def test_jsonl_training_data_with_labels_vectors(data, tmp_path, capsys):
+    """JSONL rows naming vector indices, with the vectors given as --labels-vectors (data.vectors_file)."""
+    _, vectors = data
+    lines = [{"index": 0, "label": "apple"}, {"index": 3, "labels": ["river", "stream"]},
+             {"index": 4, "label": "x", "split": "val"}, {"index": 6, "label": "y", "split": "val"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "j.jsonl"
+    code, io = run(capsys, "--labels", tmp_path / "rows.jsonl", "--labels-vectors",
+                   f"{tmp_path / 'data' / 'vectors.safetensors'}#vectors", "--out", out, "-k", 2)
+    assert code == 0, io.err
+    assert [(r["index"], r["sample"], r["label"]) for r in rows(out)] == [
+        (4, 0, "apple"), (4, 1, "river"), (4, 2, "stream"),  # 4 ≈ row 2, not in this training set
+        (6, 0, "river"), (6, 1, "stream"), (6, 2, "apple")]
+
+
 def test_other_evals_read_the_rows(data, tmp_path, capsys):
     """Retrieval (with a word-match embedder) and generation scoring's reader take the rows as they are."""
     labels, _ = data
