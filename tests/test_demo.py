@@ -29,6 +29,9 @@ def test_demo_writes_report_and_figure(demo_run):
     for m in report["kinds"].values():
         assert {"heldout_recall_at_1", "attribute_accuracy", "val_loss"} <= set(m)
     assert {"heldout_recall_at_1", "scale"} <= set(report["baseline"]) and report["seconds"] > 0
+    # the nearest training concept's label names another concept (split by concept): recall 0 by construction
+    assert report["nearest"]["heldout_recall_at_1"] == 0.0 and 0 < report["nearest"]["attribute_accuracy"] <= 1
+    assert len((out / "descriptions" / "nearest.jsonl").read_text().splitlines()) == 100
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert len(report["heldout"]) == 100  # 20% of 500 concepts, split by concept
 

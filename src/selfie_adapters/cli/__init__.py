@@ -10,6 +10,7 @@ import typer
 
 from ..errors import SelfieError
 from . import (
+    baseline,  # noqa: F401
     compat,  # noqa: F401  (registers commands)
     core,  # noqa: F401
     demo,  # noqa: F401

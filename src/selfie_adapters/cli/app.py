@@ -7,3 +7,6 @@ app = typer.Typer(name="selfie", no_args_is_help=True, add_completion=False, pre
                   help="Let a language model describe its own internal vectors in words (SelfIE adapters).")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate adapters and their descriptions.")
 app.add_typer(eval_app, name="eval")
+baseline_app = typer.Typer(no_args_is_help=True, help="Baselines that label vectors without an adapter, written "
+                           "as describe rows so every eval scores them beside the adapters.")
+app.add_typer(baseline_app, name="baseline")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the toy model needs torch and transformers: imported when t
     from ..toy.concept_experiment import ExperimentConfig
 
 TRAINABLE = trainable_kind_names()
+NEAREST_ROW = "nearest neighbour (no training)"
 
 
 @app.command()
@@ -111,6 +112,8 @@ def metrics_table(report: dict) -> Table:
     b = report["baseline"]
     table.add_row(f"untrained (scale {b['scale']:.3g})", "0", f"{b['heldout_recall_at_1']:.2f}",
                   f"{b['attribute_accuracy']:.2f}", "-")
+    if (n := report.get("nearest")) is not None:  # reports written before the baseline existed lack it
+        table.add_row(NEAREST_ROW, "0", f"{n['heldout_recall_at_1']:.2f}", f"{n['attribute_accuracy']:.2f}", "-")
     for kind, m in report["kinds"].items():
         table.add_row(kind, f"{m['num_parameters']:,}", f"{m['heldout_recall_at_1']:.2f}",
                       f"{m['attribute_accuracy']:.2f}", f"{m['val_loss']:.3f}")
@@ -130,9 +133,10 @@ def plot_report(report: dict, path: Path) -> Path:
     ax1.bar_label(ax1.bar(short, [report["kinds"][k]["val_loss"] for k in kinds], color="#4C72B0"), fmt="%.2f")
     ax1.set_title("validation loss (held-out concepts)")
     ax1.set_ylabel("cross-entropy per target token")
-    names = ["untrained"] + short
-    recalls = [report["baseline"]["heldout_recall_at_1"]] + [report["kinds"][k]["heldout_recall_at_1"] for k in kinds]
-    ax2.bar_label(ax2.bar(names, recalls, color=["#999999"] + ["#55A868"] * len(kinds)), fmt="%.2f")
+    base = [("untrained", report["baseline"])] + ([("nearest", report["nearest"])] if "nearest" in report else [])
+    names = [name for name, _ in base] + short
+    recalls = [m["heldout_recall_at_1"] for _, m in base] + [report["kinds"][k]["heldout_recall_at_1"] for k in kinds]
+    ax2.bar_label(ax2.bar(names, recalls, color=["#999999"] * len(base) + ["#55A868"] * len(kinds)), fmt="%.2f")
     ax2.set_ylim(0, 1.1)
     ax2.set_title("held-out recall@1 (label names the concept)")
     for ax in (ax1, ax2):
