@@ -57,8 +57,10 @@ def _mismatch(adapter, model) -> str | None:
     got = model_signature(model)
     if "eos_token_id" in expected:
         got["eos_token_id"] = config_eos_ids(model)
+    # A field one side does not record proves nothing: a GGUF read by transformers has no
+    # `architectures`, the same model saved by the GGUF cache (save_pretrained) has one.
     diffs = [f"{k}={got.get(k)!r} (expected {v!r})" for k, v in expected.items()
-             if _norm(got.get(k)) != _norm(v)]
+             if v is not None and got.get(k) is not None and _norm(got.get(k)) != _norm(v)]
     if diffs:
         return f"the model is not {expected_name or 'the adapter model'!r}: " + ", ".join(diffs)
     return None
