@@ -73,3 +73,15 @@ def test_a_long_load_says_so_and_a_quick_one_is_silent(tiny_model_dir, tmp_path,
     assert main([*argv, "--out", str(tmp_path / "b.safetensors")]) == 0
     err = capsys.readouterr().err
     assert f"loading {tiny_model_dir}…" in err and f"loaded {tiny_model_dir} in " in err
+
+
+def test_a_first_gguf_load_says_why_it_is_long_then_its_time(capsys, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(display, "SLOW_LOAD_S", 60.0)
+    log = logging.getLogger("selfie_adapters.models.loading")
+    with display.load_notices():
+        log.info("loading m", extra={"load_stage": "start", "model": "m"})
+        log.info("dequantising m: first load", extra={"load_stage": "note", "model": "m"})
+        log.info("loaded m", extra={"load_stage": "done", "model": "m", "seconds": 75.5})
+    assert capsys.readouterr().err.splitlines() == ["dequantising m: first load …", "loaded m in 75.5 s"]

@@ -90,7 +90,9 @@ class LoadNotices(logging.Handler):
             self.timer = threading.Timer(SLOW_LOAD_S, self.say, [f"loading {record.model}…"])
             self.timer.daemon = True
             self.timer.start()
-        elif stage == "note":
+        elif stage == "note":  # says why the load is long: no "loading MODEL…" after it
+            if self.timer is not None:
+                self.timer.cancel()
             self.say(record.getMessage() + " …")
         elif stage == "done":
             if self.timer is not None:
