@@ -81,3 +81,17 @@ def test_graph_mode_buckets_and_compiled_step(case):
         assert_same(generate_static(decoding, interp.prompt_ids, interp.sites, soft, **kw), slow)
     sizes = sorted(b for b, _ in decoding._pool)
     assert sizes[-1] == N and all(s & (s - 1) == 0 for s in sizes[:-1]) and len(sizes) >= 2
+
+
+def test_a_failing_compiled_step_falls_back_to_eager(case, caplog):
+    """A compiler that fails (no C++ compiler, an unsupported op) must not lose the run: the step decodes eagerly."""
+    interp, soft, stops = case
+    kw = {"max_new_tokens": 6, "stop_ids": stops}
+    slow = generate(interp.model, [interp.prompt_ids] * N, [interp.sites] * N, soft, **kw)
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    decoding = StaticDecoding(interp.model, compile_backend=failing_backend)
+    assert_same(generate_static(decoding, interp.prompt_ids, interp.sites, soft, **kw), slow)
+    assert decoding._eager_only and "decoding without CUDA graphs" in caplog.text

@@ -26,11 +26,12 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, StaticCache
 
+from ..errors import first_line
 from ..models.tree import base_model, cache_kw, model_device
 from .generate import Generated, injected_embeddings, next_tokens
 
 log = logging.getLogger(__name__)
-MIN_BUCKET_FRACTION = 16  # with graphs the batch shrinks to at most 1/16 of its start: <= 5 graphs per size
+MIN_BUCKET_FRACTION = 4  # with graphs the batch shrinks to 1/4 of its start at most: 3 graph shapes (3 compiles)
 
 
 class StaticDecoding:
@@ -40,9 +41,10 @@ class StaticDecoding:
     backend for them (default inductor; tests pass "eager" to exercise the tracing on CPU).
     """
 
-    def __init__(self, model, *, graphs: bool = False, compile_backend: str | None = None) -> None:
+    def __init__(self, model, *, graphs: bool = False, compile_backend=None) -> None:
         self.model, self.graphs = model, graphs or compile_backend is not None
         self.start_size = 1  # rows of the batch being decoded (the smallest bucket is a fraction of it)
+        self._eager_only = False  # set when the compiled step failed once
         self._pool: dict[tuple[int, int], StaticCache] = {}
         self._cache_kw = next(iter(cache_kw(model, None)))  # "cache" or "past_key_values", looked up once
         self._step = self._compiled_step(compile_backend) if self.graphs else self._eager_step
@@ -63,18 +65,35 @@ class StaticDecoding:
         out = self.model(input_ids=ids, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
         return out.logits[:, -1]
 
-    def _compiled_step(self, backend: str | None):
+    def _compiled_step(self, backend):
         if backend is None:
             compiled = torch.compile(self._eager_step, mode="reduce-overhead", fullgraph=False, dynamic=False)
         else:
             compiled = torch.compile(self._eager_step, backend=backend, fullgraph=False, dynamic=False)
 
         def step(ids: torch.Tensor, positions: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+            if self._eager_only:
+                return self._eager_step(ids, positions, cache)
             if ids.is_cuda:
                 torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were copied out
-            return compiled(ids, positions, cache)
+            try:
+                return compiled(ids, positions, cache)
+            except Exception as e:  # noqa: BLE001 - a compiler failure must not lose the run: decode eagerly
+                log.warning("compiled decode step failed (%s: %s); decoding without CUDA graphs",
+                            type(e).__name__, first_line(e))
+                self._eager_only = True
+                _rewind(cache, int(positions[0, 0]))
+                return self._eager_step(ids, positions, cache)
 
         return step
+
+
+def _rewind(cache: StaticCache, written: int) -> None:
+    """Reset each static layer's write position to ``written`` (a failed compiled step may have advanced some)."""
+    for layer in cache.layers:
+        length = getattr(layer, "cumulative_length", None)
+        if isinstance(length, torch.Tensor):
+            length.fill_(written)
 
 
 def fill_cache(cache: StaticCache, source, rows: torch.Tensor | None, length: int, batch: int) -> None:
