@@ -11,8 +11,9 @@ Here, for a batch whose rows all share one prompt (``selfie describe``: the temp
   addresses and the step can be captured once as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
   and replayed;
 * finished rows: without graphs they leave the cache at once (as ``generate``); with graphs the batch
-  stays a fixed shape and is compacted into a cache half the size (from a pool kept across batches,
-  one graph per size) only when at most half its rows are still generating.
+  is padded to a power of two (a short last batch reuses the shapes of the others), stays a fixed shape
+  and is compacted into a cache half the size (from a pool kept across batches, one graph per size)
+  only when at most half its rows are still generating.
 
 Greedy tokens are those of ``generate`` (the masked tail of the cache adds exact zeros); log-probs
 agree to float rounding (tests pin 1e-5 on CPU in fp32).
@@ -115,8 +116,11 @@ def generate_static(decoding: StaticDecoding, prompt: list[int], sites: list[int
                     top_p: float = 1.0, generators: list[torch.Generator] | None = None,
                     stop_ids: Sequence[int] = ()) -> list[Generated]:
     """``generate`` for B rows that share ``prompt`` with soft token ``soft[b]`` (B, d) at ``sites``."""
-    model, B, P = decoding.model, len(soft), len(prompt)
+    model, rows, P = decoding.model, len(soft), len(prompt)
     device, length = model_device(model), P + max_new_tokens
+    B = 1 << (rows - 1).bit_length() if decoding.graphs else rows  # graph shapes: powers of two
+    if B > rows:  # filler rows repeat the first one; their outputs are dropped
+        soft = torch.cat([soft, soft[:1].expand(B - rows, -1)])
     ids = torch.tensor([prompt], device=device)  # (1, P)
     positions = torch.arange(P, device=device)[None]  # (1, P)
     start = min(sites) if sites else P - 1
@@ -134,18 +138,18 @@ def generate_static(decoding: StaticDecoding, prompt: list[int], sites: list[int
         out = model(inputs_embeds=embeds, position_ids=positions[:, start:].expand(B, -1), use_cache=True,
                     logits_to_keep=last, **cache_kw(model, cache))
     logits = out.logits[:, -1].float()  # (B, V)
-    return _decode(decoding, cache, logits, P, max_new_tokens=max_new_tokens, temperature=temperature,
+    return _decode(decoding, cache, logits, P, rows, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, generators=generators, stop_ids=stop_ids)
 
 
-def _decode(decoding: StaticDecoding, cache: StaticCache, logits: torch.Tensor, written: int, *,
+def _decode(decoding: StaticDecoding, cache: StaticCache, logits: torch.Tensor, written: int, rows: int, *,
             max_new_tokens: int, temperature: float, top_p: float, generators: list[torch.Generator] | None,
             stop_ids: Sequence[int]) -> list[Generated]:
-    """Token by token in the static cache. ``slots[i]``: the row in cache slot i (None: a finished row or a
-    filler, whose outputs are ignored); logits (S, V) for every slot."""
-    B, device = logits.shape[0], logits.device
+    """Token by token in the static cache for ``rows`` rows. ``slots[i]``: the row in cache slot i (None: a
+    finished row or a filler, whose outputs are ignored); logits (S, V) for every slot."""
+    B, device = rows, logits.device
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    slots: list[int | None] = list(range(B))
+    slots: list[int | None] = list(range(B)) + [None] * (logits.shape[0] - B)
     tokens: list[list[int]] = [[] for _ in range(B)]
     logprobs: list[list[float]] = [[] for _ in range(B)]
     closed = [False] * B
