@@ -281,7 +281,7 @@ def bench_model(args, name: str) -> list[list]:
 
 
 def table_rows(name: str, results: dict[str, tuple[float, int, list[str]]]) -> list[list]:
-    """[model, engine, labels, seconds, labels/s, x batched, x hf-dynamic, labels differing from ours (on the overlap)]."""
+    """[model, engine, labels, seconds, labels/s, x batched, x hf-dynamic, labels differing from ours (overlap)]."""
     ref_name = next((k for k in OURS if k in results), None)
     ref = results.get(ref_name)
     rows = []

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
             "weights_gb": round(weight_bytes / 1e9, 2), "built_s": round(time.perf_counter() - t0, 1),
             "max_new_tokens": args.max_new_tokens, "smoke": args.smoke, "rows": []}
     print(f"gpu_check: {info['device']}, torch {info['torch']}, transformers {info['transformers']}, "
-          f"{info['weights_gb']} GB of weights (floor {floor_s * 1e3:.2f} ms/step at {args.bandwidth / 1e12:.1f} TB/s), "
+          f"{info['weights_gb']} GB of weights (floor {floor_s * 1e3:.2f} ms/step at "
+          f"{args.bandwidth / 1e12:.1f} TB/s), "
           f"built in {info['built_s']}s", flush=True)
     reference = None
     for name in [e.strip() for e in args.engines.split(",") if e.strip()]:

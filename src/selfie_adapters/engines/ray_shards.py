@@ -3,10 +3,10 @@
 The vector rows are cut into contiguous shards whose job counts (vectors × scales × samples) are
 multiples of the engine's real batch (the HF engine's ``batch_size``, chosen from the GPU's free memory
 when not given; vLLM's rows per call, ``max_num_seqs``), asked of the first worker, so every batch a
-worker runs is a batch the single-process run runs and the merged rows are byte-identical to it. A pool of stateful Ray actors (one per GPU, or per CPU
-slot) each load the model once, then describe shard after shard as a streaming generator: one list
-of rows per batch. Only the driver writes files: each batch is appended to
-``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose settings record is the run's
+worker runs is a batch the single-process run runs and the merged rows are byte-identical to it. A
+pool of stateful Ray actors (one per GPU, or per CPU slot) each load the model once, then describe
+shard after shard as a streaming generator: one list of rows per batch. Only the driver writes files:
+each batch is appended to ``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose settings record is the run's
 inputs plus the shard's range, so no shared file system is needed and a dead worker loses only the
 batches in flight (at most ``STREAM_AHEAD``). A shard whose part holds all its rows is never redone;
 a shard whose worker died (``ActorDiedError``, ``WorkerCrashedError``, a lost node), or whose vLLM could not
@@ -161,7 +161,8 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     ``address``: the Ray cluster (``"auto"``: the one this machine belongs to, or ``"HEAD_IP:6379"``;
     None: ``RAY_ADDRESS``, else a new local one); a Ray already initialised is used as it is.
     ``num_workers``: actors (default: as many as the cluster holds). ``worker_options``: Ray actor
-    options of each (default: :func:`default_worker_options`; add e.g. ``runtime_env``). ``threads``: torch threads per worker (default: its CPUs, at least 1).
+    options of each (default: :func:`default_worker_options`; add e.g. ``runtime_env``). ``threads``: torch
+    threads per worker (default: its CPUs, at least 1).
     ``shard_vectors``: vectors per shard (rounded up to whole batches; keep it when resuming).
     ``max_retries``: times one shard may lose its worker before the run fails. ``progress`` as in
     ``describe_source``; ``on_batch`` sees every appended batch with its shard and worker.

@@ -20,8 +20,8 @@ from ..files import check_finite
 from ..models.tokens import describe_stop_ids, eos_token_ids, pad_token_id
 from ..models.tree import base_model, check_layers, model_device
 from .generate import Generated, derived_seed, generate
-from .static_decode import StaticDecoding, generate_static
 from .label_text import check_label_end, extract_label
+from .static_decode import StaticDecoding, generate_static
 from .template import PromptTemplate, choose_template
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep

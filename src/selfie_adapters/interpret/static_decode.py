@@ -119,7 +119,7 @@ def generate_static(decoding: StaticDecoding, prompt: list[int], sites: list[int
     model, rows, P = decoding.model, len(soft), len(prompt)
     device, length = model_device(model), P + max_new_tokens
     B = 1 << (rows - 1).bit_length() if decoding.graphs else rows  # graph shapes: powers of two
-    if B > rows:  # filler rows repeat the first one; their outputs are dropped
+    if rows < B:  # filler rows repeat the first one; their outputs are dropped
         soft = torch.cat([soft, soft[:1].expand(B - rows, -1)])
     ids = torch.tensor([prompt], device=device)  # (1, P)
     positions = torch.arange(P, device=device)[None]  # (1, P)
