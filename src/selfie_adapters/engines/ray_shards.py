@@ -6,8 +6,8 @@ when not given; vLLM's rows per call, ``max_num_seqs``), asked of the first work
 worker runs is a batch the single-process run runs and the merged rows are byte-identical to it. A
 pool of stateful Ray actors (one per GPU, or per CPU slot) each load the model once, then describe
 shard after shard as a streaming generator: one list of rows per batch. Only the driver writes files:
-each batch is appended to ``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose settings record is the run's
-inputs plus the shard's range, so no shared file system is needed and a dead worker loses only the
+each batch is appended to ``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose
+settings record is the run's inputs plus the shard's range, so no shared file system is needed and a dead worker loses only the
 batches in flight (at most ``STREAM_AHEAD``). A shard whose part holds all its rows is never redone;
 a shard whose worker died (``ActorDiedError``, ``WorkerCrashedError``, a lost node), or whose vLLM could not
 reserve GPU memory (a killed actor's engine may still hold it: ``EngineMemoryError``), goes to a fresh
