@@ -3,18 +3,17 @@
 The vector rows are cut into contiguous shards whose job counts (vectors × scales × samples) are
 multiples of the engine's real batch (the HF engine's ``batch_size``, chosen from the GPU's free memory
 when not given; vLLM's rows per call, ``max_num_seqs``), asked of the first worker, so every batch a
-worker runs is a batch the single-process run runs and the merged rows are byte-identical to it. A
-pool of stateful Ray actors (one per GPU, or per CPU slot) each load the model once, then describe
-shard after shard as a streaming generator: one list of rows per batch. Only the driver writes files:
-each batch is appended to ``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose
-settings record is the run's inputs plus the shard's range, so no shared file system is needed and a dead worker loses only the
-batches in flight (at most ``STREAM_AHEAD``). A shard whose part holds all its rows is never redone;
-a shard whose worker died (``ActorDiedError``, ``WorkerCrashedError``, a lost node), or whose vLLM could not
-reserve GPU memory (a killed actor's engine may still hold it: ``EngineMemoryError``), goes to a fresh
-actor after ``RETRY_WAIT_S`` and resumes its part.
-When every shard is done the parts are concatenated in shard order into OUT (atomically), under the
-settings record a single-process ``selfie describe`` writes: rerunning either command on OUT does
-nothing.
+worker runs is a batch the single-process run runs and the merged rows are byte-identical to it. A pool
+of stateful Ray actors (one per GPU, or per CPU slot) each load the model once, then describe shard
+after shard as a streaming generator: one list of rows per batch. Only the driver writes files: each
+batch is appended to ``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose settings
+record is the run's inputs plus the shard's range, so no shared file system is needed and a dead worker
+loses only the batches in flight (at most ``STREAM_AHEAD``). A shard whose part holds all its rows is
+never redone; a shard whose worker died (``ActorDiedError``, ``WorkerCrashedError``, a lost node), or
+whose vLLM could not reserve GPU memory (a killed actor's engine may still hold it:
+``EngineMemoryError``), goes to a fresh actor after ``RETRY_WAIT_S`` and resumes its part. When every
+shard is done the parts are concatenated in shard order into OUT (atomically), under the settings record
+a single-process ``selfie describe`` writes: rerunning either command on OUT does nothing.
 
 Why a pool of actors, not Ray Data or tasks: a task per shard would reload an 8B model per shard;
 ``map_batches`` with a class UDF is the same actor pool, but Ray Data owns the batching, block order,
