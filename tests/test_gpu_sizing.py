@@ -73,3 +73,18 @@ def test_bf16_by_default_on_a_gpu():
     assert auto_dtype(None, True, None) == "float32"
     assert sizing.model_dtype_bytes("auto", LlamaConfig(dtype=torch.float32)) == 4
     assert sizing.model_dtype_bytes("bfloat16", LlamaConfig()) == 2
+
+
+def test_interpreter_batches_by_free_memory_when_no_batch_size(tiny_model, tokenizer, monkeypatch):
+    from selfie_adapters import Interpreter
+
+    vectors = torch.randn(40, 64)
+    seen = []
+    interp = Interpreter(tiny_model, tokenizer)
+    interp.describe(vectors, scales=[1.0], max_new_tokens=1, progress=seen.append)
+    assert seen == [32, 8]  # CPU: 32 rows
+    row = sizing.hf_row_bytes(tiny_model.config, len(interp.prompt_ids) + 1, 4)
+    monkeypatch.setattr(sizing, "free_device_bytes", lambda device: (int(16 * row / 0.9) + 1, 80 * GIB))
+    seen.clear()
+    interp.describe(vectors, scales=[1.0], max_new_tokens=1, progress=seen.append)
+    assert seen == [16, 16, 8]  # what 16 rows of free memory hold
