@@ -217,11 +217,16 @@ def test_prompt_states_model_is_freed_before_vllm_starts(fake_vllm, model_dir, m
         alive_at_start.append([ref() is not None for ref in loaded])
         original_init(self, **kwargs)
 
+    emptied = []  # torch.cuda.empty_cache must run once the model is gone, or vLLM's process does not see the memory
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append([ref() is not None for ref in loaded]))
+    on_a_gpu(monkeypatch, free=139 * GIB)
     monkeypatch.setattr(resumable, "load_model", tracked)
     monkeypatch.setattr(FakeLLM, "__init__", init)
+    monkeypatch.setattr(engine, "llm_kwargs", lambda folder, **kw: {"model": folder, **kw})  # no CUDA query
     prompts = tmp_path / "p.txt"
     prompts.write_text("Tell me about Paris.\nTell me about cats.\n")
     run = DescribeRun(model=str(model_dir), prompts=prompts, layer=1, engine="vllm", scales=(1.0,), max_new_tokens=4)
     resumable.describe_source(run, tmp_path / "o.jsonl")
     assert alive_at_start == [[False]]  # the one HF model was gone when vLLM started
+    assert emptied == [[False]]  # and its memory returned to the device after it was gone
     assert len(fake_vllm.calls[0]) == 2

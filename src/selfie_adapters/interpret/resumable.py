@@ -156,7 +156,8 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
             named = list(range(len(texts)))
             vectors, indices = drop_zero_rows(states, named, "prompt state")
             if run.engine == "vllm":  # vLLM needs the GPU memory; it reads the embedding table itself
-                model = _free_model(model)
+                model = None
+                release_device_memory()
         write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
         engine = open_engine(run, adapter, mean, model, tok)
         write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.samples, progress=progress,
@@ -181,11 +182,11 @@ def open_engine(run: DescribeRun, adapter, mean: torch.Tensor | None, model=None
     return Interpreter(model, tokenizer, adapter, inject_layer=run.inject_layer, **settings)
 
 
-def _free_model(model) -> None:
-    """Drop the last reference to an HF model and return its GPU memory to the device (for vLLM)."""
+def release_device_memory() -> None:
+    """Return what dropped tensors held to the device (torch's allocator keeps it cached otherwise), so another
+    process (vLLM's engine) sees it free. Call it after the last reference to a model is gone."""
     import gc
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
