@@ -265,13 +265,14 @@ def bench_model(args, name: str) -> list[list]:
           flush=True)
     folder = vllm_folder(args, name, model, tok) if "vllm" in engines else None
     runs: dict = {"loop": lambda: bench.loop(vecs[:n_loop]), "batched": lambda: bench.batched(vecs[:n_base])}
+    engine = None
     for ours in OURS:
         if ours in engines:
             engine = bench.engine(ours)
             bench.ours(engine, vecs[:2])  # warm-up: first-call allocations (and graph captures) for each alike
             runs[ours] = (lambda e: lambda: bench.ours(e, vecs))(engine)
     timed = timed_round_robin({k: fn for k, fn in runs.items() if k in engines}, args.repeats)
-    del runs, model
+    runs = engine = model = None  # the last references to the HF model but the bench's own
     if folder is not None:
         bench.release_model()  # vLLM takes what is free on the GPU
         result, note = run_vllm(args, bench, folder, vecs)

@@ -53,6 +53,7 @@ def test_engines_and_baseline_subset(capsys):
 
 def test_vllm_that_fails_to_start_is_skipped_after_the_hf_model_is_freed(monkeypatch, capsys, tmp_path):
     import sys
+    import weakref
 
     from selfie_adapters.engines import vllm as engine
     from selfie_adapters.testing import FakeLLM, fake_vllm_module, save_tiny_llama
@@ -69,8 +70,25 @@ def test_vllm_that_fails_to_start_is_skipped_after_the_hf_model_is_freed(monkeyp
     assert "vllm skipped: EngineMemoryError: vLLM could not reserve GPU memory" in out  # the warm-up is inside the try
     assert " hf " in out  # the other rows are kept
     FakeLLM.reset()
-    load_bench().main(["--model", str(folder), "--vectors", "3", "--max-new-tokens", "2", "--threads", "1",
-                       "--engines", "hf,vllm", "--max-num-seqs", "2"])
+    bench = load_bench()
+    models, alive = [], []
+    real_load = bench.load
+
+    def load(*args):
+        model, tok = real_load(*args)
+        models.append(weakref.ref(model))
+        return model, tok
+
+    class Recording(FakeLLM):
+        def __init__(self, **kwargs):
+            alive.append([ref() is not None for ref in models])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(bench, "load", load)
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", Recording)
+    bench.main(["--model", str(folder), "--vectors", "3", "--max-new-tokens", "2", "--threads", "1",
+                "--engines", "hf,hf-static,vllm", "--max-num-seqs", "2"])
     out = capsys.readouterr().out
     assert "with 2 rows per call" in out and FakeLLM.started[0]["max_num_seqs"] == 2
+    assert alive == [[False]]  # the HF model was freed before vLLM started
     FakeLLM.reset()
