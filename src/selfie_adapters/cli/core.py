@@ -82,7 +82,8 @@ def describe(
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0),
     seed: int = typer.Option(0),
-    batch_size: int = typer.Option(32, min=1),
+    batch_size: int | None = typer.Option(None, min=1, help="HF engine: rows per forward (default: what fits in "
+                                          "the GPU's free memory, at most 1024; 32 on CPU)."),
     inject_layer: InjectLayerOpt = None,
     template: TemplateOpt = None,
     injection_token: InjectionTokenOpt = None,
@@ -106,7 +107,13 @@ def describe(
     export_set: list[str] | None = typer.Option(None, help="KEY=VALUE for --export, repeatable: model_id, "
                                                 "source (Neuronpedia), explanation_model, module (delphi)."),
     shard_vectors: int | None = typer.Option(None, min=1, help="With --ray: vectors per shard (rounded to whole "
-                                             "batches; default: at most 256)."),
+                                             "batches; default: at most 256, at least one engine batch)."),
+    max_num_seqs: int | None = typer.Option(None, min=1, help="--engine vllm: rows per LLM.generate, vLLM's batch "
+                                            "(default: what its KV cache holds on the GPU, at most 1024; 256 on "
+                                            "CPU)."),
+    gpu_memory_utilization: float | None = typer.Option(None, min=0.01, max=1.0, help="--engine vllm: fraction of "
+                                                        "the GPU vLLM may take (default: what is free at start "
+                                                        "minus 1 GiB)."),
     threads: ThreadsOpt = None,
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
@@ -132,7 +139,8 @@ def describe(
     # Flag values are checked here, the rest by describe_source, all before the model loads.
     scales = check_scales(scale)
     check_sampling(temperature, top_p)
-    check_device(device)
+    if ray is None:  # with --ray the workers have the GPUs, not necessarily this (head) node
+        check_device(device)
     check_template(template, injection_token)
     source = _source_from_options(vectors, key, sae_release, sae_id)
     exports = [parse_export(spec) for spec in export or ()]
@@ -144,7 +152,7 @@ def describe(
                       top_p=top_p, seed=seed, batch_size=batch_size, inject_layer=inject_layer, template=template,
                       injection_token=injection_token, allow_model_mismatch=allow_model_mismatch,
                       relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device,
-                      engine=engine)
+                      engine=engine, max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
     with progress_hook("describing", unit="labels") as progress:
         if ray is None:
             describe_source(run, out, overwrite=overwrite, progress=progress)

@@ -97,7 +97,7 @@ class DescribeRun:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int | None = None  # the HF engine's; None: chosen from free GPU memory (32 on CPU)
     inject_layer: int | None = None
     template: str | None = None
     injection_token: str | None = None
@@ -107,6 +107,8 @@ class DescribeRun:
     dtype: str = "auto"
     device: str | None = None  # the HF engine's; vLLM places the model itself
     engine: str = "hf"  # "hf" (transformers, this package's generate) or "vllm" (engines.vllm)
+    max_num_seqs: int | None = None  # vLLM: rows per LLM.generate (its batch); None: sized to the device
+    gpu_memory_utilization: float | None = None  # vLLM: None = what is free at start minus a margin
 
     def inputs(self, texts: Sequence[str] | None) -> dict:
         """What the rows depend on, as recorded beside OUT (files by content: see ``runs.fingerprint``)."""
@@ -160,9 +162,12 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
             model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
         if texts is not None:  # hidden states of the prompts, after block `layer`, last token
             states = extract_hidden_states(model, tok, texts, run.layer, chat=run.chat,
-                                           batch_size=run.batch_size)[run.layer]
+                                           batch_size=run.batch_size or 32)[run.layer]
             named = list(range(len(texts)))
             vectors, indices = drop_zero_rows(states, named, "prompt state")
+            if run.engine == "vllm":  # vLLM needs the GPU memory; it reads the embedding table itself
+                model = None
+                release_device_memory()
         write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
         engine = open_engine(run, adapter, mean, model, tok)
         write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.samples, progress=progress,
@@ -179,10 +184,22 @@ def open_engine(run: DescribeRun, adapter, mean: torch.Tensor | None, model=None
     if run.engine == "vllm":
         from ..engines.vllm import VllmEngine
 
-        return VllmEngine(run.model, adapter, dtype=run.dtype, prompt_model=model, tokenizer=tokenizer, **settings)
+        return VllmEngine(run.model, adapter, dtype=run.dtype, prompt_model=model, tokenizer=tokenizer,
+                          max_num_seqs=run.max_num_seqs, gpu_memory_utilization=run.gpu_memory_utilization,
+                          **settings)
     if model is None:
         model, tokenizer = load_model(run.model, dtype=run.dtype, device=run.device)
     return Interpreter(model, tokenizer, adapter, inject_layer=run.inject_layer, **settings)
+
+
+def release_device_memory() -> None:
+    """Return what dropped tensors held to the device (torch's allocator keeps it cached otherwise), so another
+    process (vLLM's engine) sees it free. Call it after the last reference to a model is gone."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _prompt_texts(run: DescribeRun) -> list[str]:

@@ -36,8 +36,9 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
 
     started = time.perf_counter()
     log.info("loading %s", source.name, extra={"load_stage": "start", "model": source.name})
-    if source.is_gguf and dtype == "auto":
-        dtype = "float32"  # dequantised weights: fp32 keeps CPU matmuls fast and exact
+    if dtype == "auto":
+        on_gpu = device is not None and str(device).startswith("cuda") and not source.is_gguf
+        dtype = auto_dtype(device, source.is_gguf, _declared_dtype(source) if on_gpu else None)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     path, extra = source.path, {"gguf_file": source.gguf_file} if source.is_gguf else {}
@@ -59,6 +60,31 @@ def load_model(name_or_dir: str, *, dtype: str | torch.dtype = "auto", device: s
     log.info("loaded %s in %.1f s", source.name, seconds,
              extra={"load_stage": "done", "model": source.name, "seconds": seconds})
     return model, tok
+
+
+def auto_dtype(device: str | None, gguf: bool, declared: str | None) -> str:
+    """What ``--dtype auto`` loads: on a GPU bf16 unless the checkpoint is fp16 (an fp32 checkpoint would
+    double the bytes every decode step reads); elsewhere the checkpoint's own dtype ("auto"), and fp32 for
+    dequantised GGUF weights (fp32 keeps CPU matmuls fast and exact).
+
+    >>> auto_dtype("cuda", False, "float32"), auto_dtype("cpu", False, "float32"), auto_dtype(None, True, None)
+    ('bfloat16', 'auto', 'float32')
+    """
+    if device is not None and str(device).startswith("cuda"):
+        return "float16" if declared == "float16" else "bfloat16"
+    return "float32" if gguf else "auto"
+
+
+def _declared_dtype(source) -> str | None:
+    """The dtype a checkpoint's config declares (None when unknown or unreadable)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.path)
+    except (OSError, ValueError):
+        return None
+    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(declared).removeprefix("torch.") if declared is not None else None
 
 
 def _from_pretrained(name: str, path: str, dtype, device_map: str | None, extra: dict):

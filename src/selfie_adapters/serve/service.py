@@ -41,7 +41,9 @@ class Service:
                  adapter_source: str | None = None) -> None:
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.limits = limits or Limits()
-        kw = {"template": template, "injection_token": injection_token, "inject_layer": inject_layer}
+        # requests merge into batches of any size: a CUDA graph (one compile per shape) would not pay off
+        kw = {"template": template, "injection_token": injection_token, "inject_layer": inject_layer,
+              "cuda_graphs": False}
         self.interpreters = {"baseline": Interpreter(model, tokenizer, None, **kw)}
         if adapter is not None:
             self.interpreters["adapter"] = Interpreter(model, tokenizer, adapter,
