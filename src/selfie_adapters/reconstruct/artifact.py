@@ -109,6 +109,20 @@ class Reconstructor:
                 f"model={self.model_name!r})")
 
 
+def is_reconstructor_file(source: str | os.PathLike) -> bool:
+    """Whether ``source`` (a local file or hub reference) is a reconstructor (reads only the header)."""
+    path = resolve_file(source)
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(ARTIFACT_KEY) == RECONSTRUCTOR
+    except (SafetensorError, OSError):
+        return False
+
+
 def load_reconstructor(source: str | os.PathLike, device: torch.device | str | None = None) -> Reconstructor:
     """Load a reconstructor file (strict: names, shapes, finite values); an adapter file is refused."""
     path = resolve_file(source)

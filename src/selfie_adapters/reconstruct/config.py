@@ -21,7 +21,7 @@ from .reader import DEFAULT_PROMPT, POOLINGS, ReaderPrompt
 
 SECTION = "reconstructor"
 HEAD_DEFAULTS = {"type": "full_rank", "init_scale": 1.0}  # projection keys a reconstructor config leaves unset
-TRAINING_DEFAULTS = {"learning_rate": 1e-3, "max_steps": 300, "validation_every_n_steps": 50}
+TRAINING_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 1000, "validation_every_n_steps": 100}  # toy: README
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ReconstructorSection:
     prompt: str = DEFAULT_PROMPT  # the label goes where {label} is
     chat: bool = True  # render with the chat template + generation prompt (as vectors/prompts.py)
     layer: int | None = None  # read the state after this block; None: the vectors' layer (labels file metadata)
-    pooling: str = "last"  # last token, or mean over the label's tokens
+    pooling: str = "mean"  # mean over the label's tokens (toy world: held-out fve 0.34 vs -0.15 for "last"), or last
     batch_size: int = 64  # labels per forward when caching their states
 
     def reader(self, layer: int) -> ReaderPrompt:
