@@ -115,9 +115,9 @@ def test_guard_refuses_another_dimension_and_model(tokenizer, tiny_model):
 
 
 def test_mark_best_picks_the_lowest_mse_per_vector():
-    rows = [{"index": 0, "label": "a", "score": {"mse_nrm": 0.5}}, {"index": 0, "label": "b", "score": {"mse_nrm": 0.2}},
-            {"index": 1, "label": "c", "score": {"mse_nrm": 0.9}}, {"index": 1, "label": "d", "score": {"mse_nrm": 0.9}},
-            {"index": 2, "label": "e"}]
+    rows = [{"index": i, "label": lab, "score": {"mse_nrm": m}}
+            for i, lab, m in ((0, "a", 0.5), (0, "b", 0.2), (1, "c", 0.9), (1, "d", 0.9))]
+    rows.append({"index": 2, "label": "e"})
     marked = mark_best(rows)
     assert [r.get("best") for r in marked] == [False, True, True, False, None]
 

@@ -137,7 +137,8 @@ def test_score_reads_ours_neuronpedia_and_delphi(files, trained, tiny_model_dir,
         got[name] = rows(out)
         assert "best per vector: cos" in err
     assert len(got["ours"]) == 9 and sum(r["best"] for r in got["ours"] if r["index"] == 0) == 1
-    by = {name: {r["index"]: r["score"]["cos"] for r in rs if r["label"] == NAMES[r["index"]]} for name, rs in got.items()}
+    by = {name: {r["index"]: r["score"]["cos"] for r in rs if r["label"] == NAMES[r["index"]]}
+          for name, rs in got.items()}
     assert by["ours"] == pytest.approx(by["np"]) and by["np"] == pytest.approx(by["delphi"])
 
 
@@ -152,7 +153,8 @@ def test_bad_input_one_line_exit_2_nothing_lost(files, trained, tiny_model_dir, 
             match="reconstructor expects d=8 but the model's hidden size is 64")
     refused(*describe(files, tiny_model_dir, out, "--reconstructor", files / "ad.safetensors"),
             match="not a reconstructor")
-    refused(*describe(files, tiny_model_dir, out, "--reconstructor", trained, "--best-of", 0), match="--best-of must be >= 1")
+    refused(*describe(files, tiny_model_dir, out, "--reconstructor", trained, "--best-of", 0),
+            match="--best-of must be >= 1")
     refused(*describe(files, tiny_model_dir, out, "--reconstructor", trained, "--best-of", 4),
             match="needs --temperature > 0")
     refused(*describe(files, tiny_model_dir, out, "--best-of", 2, "--temperature", 1), match="pass --reconstructor")

@@ -55,4 +55,5 @@ def test_cli_serve_refuses_a_reconstructor_for_another_dimension(tmp_path, monke
         tmp_path / "r.safetensors")
     assert main(["serve", "--model", "toy", "--reconstructor", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: reconstructor expects d=8 but the model's hidden size is 128") and err.count("\n") == 1
+    assert err.startswith("error: reconstructor expects d=8 but the model's hidden size is 128")
+    assert err.count("\n") == 1
