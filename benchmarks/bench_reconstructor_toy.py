@@ -40,7 +40,9 @@ LAYER, K = 1, 8
 
 def prepare(out: Path, steps: int, seed: int) -> dict:
     """`selfie demo`'s experiment (adapters + split) and the raw states / mean file describe reads."""
-    report = run_experiment(ExperimentConfig(seed=seed, layer=LAYER, steps=steps), out / "demo")
+    done = out / "demo" / "report.json"  # a rerun reuses the trained adapters
+    report = (json.loads(done.read_text()) if done.is_file()
+              else run_experiment(ExperimentConfig(seed=seed, layer=LAYER, steps=steps), out / "demo"))
     model, tok, world = load_toy_model()
     concepts = list(world.concepts)
     states = extract_hidden_states(model, tok, [f"Tell me about {c.name}." for c in concepts], LAYER, chat=True,
@@ -124,13 +126,15 @@ def adapters_table(w: dict, out: Path, rec: Path) -> list[dict]:
         best, rates = describe(w, out, rec, m["adapter"], best_of=K, temperature=1.0)
         rt = rescore_roundtrip(out, out / "rows" / f"{kind}-{K}.jsonl", kind)
         table.append({"adapter": kind, "greedy": recall(greedy, w, any_right),
-                      f"best_of_{K}": recall(best, w, chosen_right), f"best_of_{K}_roundtrip": recall(rt, w, chosen_right),
+                      f"best_of_{K}": recall(best, w, chosen_right),
+                      f"best_of_{K}_roundtrip": recall(rt, w, chosen_right),
                       f"any_of_{K}": recall(best, w, any_right), "generate_s": rates["generate_s"],
                       "score_s": rates["score_s"], "labels": rates["labels"]})
     scales = [round(m * w["emb_norm"], 4) for m in SCALE_MULTIPLES]
     rows, rates = describe(w, out, rec, None, scales=scales, best_of=1)
     per_scale = {s: recall([r for r in rows if r["scale"] == s], w, any_right) for s in scales}
-    table.append({"adapter": "untrained", "greedy": max(per_scale.values()), "best_of_1_scale": recall(rows, w, chosen_right),
+    table.append({"adapter": "untrained", "greedy": max(per_scale.values()),
+                  "best_of_1_scale": recall(rows, w, chosen_right),
                   "best_scale": max(per_scale, key=per_scale.get), "per_scale": per_scale,
                   "generate_s": rates["generate_s"], "score_s": rates["score_s"], "labels": rates["labels"]})
     return table

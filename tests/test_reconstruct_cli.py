@@ -167,3 +167,21 @@ def test_bad_input_one_line_exit_2_nothing_lost(files, trained, tiny_model_dir, 
             "--reconstructor", trained, "--out", score_out, match="label index(es) [99] are not rows of the vectors")
     assert not score_out.exists()
     refused("inspect", tmp_path / "missing.safetensors", match="not found")
+
+
+def test_score_roundtrip_is_exact_on_a_catalogue_model(tmp_path, capsys):
+    names = ["Zapees", "Brou", "Trail", "Gloom"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"Tell me about {n}.\n" for n in names))
+    assert run(capsys, "extract", "--model", "toy", "--layer", 1, "--prompts", prompts, "--out",
+               tmp_path / "s.safetensors")[0] == 0
+    assert run(capsys, "mean", "--model", "toy", "--layer", 1, "--prompts", prompts, "--out",
+               tmp_path / "m.safetensors")[0] == 0
+    labels = tmp_path / "l.jsonl"
+    labels.write_text("".join(json.dumps({"index": i, "label": n}) + "\n" for i, n in enumerate(names)))
+    out = tmp_path / "scores.jsonl"
+    code, _, err = run(capsys, "score", "--model", "toy", "--labels", labels, "--vectors",
+                       f"{tmp_path / 's.safetensors'}#layer_1", "--reconstructor", "roundtrip", "--mean-vectors",
+                       tmp_path / "m.safetensors", "--out", out)
+    assert code == 0, err
+    assert all(r["score"]["cos"] == pytest.approx(1.0, abs=1e-4) for r in rows(out))  # the exact round trip

@@ -213,7 +213,7 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
         targets = vectors.float() if mean is None else vectors.float() - mean  # what is described
         scorer = None
         if run.reconstructor is not None:
-            rec = run.reconstructor.build(targets, model_name=run.model, loaded=loaded)
+            rec = run.reconstructor.build(targets, model=model, loaded=loaded)
             scorer = Scorer(model, tok, rec, batch_size=run.batch_size, allow_model_mismatch=run.allow_model_mismatch)
         write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.num_samples,
                            progress=progress, scorer=scorer, targets=targets, rates=rates,

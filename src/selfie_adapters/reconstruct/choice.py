@@ -3,11 +3,13 @@ round trip, which needs the mean vectors the vectors were made contrastive with)
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 
+from ..adapters.guard import model_signature
 from ..errors import SelfieError
 from ..files import resolve_file
 from ..runs.fingerprint import FileInput
@@ -46,13 +48,16 @@ class ReconstructorChoice:
             raise SelfieError(f"{self.mean_vectors} has no layer_{layer}; it holds layers {sorted(means)}")
         return layer, means[layer]
 
-    def build(self, targets: torch.Tensor, model_name: str = "", loaded: Reconstructor | None = None
-              ) -> Reconstructor:
-        """The reconstructor; for roundtrip μ and Var come from ``targets`` (the vectors being scored)."""
+    def build(self, targets: torch.Tensor, model=None, loaded: Reconstructor | None = None) -> Reconstructor:
+        """The reconstructor; for roundtrip μ and Var come from ``targets`` (the vectors being scored), and
+        it belongs to ``model`` (the model that reads the labels is the one the vectors came from)."""
         if self.spec != ROUNDTRIP:
             return loaded if loaded is not None else load_reconstructor(self.spec)
         layer, mean = self.mean()
-        return Reconstructor.roundtrip(mean, layer, targets, model_name=model_name, chat=self.chat)
+        rec = Reconstructor.roundtrip(mean, layer, targets, chat=self.chat)
+        if model is not None:
+            rec.metadata["model_signature"] = json.dumps(model_signature(model))
+        return rec
 
     def record(self) -> dict:
         """What the output's settings record: the file by content, or roundtrip with its mean file and layer."""

@@ -69,7 +69,7 @@ def score_labels_file(run: ScoreRun, out: str | os.PathLike, *, overwrite: bool 
         todo = [r for r in rows if r["n"] not in done]
         tick = progress(len(rows), len(rows) - len(todo)) if progress is not None else None
         model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
-        rec = run.reconstructor.build(targets[used], model_name=run.model, loaded=loaded)
+        rec = run.reconstructor.build(targets[used], model=model, loaded=loaded)
         scorer = Scorer(model, tok, rec, batch_size=run.batch_size, allow_model_mismatch=run.allow_model_mismatch)
         for start in range(0, len(todo), run.batch_size):
             batch = todo[start:start + run.batch_size]
