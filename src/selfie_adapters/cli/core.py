@@ -10,7 +10,6 @@ import typer
 
 from ..adapters.artifact import load_adapter
 from ..engines.choice import ENGINES
-from ..errors import SelfieError
 from ..files import read_jsonl
 from ..interpret.label_text import LabelSpread
 from ..interpret.resumable import DescribeRun, describe_source, label_spreads
@@ -147,9 +146,6 @@ def describe(
                       injection_token=injection_token, allow_model_mismatch=allow_model_mismatch,
                       relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device,
                       engine=engine, reconstructor=recon, best_of=best_of)
-    if ray is not None and (recon is not None or best_of is not None):
-        raise SelfieError("--reconstructor and --best-of run in one process; leave out --ray (or score the rows "
-                          "afterwards: selfie score --labels OUT ...)")
     rates: dict = {}
     with progress_hook("describing", unit="labels") as progress:
         if ray is None:

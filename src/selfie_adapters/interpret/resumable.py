@@ -211,10 +211,7 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
         write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
         engine = open_engine(run, adapter, mean, model, tok)
         targets = vectors.float() if mean is None else vectors.float() - mean  # what is described
-        scorer = None
-        if run.reconstructor is not None:
-            rec = run.reconstructor.build(targets, model=model, loaded=loaded)
-            scorer = Scorer(model, tok, rec, batch_size=run.batch_size, allow_model_mismatch=run.allow_model_mismatch)
+        scorer = _scorer(run, targets, model, tok, loaded) if run.reconstructor is not None else None
         write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.num_samples,
                            progress=progress, scorer=scorer, targets=targets, rates=rates,
                            max_new_tokens=run.max_new_tokens, temperature=run.temperature, top_p=run.top_p,
@@ -222,6 +219,12 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
         if run.best_of is not None:
             log.rewrite(mark_best(log.rows))
     return Path(out)
+
+
+def _scorer(run: DescribeRun, targets: torch.Tensor, model, tokenizer, loaded) -> Scorer:
+    """The scorer of ``--reconstructor`` (a loaded file, or the round trip built for ``targets``)."""
+    rec = run.reconstructor.build(targets, model=model, loaded=loaded)
+    return Scorer(model, tokenizer, rec, batch_size=run.batch_size, allow_model_mismatch=run.allow_model_mismatch)
 
 
 def open_engine(run: DescribeRun, adapter, mean: torch.Tensor | None, model=None, tokenizer=None) -> DescribeEngine:
