@@ -92,6 +92,15 @@ def test_reader_pools_the_label_tokens(tokenizer, tiny_model):
     states = read_states(tiny_model, tokenizer, ["a", "Paris", "a longer label here"], last, batch_size=2)
     alone = read_states(tiny_model, tokenizer, ["Paris"], last)
     torch.testing.assert_close(states[1], alone[0], atol=1e-4, rtol=1e-4)  # padding changes nothing
+    from selfie_adapters.vectors.hidden import hidden_states_batch
+
+    mean = ReaderPrompt(layer=2, pooling="mean")
+    labels = ["the city of Paris", "Rome", "a very long label about a river"]
+    got = read_states(tiny_model, tokenizer, labels, mean, batch_size=3)  # shared prefix once, tails padded
+    for label, row in zip(labels, got):  # the whole prompt alone, no cache, no padding
+        ids, pos = mean.encode(tokenizer, label)
+        full = hidden_states_batch(tiny_model, [ids], [2], 0)[2][0]  # (T, d)
+        torch.testing.assert_close(row, full[pos].mean(0), atol=1e-4, rtol=1e-4)
 
 
 def test_roundtrip_is_exact_for_the_extraction_prompt(tokenizer, tiny_model):
