@@ -17,6 +17,7 @@ from . import (
     evals,  # noqa: F401
     experiments,  # noqa: F401
     models,  # noqa: F401
+    reconstruct,  # noqa: F401
     serve,  # noqa: F401
     train,  # noqa: F401
 )

@@ -37,16 +37,18 @@ VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), 
 
 
 @app.command()
-def inspect(adapter: str = typer.Argument(..., help="Adapter file (.safetensors / .pt) or hub reference."),
+def inspect(adapter: str = typer.Argument(..., help="Adapter or reconstructor file (.safetensors / .pt) or hub "
+                                         "reference."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-    """Show an adapter's kind, model, dimension, parameter count and metadata.
+    """Show an adapter's (or a reconstructor's) kind, model, dimension, parameter count and metadata.
 
     \b
     Example: selfie inspect goodfire-sae-scalar-affine.safetensors --json
     """
     from ..adapters.artifact import load_adapter
+    from ..reconstruct.artifact import is_reconstructor_file, load_reconstructor
 
-    info = load_adapter(adapter).summary()
+    info = (load_reconstructor(adapter) if is_reconstructor_file(adapter) else load_adapter(adapter)).summary()
     if as_json:
         print(json.dumps(info))
         return
@@ -115,6 +117,12 @@ def describe(
                                                         "the GPU vLLM may take (default: what is free at start "
                                                         "minus 1 GiB)."),
     threads: ThreadsOpt = None,
+    reconstructor: str | None = typer.Option(None, help="Score every label by how well its vector comes back: a "
+                                             "reconstructor file (selfie train-reconstructor), or 'roundtrip' "
+                                             "(zero training; contrastive vectors: with --mean-vectors and --layer)."),
+    best_of: int | None = typer.Option(None, help="Draw K labels per vector and scale (with --temperature > 0) and "
+                                       "mark the one that reconstructs best \"best\": true (needs --reconstructor); "
+                                       "K=1 with several --scale picks a scale per vector."),
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
 
@@ -146,16 +154,23 @@ def describe(
     exports = [parse_export(spec) for spec in export or ()]
     export_overrides = parse_export_settings(export_set or ())
     rows = parse_indices(features, "--features") if features and source is not None else None
+    recon = None
+    if reconstructor is not None:
+        from ..reconstruct.choice import ReconstructorChoice
+
+        recon = ReconstructorChoice(reconstructor, mean_vectors=mean_vectors, layer=layer, chat=chat)
     run = DescribeRun(model=model, source=source, features=rows,
                       prompts=prompts, layer=layer, chat=chat, adapter=adapter, mean_vectors=mean_vectors,
                       scales=scales, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                       top_p=top_p, seed=seed, batch_size=batch_size, inject_layer=inject_layer, template=template,
                       injection_token=injection_token, allow_model_mismatch=allow_model_mismatch,
                       relevancy=relevancy, label_end=label_end.value, dtype=dtype, device=device,
-                      engine=engine, max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
+                      engine=engine, max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
+                      reconstructor=recon, best_of=best_of)
+    rates: dict = {}
     with progress_hook("describing", unit="labels") as progress:
         if ray is None:
-            describe_source(run, out, overwrite=overwrite, progress=progress)
+            describe_source(run, out, overwrite=overwrite, progress=progress, rates=rates)
         else:
             from ..engines.ray_shards import describe_sharded
 
@@ -166,6 +181,8 @@ def describe(
         console.print(note, style="yellow", highlight=False)
     written = read_jsonl(out, what="descriptions")
     print_label_spreads(label_spreads(written), adapter is not None)
+    if recon is not None:
+        print_scores(written, rates)
     if exports:
         for line in write_exports(written, exports, export_settings(out, export_overrides)):
             console.print(line, highlight=False, soft_wrap=True)
@@ -187,6 +204,20 @@ def spread_warning(spread: LabelSpread, adapter: bool) -> str:
     if adapter:
         return f"{few}: the adapter may have collapsed; see docs/training.md"
     return f"{few}: the untrained model says much the same for these vectors (try other --scale values)"
+
+
+def print_scores(rows: list[dict], rates: dict) -> None:
+    """Mean round-trip scores (all rows; the chosen ones when marked) and labels/s next to scores/s."""
+    from ..reconstruct.score_file import mean_scores
+
+    for what, only_best in (("all labels", False), ("chosen labels", True)):
+        means = mean_scores(rows, only_best=only_best)
+        if means and (not only_best or any("best" in r for r in rows)):
+            console.print(f"{what}: " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()), highlight=False)
+    if rates.get("labels") and rates.get("scores"):
+        console.print(f"{rates['labels'] / max(rates['generate_s'], 1e-9):.1f} labels/s, "
+                      f"{rates['scores'] / max(rates['score_s'], 1e-9):.1f} scores/s (scoring added "
+                      f"{100 * rates['score_s'] / max(rates['generate_s'], 1e-9):.0f}% to generating)", highlight=False)
 
 
 def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None,

@@ -168,6 +168,9 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     """
     run = run.with_defaults()
     check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
+    if run.reconstructor is not None or run.best_of is not None:
+        raise SelfieError("round-trip scores (--reconstructor, --best-of) run in one process, not in Ray shards; "
+                          "describe with --ray, then score the rows: selfie score --labels OUT ...")
     adapter = load_adapter(run.adapter) if run.adapter else None
     named, (vectors, indices) = _vectors(run)
     mean = _mean_vector(run.mean_vectors, run.layer)

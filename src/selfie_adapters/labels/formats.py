@@ -26,10 +26,18 @@ from .naming import EXPORT_FIELDS, ExportSettings
 TYPE_NAME = "selfie"  # Neuronpedia's typeName of an explanation method
 
 
+def chosen_rows(rows: Iterable[dict]) -> list[dict]:
+    """The rows ``describe --best-of`` / ``selfie score`` marked ``"best": true`` when any are marked, else all."""
+    rows = list(rows)
+    marked = [r for r in rows if r.get("best")]
+    return marked if marked else rows
+
+
 def best_labels(rows: Iterable[dict]) -> dict[int, str]:
-    """One label per index from ``selfie describe`` rows: closed rows first, then the highest log-prob."""
+    """One label per index from ``selfie describe`` rows: the one marked best by its round-trip score when
+    rows are marked (``--best-of``), else closed rows first, then the highest log-prob."""
     best: dict[int, tuple] = {}
-    for r in rows:
+    for r in chosen_rows(rows):
         key = (bool(r.get("closed", True)), float(r.get("logprob", 0.0)))
         if str(r.get("label", "")).strip() and (r["index"] not in best or key > best[r["index"]][0]):
             best[r["index"]] = (key, r["label"])
@@ -38,19 +46,20 @@ def best_labels(rows: Iterable[dict]) -> dict[int, str]:
 
 def neuronpedia_rows(rows: Iterable[dict], *, model_id: str, source: str,
                      explanation_model: str = "selfie-adapter") -> list[dict]:
-    """Neuronpedia explanation rows for every distinct (index, label) of ``selfie describe`` rows.
+    """Neuronpedia explanation rows for every distinct (index, label) of ``selfie describe`` rows (only the
+    chosen label per index when rows are marked best, see ``chosen_rows``), with its round-trip score if any.
 
     >>> neuronpedia_rows([{"index": 3, "label": "fruit", "scale": 1.0}], model_id="llama3.1-8b-it",
     ...                  source="19-resid-post-gf")[0]["description"]
     'fruit'
     """
     out, seen = [], set()
-    for r in rows:
+    for r in chosen_rows(rows):
         label = str(r.get("label", "")).strip()
         if not label or (r["index"], label) in seen:
             continue
         seen.add((r["index"], label))
-        extra = {k: r[k] for k in ("scale", "sample", "logprob") if k in r}
+        extra = {k: r[k] for k in ("scale", "sample", "logprob", "score") if k in r}
         out.append({"modelId": model_id, "layer": source, "index": str(r["index"]), "description": label,
                     "typeName": TYPE_NAME, "explanationModelName": explanation_model, **extra})
     if not out:
@@ -71,13 +80,18 @@ def write_neuronpedia(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     return write_json(path, list(rows))
 
 
-def write_delphi(labels: dict[int, str], out_dir: str | os.PathLike, module: str) -> list[Path]:
-    """``out_dir/{module}_latent{index}.txt`` per latent, the label as a JSON string (delphi's format)."""
+def write_delphi(labels: dict[int, str], out_dir: str | os.PathLike, module: str,
+                 scores: dict[int, dict] | None = None) -> list[Path]:
+    """``out_dir/{module}_latent{index}.txt`` per latent, the label as a JSON string (delphi's format); with
+    ``scores``, ``{module}_latent{index}.score.json`` beside it holds the label's round-trip score."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SelfieError(f"{out_dir} is a file; give a folder for the delphi explanations")
-    return [write_text(out_dir / f"{module}_latent{i}.txt", json.dumps(lab, ensure_ascii=False))
-            for i, lab in labels.items()]
+    paths = [write_text(out_dir / f"{module}_latent{i}.txt", json.dumps(lab, ensure_ascii=False))
+             for i, lab in labels.items()]
+    for i, sc in (scores or {}).items():
+        write_text(out_dir / f"{module}_latent{i}.score.json", json.dumps({"label": labels[i], **sc}))
+    return paths
 
 
 def read_neuronpedia(path: str | os.PathLike) -> list[dict]:
@@ -155,14 +169,17 @@ def _export_neuronpedia(rows: Sequence[dict], out, *, model_id: str, source: str
 
 
 def _export_delphi(rows: Sequence[dict], out, *, module: str, **_) -> list[Path]:
-    return write_delphi(best_labels(rows), out, module)
+    labels = best_labels(rows)
+    scores = {r["index"]: r["score"] for r in chosen_rows(rows)
+              if isinstance(r.get("score"), dict) and labels.get(r["index"]) == r["label"]}
+    return write_delphi(labels, out, module, scores)
 
 
 EXPORT_FORMATS = {
-    "neuronpedia": ExportFormat("neuronpedia", "every label", False, _export_neuronpedia,
-                                ("model_id", "source", "explanation_model")),
-    "delphi": ExportFormat("delphi", "the best label per latent: closed, then highest log-prob", True,
-                           _export_delphi, ("module",)),
+    "neuronpedia": ExportFormat("neuronpedia", "every label (the marked best one per latent, if any)", False,
+                                _export_neuronpedia, ("model_id", "source", "explanation_model")),
+    "delphi": ExportFormat("delphi", "the best label per latent: marked best by its round-trip score, else "
+                                     "closed, then highest log-prob", True, _export_delphi, ("module",)),
 }
 
 
@@ -216,6 +233,6 @@ def write_exports(rows: Sequence[dict], exports: Sequence[tuple[ExportFormat, Pa
     return lines
 
 
-__all__ = ["EXPORT_FIELDS", "EXPORT_FORMATS", "ExportFormat", "ExportSettings", "best_labels", "export_format",
-           "neuronpedia_rows", "neuronpedia_training_sections", "parse_export", "parse_export_settings",
-           "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]
+__all__ = ["EXPORT_FIELDS", "EXPORT_FORMATS", "ExportFormat", "ExportSettings", "best_labels", "chosen_rows",
+           "export_format", "neuronpedia_rows", "neuronpedia_training_sections", "parse_export",
+           "parse_export_settings", "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]
