@@ -240,7 +240,7 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
 def _scorer(run: DescribeRun, targets: torch.Tensor, model, tokenizer, loaded) -> Scorer:
     """The scorer of ``--reconstructor`` (a loaded file, or the round trip built for ``targets``)."""
     rec = run.reconstructor.build(targets, model=model, loaded=loaded)
-    return Scorer(model, tokenizer, rec, batch_size=run.batch_size, allow_model_mismatch=run.allow_model_mismatch)
+    return Scorer(model, tokenizer, rec, batch_size=run.batch_size or 64, allow_model_mismatch=run.allow_model_mismatch)
 
 
 def open_engine(run: DescribeRun, adapter, mean: torch.Tensor | None, model=None, tokenizer=None) -> DescribeEngine:
