@@ -6,12 +6,20 @@ mean input-embedding norm; or --adapter), greedy, one label per vector, <= --max
   loop     the reference-style loop: one HF ``generate(inputs_embeds=...)`` per vector (batch 1)
   batched  the reference's batched ``generate``: --batch-size rows of left-padded inputs_embeds with the
            soft token at the injection sites, stopping at end-of-turn
-  hf       ours: ``write_descriptions`` (the path of ``selfie describe``) with the HF ``Interpreter``
-           (shared-prefix KV cache, rows leave the batch when done), JSONL rows written
-  vllm     ours with ``engines.vllm.VllmEngine`` where vLLM is importable (else skipped with a note)
+  hf       ours: ``write_descriptions`` (the path of ``selfie describe``) with the HF ``Interpreter`` as
+           `selfie describe` builds it (shared-prefix KV cache; static cache + CUDA graphs on a GPU;
+           batch from free GPU memory unless --hf-batch-size), JSONL rows written
+  hf-dynamic / hf-static   the same with the fast path forced off (the dynamic cache, rows leave the
+           batch when done: the hf engine before issue 24) / on (static cache; CUDA graphs on a GPU only)
+  vllm     ours with ``engines.vllm.VllmEngine`` where vLLM is importable (else skipped with a note);
+           it runs after the HF engines, whose model is freed first (vLLM takes the GPU's free memory)
+
+The slow baselines (loop, batched) run on the first --baseline-vectors vectors (labels/s is per label,
+so rates compare), which is what makes --vectors 65536 feasible: e.g. --baseline-vectors 2048.
 
 Labels are cut the same way for all (special tokens dropped, text before the last quote); the table
-counts rows whose greedy label differs from ``hf``'s. Targets (reported, not asserted), CPU SmolLM2,
+counts rows whose greedy label differs from the first of hf / hf-static / hf-dynamic run, on the
+vectors both labelled. Targets (reported, not asserted), CPU SmolLM2,
 512 vectors: hf >= 3x loop and >= 1.3x batched.
 
 Vectors: random unit vectors × the embedding norm, or SAE decoder rows (--sae sae-lens:R/ID or a local
@@ -21,7 +29,10 @@ Llama-3 tokenizer: ``selfie_adapters.testing.make_llama31_8b_random``).
 
 Run (CPU):  OMP_NUM_THREADS=2 python benchmarks/bench_label_sae.py --model toy --model smollm2-135m-instruct
 Quick:      python benchmarks/bench_label_sae.py --model toy --vectors 64
-GPU:        python benchmarks/bench_label_sae.py --model llama-3.1-8b-random --device cuda --vectors 2048
+CPU fast path vs today's:  python benchmarks/bench_label_sae.py --model smollm2-135m-instruct
+            --engines hf-dynamic,hf-static
+GPU:        python benchmarks/bench_label_sae.py --model llama-3.1-8b-random --device cuda --vectors 65536
+            --baseline-vectors 2048 --engines batched,hf,vllm
             [--vllm-model FOLDER]   (vLLM needs a safetensors folder; a random model is saved for it)
 """
 
@@ -37,7 +48,9 @@ from pathlib import Path
 
 import torch
 
-ENGINES = ("loop", "batched", "hf", "vllm")
+ENGINES = ("loop", "batched", "hf", "hf-dynamic", "hf-static", "vllm")
+OURS = ("hf", "hf-static", "hf-dynamic")  # labels are compared against the first of these that ran
+BASELINES = ("loop", "batched")
 RANDOM_8B = "llama-3.1-8b-random"
 
 
@@ -46,11 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", action="append", help="Model(s) to run (repeatable; default: toy and "
                    "smollm2-135m-instruct).")
     p.add_argument("--vectors", type=int, default=512, help="Vectors to label (default 512).")
-    p.add_argument("--loop-vectors", type=int, default=None, help="Time the batch-1 loop on the first N vectors "
-                   "only (its labels/s is still per label; default: all).")
+    p.add_argument("--baseline-vectors", type=int, default=None, help="Run the slow baselines (loop, batched) on "
+                   "the first N vectors only (labels/s is per label; default: all).")
+    p.add_argument("--loop-vectors", type=int, default=None, help="The batch-1 loop on the first N vectors only "
+                   "(default: --baseline-vectors).")
     p.add_argument("--max-new-tokens", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--engine", action="append", choices=ENGINES, help="Engines to run (default: all).")
+    p.add_argument("--batch-size", type=int, default=32, help="The reference's batched generate (default 32).")
+    p.add_argument("--hf-batch-size", type=int, default=None, help="Our HF engine's batch (default: from free GPU "
+                   "memory; 32 on CPU).")
+    p.add_argument("--engines", default=None, help=f"Comma-separated engines to run, of {','.join(ENGINES)} "
+                   "(default: loop,batched,hf,vllm).")
+    p.add_argument("--engine", action="append", choices=ENGINES, help="One engine to run (repeatable; as --engines).")
     p.add_argument("--repeats", type=int, default=1, help="Timed runs per engine; the median is reported.")
     p.add_argument("--sae", default=None, help="Describe SAE decoder rows (sae-lens:R/ID or a local SAE file).")
     p.add_argument("--adapter", default=None, help="Adapter file (default: the untrained baseline).")
@@ -61,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or 2).")
     p.add_argument("--vllm-model", default=None, help="safetensors folder for vLLM (default: the model's own "
                    "folder; GGUF catalogue models need `selfie models export` first).")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="vLLM rows per call (default: sized to the device).")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -97,23 +117,42 @@ def embedding_norm(model) -> float:
 class Bench:
     """The interpreter's prompt, soft tokens and label cut, shared by every engine so they label alike."""
 
-    def __init__(self, model, tok, adapter, scale: float | None, max_new_tokens: int, batch_size: int) -> None:
+    def __init__(self, model, tok, adapter, scale: float | None, max_new_tokens: int, batch_size: int,
+                 hf_batch_size: int | None = None) -> None:
         from selfie_adapters import Interpreter
 
-        self.model, self.tok = model, tok
-        self.interp = Interpreter(model, tok, adapter)
+        self.model, self.tok, self.adapter = model, tok, adapter
+        self.interp = Interpreter(model, tok, adapter, label_end="last-quote")  # the reference, as `generate`
         self.scale = scale if scale is not None else (1.0 if adapter else round(embedding_norm(model), 3))
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_new_tokens, self.batch_size, self.hf_batch_size = max_new_tokens, batch_size, hf_batch_size
         self.eos = sorted(self.interp.eos_ids)  # the reference stops at end-of-turn (and the token limit)
+        self.closing = self.interp.template.closing
         from selfie_adapters.models.tokens import pad_token_id
 
         self.pad = pad_token_id(tok)
+
+    def engine(self, name: str):
+        """Our HF engine ``hf`` (defaults), ``hf-dynamic`` (fast path off) or ``hf-static`` (on)."""
+        from selfie_adapters import Interpreter
+
+        if name == "hf":
+            return self.interp
+        return Interpreter(self.model, self.tok, self.adapter, fast_decode=name == "hf-static")
+
+    def release_model(self) -> None:
+        """Drop the HF model (before vLLM starts: it takes what is free on the GPU)."""
+        import gc
+
+        self.model = self.interp = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def label(self, new_tokens: list[int]) -> str:
         from selfie_adapters.interpret.label_text import extract_label
 
         text = self.tok.decode([t for t in new_tokens if t not in self.eos], skip_special_tokens=True)
-        return extract_label(text, self.interp.template.closing, "last-quote")
+        return extract_label(text, self.closing, "last-quote")
 
     @torch.inference_mode()
     def generate(self, soft: torch.Tensor) -> list[str]:
@@ -148,7 +187,7 @@ class Bench:
         with (tempfile.TemporaryDirectory() as d,
               JsonlLog(Path(d) / "labels.jsonl", {"bench": 1}, command="describe", key_fields=KEY_FIELDS) as log):
             rows = write_descriptions(log, engine, vecs, list(range(len(vecs))), scales=[self.scale],
-                                      max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                                      max_new_tokens=self.max_new_tokens, batch_size=self.hf_batch_size)
         return [r["label"] for r in sorted(rows, key=lambda r: r["index"])]
 
 
@@ -159,82 +198,110 @@ def timed_round_robin(runs: dict[str, Callable[[], list[str]]], repeats: int) ->
     labels: dict[str, list[str]] = {}
     for _ in range(repeats):
         for name, fn in runs.items():
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             labels[name] = fn()
             times[name].append(time.perf_counter() - t)
+            cpu = time.process_time() - cpu  # this process's CPU seconds: less sensitive to a busy machine
             print(f"  {name:8s} {len(labels[name]):5d} labels in {times[name][-1]:8.2f}s: "
-                  f"{len(labels[name]) / times[name][-1]:8.2f} labels/s", flush=True)
+                  f"{len(labels[name]) / times[name][-1]:8.2f} labels/s (CPU time {cpu:.2f}s)", flush=True)
     return {name: (statistics.median(times[name]), labels[name]) for name in runs}
 
 
-def vllm_engine(args, name: str, model, tok, adapter):
-    """A VllmEngine, or (None, why) when vLLM or the engine is missing."""
-    try:
-        import vllm  # noqa: F401
-
-        from selfie_adapters.engines.vllm import VllmEngine
-    except ImportError as e:
-        return None, f"vllm skipped: {e} (install with `make setup-vllm`; run this script in that venv)"
+def vllm_folder(args, name: str, model, tok) -> str:
+    """The safetensors folder vLLM loads (the random 8B is saved once for it)."""
     folder = args.vllm_model
     if folder is None and name == RANDOM_8B:  # vLLM loads from disk: save the random model once
         folder = str(Path(tempfile.gettempdir()) / "selfie-bench-llama31-8b-random")
         if not Path(folder, "config.json").is_file():
             model.save_pretrained(folder)
             tok.save_pretrained(folder)
-    folder = folder or name
+    return folder or name
+
+
+def run_vllm(args, bench: Bench, folder: str, vecs: torch.Tensor) -> tuple[tuple[float, list[str]] | None, str]:
+    """((median seconds, labels), note) of the vLLM engine, or (None, why it was skipped): a missing vLLM, a GGUF
+    model, or an engine that fails to start or warm up (the other rows are kept)."""
     try:
-        return VllmEngine(folder, adapter, dtype=args.dtype), None
-    except Exception as e:  # a GGUF model, a missing folder: say so, keep the other rows
+        import vllm  # noqa: F401
+
+        from selfie_adapters.engines.vllm import VllmEngine
+    except ImportError as e:
+        return None, f"vllm skipped: {e} (install with `make setup-vllm`; run this script in that venv)"
+    try:
+        engine = VllmEngine(folder, bench.adapter, dtype=args.dtype, tokenizer=bench.tok,
+                            max_num_seqs=args.max_num_seqs, label_end="last-quote")
+        t = time.perf_counter()
+        bench.ours(engine, vecs[:2])  # warm-up: starts the vLLM engine
+        started = time.perf_counter() - t
+    except Exception as e:  # noqa: BLE001 - say so, keep the other rows
         return None, f"vllm skipped: {type(e).__name__}: {e}"
+    timed = timed_round_robin({"vllm": lambda: bench.ours(engine, vecs)}, args.repeats)["vllm"]
+    return timed, f"vllm started in {started:.1f}s with {engine.resolve_batch_size(args.max_new_tokens)} rows per call"
+
+
+def chosen_engines(args) -> list[str]:
+    names = [*(args.engine or ()), *(n.strip() for n in (args.engines or "").split(",") if n.strip())]
+    unknown = sorted(set(names) - set(ENGINES))
+    if unknown:
+        raise SystemExit(f"error: unknown engine(s) {', '.join(unknown)}; valid: {', '.join(ENGINES)}")
+    return names or ["loop", "batched", "hf", "vllm"]
 
 
 def bench_model(args, name: str) -> list[list]:
     from selfie_adapters.adapters.artifact import load_adapter
 
+    engines = chosen_engines(args)
     t0 = time.perf_counter()
     model, tok = load(name, args.dtype, args.device)
     adapter = load_adapter(args.adapter) if args.adapter else None
-    bench = Bench(model, tok, adapter, args.scale, args.max_new_tokens, args.batch_size)
+    bench = Bench(model, tok, adapter, args.scale, args.max_new_tokens, args.batch_size, args.hf_batch_size)
     vecs = bench_vectors(model, args.vectors, args.sae, args.seed)
-    n_loop = min(args.loop_vectors or len(vecs), len(vecs))
+    n_base = min(args.baseline_vectors or len(vecs), len(vecs))
+    n_loop = min(args.loop_vectors or n_base, len(vecs))
     print(f"\n{name}: d={model.config.hidden_size}, {model.config.num_hidden_layers} blocks, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {next(model.parameters()).dtype}, "
-          f"loaded in {time.perf_counter() - t0:.1f}s; {len(vecs)} vectors, scale {bench.scale:g}, greedy, "
-          f"<= {args.max_new_tokens} new tokens, batch {args.batch_size}", flush=True)
-    engines = args.engine or list(ENGINES)
-    bench.ours(bench.interp, vecs[:2])  # warm-up: first-call allocations for every engine alike
-    runs = {"hf": lambda: bench.ours(bench.interp, vecs), "batched": lambda: bench.batched(vecs),
-            "loop": lambda: bench.loop(vecs[:n_loop])}
-    if "vllm" in engines:
-        engine, why = vllm_engine(args, name, model, tok, adapter)
-        if engine is None:
-            print(f"  {why}")
-        else:
-            bench.ours(engine, vecs[:2])  # warm-up: starts the vLLM engine
-            runs["vllm"] = lambda: bench.ours(engine, vecs)
+          f"loaded in {time.perf_counter() - t0:.1f}s; {len(vecs)} vectors (baselines: {n_base}, loop: {n_loop}), "
+          f"scale {bench.scale:g}, greedy, <= {args.max_new_tokens} new tokens, reference batch {args.batch_size}",
+          flush=True)
+    folder = vllm_folder(args, name, model, tok) if "vllm" in engines else None
+    runs: dict = {"loop": lambda: bench.loop(vecs[:n_loop]), "batched": lambda: bench.batched(vecs[:n_base])}
+    engine = None
+    for ours in OURS:
+        if ours in engines:
+            engine = bench.engine(ours)
+            bench.ours(engine, vecs[:2])  # warm-up: first-call allocations (and graph captures) for each alike
+            runs[ours] = (lambda e: lambda: bench.ours(e, vecs))(engine)
     timed = timed_round_robin({k: fn for k, fn in runs.items() if k in engines}, args.repeats)
-    results = {k: (seconds, len(labels), labels) for k, (seconds, labels) in timed.items()}
-    return table_rows(name, results)
+    runs = engine = model = None  # the last references to the HF model but the bench's own
+    if folder is not None:
+        bench.release_model()  # vLLM takes what is free on the GPU
+        result, note = run_vllm(args, bench, folder, vecs)
+        print(f"  {note}")
+        if result is not None:
+            timed["vllm"] = result
+    return table_rows(name, {k: (seconds, len(labels), labels) for k, (seconds, labels) in timed.items()})
 
 
 def table_rows(name: str, results: dict[str, tuple[float, int, list[str]]]) -> list[list]:
-    """[model, engine, labels, seconds, labels/s, hf speed-up over it, labels differing from hf]."""
-    ours = results.get("hf")
+    """[model, engine, labels, seconds, labels/s, x batched, x hf-dynamic, labels differing from ours (overlap)]."""
+    ref_name = next((k for k in OURS if k in results), None)
+    ref = results.get(ref_name)
     rows = []
     for engine in ENGINES:
         if engine not in results:
             continue
         seconds, n, labels = results[engine]
         rate = n / seconds
-        speedup = f"{ours[1] / ours[0] / rate:.2f}x" if ours and engine != "hf" else "-"
-        differ = sum(a != b for a, b in zip(labels, ours[2])) if ours else "-"
-        rows.append([name, engine, n, f"{seconds:.2f}", f"{rate:.2f}", speedup, f"{differ}/{min(n, ours[1])}"
-                     if ours else "-"])
+        ratios = [f"{rate / (results[b][1] / results[b][0]):.2f}x" if b in results else "-"
+                  for b in ("batched", "hf-dynamic")]
+        differ = (f"{sum(a != b for a, b in zip(labels, ref[2]))}/{min(n, ref[1])}"
+                  if ref is not None and engine != ref_name else "-")
+        rows.append([name, engine, n, f"{seconds:.2f}", f"{rate:.2f}", *ratios, differ])
     return rows
 
 
 def print_table(rows: list[list]) -> None:
-    head = ["model", "engine", "labels", "seconds", "labels/s", "hf speed-up", "labels != hf"]
+    head = ["model", "engine", "labels", "seconds", "labels/s", "x batched", "x hf-dynamic", "labels != ours"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
@@ -250,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nlabels/s, median of {args.repeats} run(s); torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {load_avg:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end; targets (CPU SmolLM2, 512 vectors): hf >= 3x loop, "
-          ">= 1.3x batched")
+          ">= 1.3x batched, hf-static >= 1.0x hf-dynamic")
     print_table(rows)
 
 

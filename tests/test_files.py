@@ -83,3 +83,32 @@ def test_prompts_jsonl_without_prompt_field_names_the_line(tmp_path):
     path.write_text('{"prompt": "a"}\n{"text": "b"}\n')
     with pytest.raises(SelfieError, match=r'p.jsonl:2: no "prompt" field'):
         load_prompts(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_honour_the_umask(tmp_path, umask):
+    """safetensors creates its file 0600 and tempfile.mkstemp too; what we write gets 0o666 & ~umask, as
+    ``open(path, "w")`` would, and a replaced file keeps its mode."""
+    import os
+    import stat
+    import tempfile
+
+    old = os.umask(umask)
+    try:
+        st = save_tensors({"x": torch.ones(2)}, tmp_path / "v.safetensors")
+        txt = write_text(tmp_path / "a.txt", "a")
+        with atomic_path(tmp_path / "m.bin") as tmp:  # a writer that makes its own 0600 temp file
+            fd, made = tempfile.mkstemp(dir=tmp_path)
+            os.close(fd)
+            os.replace(made, tmp)
+        plain = tmp_path / "plain.txt"
+        plain.write_text("p")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~umask
+    for path in (st, txt, tmp_path / "m.bin"):
+        assert stat.S_IMODE(path.stat().st_mode) == want, path.name
+    os.chmod(txt, 0o640)
+    write_text(txt, "b")  # replacing a file keeps the mode it had
+    assert stat.S_IMODE(txt.stat().st_mode) == 0o640

@@ -34,6 +34,23 @@ def test_signature_lets_a_local_copy_pass(tiny_model):
         check_model(adapter_for("x", model_signature=json.dumps(bad)), tiny_model)
 
 
+def test_a_field_one_side_does_not_record_is_not_a_mismatch(tiny_model):
+    """An adapter trained on a GGUF read directly records architectures=None; the same model loaded from
+    the GGUF cache (save_pretrained) reports ['LlamaForCausalLM']. Both directions must pass."""
+    sig = model_signature(tiny_model)
+    arch = tiny_model.config.architectures
+    try:
+        tiny_model.config.architectures = ["LlamaForCausalLM"]  # as the cache's copy reports
+        check_model(adapter_for("smollm2", model_signature=json.dumps(sig | {"architectures": None})), tiny_model)
+        with pytest.raises(SelfieError, match="architectures"):
+            check_model(adapter_for("smollm2", model_signature=json.dumps(sig | {"architectures": ["X"]})),
+                        tiny_model)
+        tiny_model.config.architectures = None  # as the GGUF read directly reports
+        check_model(adapter_for("smollm2", model_signature=json.dumps(sig | {"architectures": ["X"]})), tiny_model)
+    finally:
+        tiny_model.config.architectures = arch
+
+
 def test_published_model_name_checked_by_config(tiny_model):
     """A 64-d tiny model is not Llama-3.1-8B-Instruct even with a matching adapter size."""
     with pytest.raises(SelfieError, match="hidden_size=64 \\(expected 4096\\)"):

@@ -257,3 +257,49 @@ def write_tiny_gguf(path, model, tokenizer) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+class FakeLLM:
+    """A stand-in for ``vllm.LLM`` where only a GPU shows the behaviour: it records the keywords each engine is
+    started with (``FakeLLM.started``) and the prompts of every ``generate`` call (``FakeLLM.calls``), and answers
+    each prompt with ``FakeLLM.reply`` token ids (default: the first stop id: an empty, closed label).
+    ``FakeLLM.fail_starts`` exceptions are raised by the next starts, one each."""
+
+    started: list[dict] = []
+    calls: list[list[dict]] = []
+    reply: list[int] | None = None
+    fail_starts: list[Exception] = []
+
+    def __init__(self, **kwargs) -> None:
+        if FakeLLM.fail_starts:
+            raise FakeLLM.fail_starts.pop(0)
+        FakeLLM.started.append(kwargs)
+
+    def generate(self, prompts: list[dict], params: list, use_tqdm: bool = False) -> list:
+        from types import SimpleNamespace as NS
+
+        FakeLLM.calls.append(list(prompts))
+        out = []
+        for p in params:
+            ids = FakeLLM.reply or [sorted(p.kwargs["stop_token_ids"])[0]]
+            steps = [{t: NS(logprob=-0.5)} for t in ids]
+            out.append(NS(outputs=[NS(token_ids=ids, logprobs=steps, finish_reason="stop")]))
+        return out
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.started, cls.calls, cls.reply, cls.fail_starts = [], [], None, []
+
+
+def fake_vllm_module():
+    """A module that passes for ``vllm`` (``importlib.util.find_spec`` finds it once it is in ``sys.modules``):
+    ``LLM`` is :class:`FakeLLM`, ``SamplingParams`` keeps its keywords."""
+    import importlib.machinery
+    import types
+
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    module.LLM = FakeLLM
+    module.SamplingParams = lambda **kwargs: types.SimpleNamespace(kwargs=kwargs)
+    module.__version__ = "fake"
+    return module

@@ -261,6 +261,9 @@ def load_adapter(source: str | os.PathLike, device: torch.device | str | None = 
         adapter = _load_legacy(path, normalize_input)
     else:
         state, meta = read_safetensors(path)
+        if meta.get("selfie_artifact", "adapter") != "adapter":  # e.g. a reconstructor (reconstruct/artifact.py)
+            raise SelfieError(f"{path.name} is a {meta['selfie_artifact']}, not an adapter; pass it with "
+                              f"--{meta['selfie_artifact']} (it maps labels back to vectors)")
         adapter = build_from_state(state, meta, path.name, normalize_input)
     return adapter.to(device)
 

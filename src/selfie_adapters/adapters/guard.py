@@ -30,13 +30,15 @@ def model_signature(model) -> dict:
     return {k: getattr(cfg, k, None) for k in SIGNATURE_KEYS}
 
 
-def check_model(adapter, model, allow_model_mismatch: bool = False) -> None:
-    """Raise SelfieError if ``adapter`` does not belong to ``model`` (see module docstring)."""
+def check_model(adapter, model, allow_model_mismatch: bool = False, what: str = "adapter") -> None:
+    """Raise SelfieError if ``adapter`` (or a reconstructor: ``what``) does not belong to ``model``
+    (see module docstring)."""
     hidden = model.config.hidden_size
     if adapter.dim != hidden:
-        raise SelfieError(f"adapter expects d={adapter.dim} but the model's hidden size is {hidden}; "
-                          f"use an adapter trained for this model (adapter model: {adapter.model_name!r})")
-    problem = _mismatch(adapter, model)
+        raise SelfieError(f"{what} expects d={adapter.dim} but the model's hidden size is {hidden}; "
+                          f"use {'an' if what[0] in 'aeiou' else 'a'} {what} trained for this model "
+                          f"({what} model: {adapter.model_name!r})")
+    problem = _mismatch(adapter, model, what)
     if problem is None:
         return
     if allow_model_mismatch:
@@ -46,21 +48,23 @@ def check_model(adapter, model, allow_model_mismatch: bool = False) -> None:
                       "allow_model_mismatch=True (CLI: --allow-model-mismatch) if you know better")
 
 
-def _mismatch(adapter, model) -> str | None:
+def _mismatch(adapter, model, what: str = "adapter") -> str | None:
     expected_name = adapter.model_name
     name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
     expected = _expected_signature(adapter)
     if expected is None:
         if not expected_name or _same_name(name, expected_name):
             return None
-        return f"adapter was trained on {expected_name!r} but the model is {name!r}"
+        return f"{what} was trained on {expected_name!r} but the model is {name!r}"
     got = model_signature(model)
     if "eos_token_id" in expected:
         got["eos_token_id"] = config_eos_ids(model)
+    # A field one side does not record proves nothing: a GGUF read by transformers has no
+    # `architectures`, the same model saved by the GGUF cache (save_pretrained) has one.
     diffs = [f"{k}={got.get(k)!r} (expected {v!r})" for k, v in expected.items()
-             if _norm(got.get(k)) != _norm(v)]
+             if v is not None and got.get(k) is not None and _norm(got.get(k)) != _norm(v)]
     if diffs:
-        return f"the model is not {expected_name or 'the adapter model'!r}: " + ", ".join(diffs)
+        return f"the model is not {expected_name or f'the {what} model'!r}: " + ", ".join(diffs)
     return None
 
 

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import typer
 
-from ..adapters.kinds import trainable_kinds
+from ..adapters.kind_names import trainable_kind_names
 from ..errors import SelfieError
 from ..threads import configure_threads
-from ..training.config import AUTOCAST_DTYPES
 from .app import app
 from .display import console, print_table
 from .options import ThreadsOpt
 
-TRAINABLE = trainable_kinds()
+TRAINABLE = trainable_kind_names()
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that run the whole pipeline on a model.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -51,10 +50,12 @@ def topics(
     """The topic experiment: train adapters on `Tell me about {title}.` vectors, describe held-out
     topics, score by retrieval among the held-out titles, next to untrained SelfIE at its best scale.
 
+    \b
     Example: selfie experiment topics --model smollm2-135m-instruct --layers 12 18 --out topics-run
     """
     configure_threads(threads)
     from ..experiments.topics import TopicsConfig, run_topics, score_run
+    from ..training.config import AUTOCAST_DTYPES
 
     if score_only:
         _write_report(score_run(out), out)

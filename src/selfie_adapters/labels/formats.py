@@ -19,18 +19,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SelfieError
 from ..files import atomic_path, iter_jsonl, open_text, write_json, write_text
+from .naming import EXPORT_FIELDS, ExportSettings
 
 TYPE_NAME = "selfie"  # Neuronpedia's typeName of an explanation method
 
 
+def chosen_rows(rows: Iterable[dict]) -> list[dict]:
+    """The rows ``describe --best-of`` / ``selfie score`` marked ``"best": true`` when any are marked, else all."""
+    rows = list(rows)
+    marked = [r for r in rows if r.get("best")]
+    return marked if marked else rows
+
+
 def best_labels(rows: Iterable[dict]) -> dict[int, str]:
-    """One label per index from ``selfie describe`` rows: closed rows first, then the highest log-prob."""
+    """One label per index from ``selfie describe`` rows: the one marked best by its round-trip score when
+    rows are marked (``--best-of``), else closed rows first, then the highest log-prob."""
     best: dict[int, tuple] = {}
-    for r in rows:
+    for r in chosen_rows(rows):
         key = (bool(r.get("closed", True)), float(r.get("logprob", 0.0)))
         if str(r.get("label", "")).strip() and (r["index"] not in best or key > best[r["index"]][0]):
             best[r["index"]] = (key, r["label"])
@@ -39,19 +46,20 @@ def best_labels(rows: Iterable[dict]) -> dict[int, str]:
 
 def neuronpedia_rows(rows: Iterable[dict], *, model_id: str, source: str,
                      explanation_model: str = "selfie-adapter") -> list[dict]:
-    """Neuronpedia explanation rows for every distinct (index, label) of ``selfie describe`` rows.
+    """Neuronpedia explanation rows for every distinct (index, label) of ``selfie describe`` rows (only the
+    chosen label per index when rows are marked best, see ``chosen_rows``), with its round-trip score if any.
 
     >>> neuronpedia_rows([{"index": 3, "label": "fruit", "scale": 1.0}], model_id="llama3.1-8b-it",
     ...                  source="19-resid-post-gf")[0]["description"]
     'fruit'
     """
     out, seen = [], set()
-    for r in rows:
+    for r in chosen_rows(rows):
         label = str(r.get("label", "")).strip()
         if not label or (r["index"], label) in seen:
             continue
         seen.add((r["index"], label))
-        extra = {k: r[k] for k in ("scale", "sample", "logprob") if k in r}
+        extra = {k: r[k] for k in ("scale", "sample", "logprob", "score") if k in r}
         out.append({"modelId": model_id, "layer": source, "index": str(r["index"]), "description": label,
                     "typeName": TYPE_NAME, "explanationModelName": explanation_model, **extra})
     if not out:
@@ -72,13 +80,18 @@ def write_neuronpedia(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     return write_json(path, list(rows))
 
 
-def write_delphi(labels: dict[int, str], out_dir: str | os.PathLike, module: str) -> list[Path]:
-    """``out_dir/{module}_latent{index}.txt`` per latent, the label as a JSON string (delphi's format)."""
+def write_delphi(labels: dict[int, str], out_dir: str | os.PathLike, module: str,
+                 scores: dict[int, dict] | None = None) -> list[Path]:
+    """``out_dir/{module}_latent{index}.txt`` per latent, the label as a JSON string (delphi's format); with
+    ``scores``, ``{module}_latent{index}.score.json`` beside it holds the label's round-trip score."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SelfieError(f"{out_dir} is a file; give a folder for the delphi explanations")
-    return [write_text(out_dir / f"{module}_latent{i}.txt", json.dumps(lab, ensure_ascii=False))
-            for i, lab in labels.items()]
+    paths = [write_text(out_dir / f"{module}_latent{i}.txt", json.dumps(lab, ensure_ascii=False))
+             for i, lab in labels.items()]
+    for i, sc in (scores or {}).items():
+        write_text(out_dir / f"{module}_latent{i}.score.json", json.dumps({"label": labels[i], **sc}))
+    return paths
 
 
 def read_neuronpedia(path: str | os.PathLike) -> list[dict]:
@@ -126,6 +139,8 @@ def neuronpedia_training_sections(rows: Sequence[dict], *, dataset_name: str, la
         label = r["description"].strip() if strip else r["description"]
         if label not in by_index.setdefault(r["index"], []):
             by_index[r["index"]].append(label)
+    import numpy as np  # the reference's seeded draw; imported here so `selfie --help` stays light
+
     indices = sorted(by_index)
     val = set(np.random.RandomState(seed).choice(len(indices), int(len(indices) * val_fraction), replace=False))
     vectors = [{"index": i, "labels": by_index[i], "split": "val" if k in val else "train"}
@@ -135,16 +150,16 @@ def neuronpedia_training_sections(rows: Sequence[dict], *, dataset_name: str, la
                           "vector_type": "sae_decoder"}, "vectors": vectors}]
 
 
-
-
 @dataclass(frozen=True)
 class ExportFormat:
-    """A target of ``selfie labels export``: ``write(describe rows, out, **options) → written paths``."""
+    """A target of ``selfie labels export``: ``write(describe rows, out, **settings) → written paths``;
+    ``fields``: the settings (``EXPORT_FIELDS``) its files are named by."""
 
     name: str
     help: str
     folder: bool  # ``out`` is a folder of files (else one file)
     write: Callable[..., list[Path]]
+    fields: tuple[str, ...]
 
 
 def _export_neuronpedia(rows: Sequence[dict], out, *, model_id: str, source: str, explanation_model: str,
@@ -154,18 +169,18 @@ def _export_neuronpedia(rows: Sequence[dict], out, *, model_id: str, source: str
 
 
 def _export_delphi(rows: Sequence[dict], out, *, module: str, **_) -> list[Path]:
-    return write_delphi(best_labels(rows), out, module)
+    labels = best_labels(rows)
+    scores = {r["index"]: r["score"] for r in chosen_rows(rows)
+              if isinstance(r.get("score"), dict) and labels.get(r["index"]) == r["label"]}
+    return write_delphi(labels, out, module, scores)
 
 
 EXPORT_FORMATS = {
-    "neuronpedia": ExportFormat("neuronpedia", "every label", False, _export_neuronpedia),
-    "delphi": ExportFormat("delphi", "the best label per latent: closed, then highest log-prob", True, _export_delphi),
+    "neuronpedia": ExportFormat("neuronpedia", "every label (the marked best one per latent, if any)", False,
+                                _export_neuronpedia, ("model_id", "source", "explanation_model")),
+    "delphi": ExportFormat("delphi", "the best label per latent: marked best by its round-trip score, else "
+                                     "closed, then highest log-prob", True, _export_delphi, ("module",)),
 }
-
-
-# What the Neuronpedia rows and delphi files are named by (``labels export`` flags, ``describe --export-set``).
-EXPORT_SETTINGS = {"model_id": "llama3.1-8b-it", "source": "19-resid-post-gf",
-                   "explanation_model": "selfie-adapter", "module": "layers.19"}
 
 
 def export_format(name: str, flag: str = "--format") -> ExportFormat:
@@ -194,35 +209,30 @@ def parse_export(spec: str) -> tuple[ExportFormat, Path]:
     return fmt, out
 
 
-def export_model_name(adapter: str | None) -> str:
-    """The explanationModelName of an adapter's labels: its file name (``goodfire-sae-scalar-affine``), or
-    ``selfie-untrained`` for the untrained baseline."""
-    return Path(adapter).name.split(".")[0] if adapter else "selfie-untrained"
-
-
-def parse_export_settings(pairs: Sequence[str], **defaults: str) -> dict[str, str]:
-    """``KEY=VALUE`` overrides (``describe --export-set``) of ``EXPORT_SETTINGS`` (after ``defaults``)."""
-    settings = {**EXPORT_SETTINGS, **defaults}
+def parse_export_settings(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs (``describe --export-set``) → overrides of the settings ``export_settings`` reads."""
+    settings = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in EXPORT_SETTINGS:
-            raise SelfieError(f"--export-set takes KEY=VALUE with KEY one of {', '.join(EXPORT_SETTINGS)}; "
+        if not sep or key not in EXPORT_FIELDS:
+            raise SelfieError(f"--export-set takes KEY=VALUE with KEY one of {', '.join(EXPORT_FIELDS)}; "
                               f"got {pair!r} (e.g. --export-set source=19-resid-post-gf)")
         settings[key] = value
     return settings
 
 
 def write_exports(rows: Sequence[dict], exports: Sequence[tuple[ExportFormat, Path]],
-                  settings: dict[str, str]) -> list[str]:
-    """Write ``rows`` (``selfie describe`` output) in every ``(format, path)``; one line per export written."""
-    lines = []
+                  settings: ExportSettings) -> list[str]:
+    """Write ``rows`` (``selfie describe`` output) in every ``(format, path)``; one line per export written,
+    after one per field that had to be invented."""
+    lines = settings.invented_lines({f for fmt, _ in exports for f in fmt.fields})
     for fmt, out in exports:
-        paths = fmt.write(rows, out, **settings)
+        paths = fmt.write(rows, out, **settings.values)
         lines.append(f"wrote {len(paths)} {fmt.name} explanations to {out}" if fmt.folder
                      else f"wrote {fmt.name} explanations {paths[0]}")
     return lines
 
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_SETTINGS", "ExportFormat", "best_labels", "export_format",
-           "export_model_name", "neuronpedia_rows", "neuronpedia_training_sections", "parse_export",
+__all__ = ["EXPORT_FIELDS", "EXPORT_FORMATS", "ExportFormat", "ExportSettings", "best_labels", "chosen_rows",
+           "export_format", "neuronpedia_rows", "neuronpedia_training_sections", "parse_export",
            "parse_export_settings", "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]

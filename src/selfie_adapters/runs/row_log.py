@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import suppress
 
 from ..errors import SelfieError
-from ..files import iter_jsonl, remove_stale_temps
+from ..files import iter_jsonl, remove_stale_temps, write_text
 from .fingerprint import resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 
@@ -28,9 +28,9 @@ class JsonlLog:
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict | None = None, *, command: str = "results",
-                 key_fields: Sequence[str] = (), overwrite: bool = False) -> None:
+                 key_fields: Sequence[str] = (), overwrite: bool = False, about: dict | None = None) -> None:
         self.path = check_output_path(path)
-        self.command, self.key_fields = command, tuple(key_fields)
+        self.command, self.key_fields, self.about = command, tuple(key_fields), about
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = OutputLock(self.path).acquire()
         try:
@@ -57,7 +57,7 @@ class JsonlLog:
             rows = self._read_rows()
         self._record, self._inputs = record, inputs  # the record is written with the first rows, so
         if has_data:                                 # a run that fails before them leaves nothing behind
-            record.write(inputs)
+            record.write(inputs, self.about)
             self._inputs = None
         return rows
 
@@ -92,7 +92,7 @@ class JsonlLog:
         except ValueError as e:
             raise SelfieError(f"a result row holds NaN/inf ({e}); nothing was written for this batch") from None
         if self._inputs is not None:
-            self._record.write(self._inputs)
+            self._record.write(self._inputs, self.about)
             self._inputs = None
         size = self.path.stat().st_size if self.path.exists() else 0
         try:
@@ -105,6 +105,23 @@ class JsonlLog:
                 f.truncate(size)
             raise
         self.rows.extend(rows)
+
+    def rewrite(self, rows: Sequence[dict]) -> None:
+        """Replace every row at once (atomically: the old file or the new one, never half of each), e.g. to
+        mark the best row per vector once all are written; the rows must keep this log's key fields."""
+        rows = list(rows)
+        missing = [k for r in rows for k in self.key_fields if k not in r]
+        if missing:
+            raise SelfieError(f"rewrite of {self.path}: rows lack {', '.join(sorted(set(missing)))}")
+        try:
+            text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+        except ValueError as e:
+            raise SelfieError(f"a result row holds NaN/inf ({e}); {self.path} was left as it was") from None
+        if self._inputs is not None:
+            self._record.write(self._inputs)
+            self._inputs = None
+        write_text(self.path, text)
+        self.rows = rows
 
     def close(self) -> None:
         self.lock.release()

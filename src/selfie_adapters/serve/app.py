@@ -84,9 +84,10 @@ def describe_routes(router: APIRouter, service: Service) -> None:
         job = service.describe(vectors, settings, mode)
         head = {"mode": mode, "scales": list(settings.scales)}
         if req.stream:
-            return ndjson(request, job, lambda d: d.to_row())
+            return ndjson(request, job, lambda d: d.to_row(), rescore=lambda rows: service.scored(rows, vectors))
         rows = await until_disconnect(request, job.collect(), job.cancel)
-        return {**head, "rows": [d.to_row() for d in rows]}
+        scored = await until_disconnect(request, service.scored([d.to_row() for d in rows], vectors, mark=True))
+        return {**head, "rows": scored}
 
     @router.post("/compare")
     async def compare(req: CompareRequest, request: Request) -> dict:
@@ -102,8 +103,8 @@ def describe_routes(router: APIRouter, service: Service) -> None:
         b = await source_vectors(service, req.b, request, one, "b")
         job = service.describe(a - b, settings, mode)
         rows = await until_disconnect(request, job.collect(), job.cancel)
-        return {"mode": mode, "scales": list(settings.scales), "norm": float((a - b).norm()),
-                "rows": [d.to_row() for d in rows]}
+        scored = await until_disconnect(request, service.scored([d.to_row() for d in rows], a - b, mark=True))
+        return {"mode": mode, "scales": list(settings.scales), "norm": float((a - b).norm()), "rows": scored}
 
 
 def prompt_routes(router: APIRouter, service: Service) -> None:
@@ -178,8 +179,10 @@ async def until_disconnect(request: Request, work: Awaitable, on_cancel: Callabl
 
 
 def ndjson(request: Request, job: DescribeJob, row: Callable[[Description], dict],
-           header: dict | None = None) -> StreamingResponse:
-    """Stream ``header`` then one JSON line per description as batches finish; an error ends with {"error"}."""
+           header: dict | None = None,
+           rescore: Callable[[list[dict]], Awaitable[list[dict]]] | None = None) -> StreamingResponse:
+    """Stream ``header`` then one JSON line per description as batches finish (``rescore`` adds each
+    batch's round-trip scores); an error ends with {"error"}."""
 
     async def lines() -> AsyncIterator[str]:
         rows = job.stream().__aiter__()
@@ -191,7 +194,10 @@ def ndjson(request: Request, job: DescribeJob, row: Callable[[Description], dict
                     chunk = await until_disconnect(request, rows.__anext__())
                 except StopAsyncIteration:
                     return
-                yield "".join(json.dumps(row(d)) + "\n" for d in chunk)
+                out = [row(d) for d in chunk]
+                if rescore is not None:
+                    out = await until_disconnect(request, rescore(out))
+                yield "".join(json.dumps(r) + "\n" for r in out)
         except ClientGone:
             return
         except Exception as e:  # headers are sent: report in-band, one line

@@ -38,10 +38,12 @@ class Service:
                  injection_token: str | None = None, inject_layer: int | None = None,
                  allow_model_mismatch: bool = False, limits: Limits | None = None,
                  batch_size: int = 128, batch_wait_ms: float = 5.0, max_step_logits: int = MAX_STEP_LOGITS,
-                 adapter_source: str | None = None) -> None:
+                 adapter_source: str | None = None, reconstructor=None) -> None:
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.limits = limits or Limits()
-        kw = {"template": template, "injection_token": injection_token, "inject_layer": inject_layer}
+        # requests merge into batches of any size: a CUDA graph (one compile per shape) would not pay off
+        kw = {"template": template, "injection_token": injection_token, "inject_layer": inject_layer,
+              "cuda_graphs": False}
         self.interpreters = {"baseline": Interpreter(model, tokenizer, None, **kw)}
         if adapter is not None:
             self.interpreters["adapter"] = Interpreter(model, tokenizer, adapter,
@@ -55,18 +57,29 @@ class Service:
         self.baseline_scale = round(embedding_norm(model), 4)
         self.adapter_source = adapter_source
         self.scheduler = Scheduler(batch_size, batch_wait_ms / 1000, max_step_logits)
+        self.scorer = None  # rows get round-trip scores when the server has a reconstructor
+        if reconstructor is not None:
+            from ..reconstruct.scorer import Scorer
+
+            self.scorer = Scorer(model, tokenizer, reconstructor, allow_model_mismatch=allow_model_mismatch)
 
     @classmethod
     def load(cls, model: str, adapter: str | None = None, *, mean_vectors: str | None = None, dtype: str = "auto",
              device: str | None = None, template: str | None = None, injection_token: str | None = None,
-             **kwargs) -> Service:
-        """Load the model (once), the adapter and the mean vectors from files or hub references. The prompt
-        is ``template`` if given, else the adapter's, else the model family's (as in `selfie describe`)."""
+             reconstructor: str | None = None, **kwargs) -> Service:
+        """Load the model (once), the adapter, the mean vectors and the reconstructor from files or hub
+        references. The prompt is ``template`` if given, else the adapter's, else the model family's (as in
+        `selfie describe`)."""
         ad = load_adapter(adapter) if adapter else None
+        rec = None
+        if reconstructor:
+            from ..reconstruct.artifact import load_reconstructor
+
+            rec = load_reconstructor(reconstructor)
         means = load_mean_vectors(mean_vectors) if mean_vectors else None
         m, tok = load_model(model, dtype=dtype, device=device)
         return cls(m, tok, ad, means=means, adapter_source=adapter, template=template, injection_token=injection_token,
-                   **kwargs)
+                   reconstructor=rec, **kwargs)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -89,7 +102,8 @@ class Service:
         if not scales:
             raise RequestError("'scales' is empty; give at least one scale or leave it out for the default")
         self.limits.check_generations(vectors, len(scales), samples)
-        max_new = generation.get("max_new_tokens", 40)
+        max_new = generation["max_new_tokens"] = (generation.get("max_new_tokens")
+                                                  or self.interpreters[mode].default_max_new_tokens)
         if max_new > self.limits.max_new_tokens:
             raise RequestError(f"max_new_tokens {max_new} > {self.limits.max_new_tokens} (server flag "
                                "--max-new-tokens)", 413)
@@ -125,6 +139,16 @@ class Service:
         return encoded
 
     # --- work ---------------------------------------------------------------------------------------
+    async def scored(self, rows: list[dict], vectors: torch.Tensor, mark: bool = False) -> list[dict]:
+        """``rows`` (``index`` = row of ``vectors``) with their round-trip scores, computed on the model thread,
+        and with ``mark`` the best row per vector marked; unchanged when the server has no reconstructor."""
+        if self.scorer is None or not rows:
+            return rows
+        from ..reconstruct.scorer import add_scores, mark_best
+
+        rows = await self.scheduler.call(add_scores, rows, self.scorer, lambda i: vectors[i])
+        return mark_best(rows) if mark else rows
+
     def describe(self, vectors: torch.Tensor, settings: Settings, mode: str,
                  indices: Sequence[int] | None = None) -> DescribeJob:
         """Queue (N, d) vectors for description; await ``job.stream()`` or ``job.collect()`` for the rows."""
@@ -189,6 +213,8 @@ class Service:
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "device": str(model_device(self.model)),
             "adapter": None if self.adapter is None else {"source": self.adapter_source, **self.adapter.summary()},
+            "reconstructor": None if self.scorer is None else {
+                k: v for k, v in self.scorer.rec.summary().items() if k != "config"},
             "modes": list(self.interpreters),
             "default_scales": {m: list(i.default_scales) for m, i in self.interpreters.items()},
             "lens_scale": {m: self.lens_scale(m) for m in self.interpreters},

@@ -64,8 +64,8 @@ class LabelledData:
 
 
 @dataclass
-class _Raw:
-    """Examples before tokenisation: parallel lists."""
+class Examples:
+    """Examples before tokenisation, as parallel lists: vector row, label, split, dataset id (one per label)."""
 
     rows: list[int]
     labels: list[str]
@@ -78,6 +78,22 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
 
     >>> data = load_training_data(cfg.data, tokenizer, dim=4096, base_dir="configs/")
     """
+    vectors, datasets, raw = read_examples(cfg, base_dir, dim=dim)
+    targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
+    rows, dataset_ids = torch.tensor(raw.rows, dtype=torch.long), torch.tensor(raw.datasets, dtype=torch.long)
+    splits = {}
+    for name in SPLITS:
+        idx = torch.tensor([i for i, s in enumerate(raw.splits) if s == name], dtype=torch.long)
+        splits[name] = Split(rows[idx], _trim(targets[idx], lengths[idx]), lengths[idx], dataset_ids[idx],
+                             [raw.labels[i] for i in idx.tolist()])
+    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"])
+
+
+def read_examples(cfg: DataConfig, base_dir: str | os.PathLike = ".", dim: int | None = None
+                  ) -> tuple[torch.Tensor, list[str], Examples]:
+    """``cfg.labels_file`` read and checked, untokenised: (vectors (M, d), dataset names, the examples).
+    ``dim``: the hidden size the vectors must have (None: any). Needs no model (the nearest-neighbour
+    baseline reads its training set with it)."""
     path = _resolve(cfg.labels_file, base_dir)
     if not path.is_file():
         raise SelfieError(f"labels file not found: {path} (set data.labels_file)")
@@ -86,7 +102,7 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
         vectors, datasets, raw = _read_jsonl(path, override)
     else:
         vectors, datasets, raw = _read_sections(path, override)
-    if vectors.dim() != 2 or vectors.shape[1] != dim:
+    if dim is not None and (vectors.dim() != 2 or vectors.shape[1] != dim):
         raise SelfieError(f"vectors have shape {tuple(vectors.shape)} but the model's hidden size is {dim}; "
                           "use vectors taken from this model (or the right data.vectors_file)")
     used = torch.tensor(sorted(set(raw.rows)), dtype=torch.long)
@@ -99,16 +115,9 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
         if not label or not label.strip():
             raise SelfieError(f"{path.name}: empty label for vector row {raw.rows[i]} "
                               f"(dataset {datasets[raw.datasets[i]]!r}); remove it or give it text")
-    targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
-    rows, dataset_ids = torch.tensor(raw.rows, dtype=torch.long), torch.tensor(raw.datasets, dtype=torch.long)
-    splits = {}
-    for name in SPLITS:
-        idx = torch.tensor([i for i, s in enumerate(raw.splits) if s == name], dtype=torch.long)
-        splits[name] = Split(rows[idx], _trim(targets[idx], lengths[idx]), lengths[idx], dataset_ids[idx],
-                             [raw.labels[i] for i in idx.tolist()])
-    if len(splits["train"]) == 0:
+    if "train" not in raw.splits:
         raise SelfieError(f"{path.name} has no examples with split 'train'")
-    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"])
+    return vectors, datasets, raw
 
 
 def tokenize_targets(tokenizer, labels: list[str], eos_token: str | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +162,7 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], _Raw]:
+def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], Examples]:
     try:
         with open_text(path) as f:
             sections = json.load(f)
@@ -165,7 +174,7 @@ def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Ten
         raise SelfieError(f"{path.name} must hold a list of sections {{'metadata': ..., 'vectors': [...]}}")
     sources: dict[VectorSource, tuple[int, torch.Tensor]] = {}  # source → (row offset, tensor)
     datasets: list[str] = []
-    raw = _Raw([], [], [], [])
+    raw = Examples([], [], [], [])
     for s, section in enumerate(sections):
         if not isinstance(section, dict) or not isinstance(section.get("vectors"), list):
             raise SelfieError(f"{path.name}: section {s} needs a 'vectors' list of {{index, labels, split}}")
@@ -188,7 +197,7 @@ def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Ten
     return vectors, datasets, raw
 
 
-def _add_entries(raw: _Raw, entries: list, offset: int, n: int, dataset: int, where: str) -> None:
+def _add_entries(raw: Examples, entries: list, offset: int, n: int, dataset: int, where: str) -> None:
     for e in entries:
         index, labels, split = e.get("index"), e.get("labels"), e.get("split", "train")
         if not isinstance(index, int) or not 0 <= index < n:
@@ -206,10 +215,10 @@ def _add_entries(raw: _Raw, entries: list, offset: int, n: int, dataset: int, wh
             raw.datasets.append(dataset)
 
 
-def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], _Raw]:
+def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], Examples]:
     inline: list[list[float]] = []
     datasets: list[str] = []
-    raw = _Raw([], [], [], [])
+    raw = Examples([], [], [], [])
     table = override.load()[0] if override else None
     with open_text(path) as f:
         for lineno, rec in iter_jsonl(f, path.name, what="labels"):

@@ -67,6 +67,19 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     >>> result = train(load_config("examples/goodfire-l19-scalar-affine.yaml"))
     >>> load_adapter(result.best_path)
     """
+    def make_run(cfg, model, tokenizer, dist, progress, times):
+        return _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, progress, times)
+
+    return run_training(cfg, make_run, model=model, tokenizer=tokenizer, resume=resume, overwrite=overwrite,
+                        stop_at_step=stop_at_step, progress=progress)
+
+
+def run_training(cfg: TrainConfig, make_run: Callable[..., _Run], *, model=None, tokenizer=None, resume: bool = False,
+                 overwrite: bool = False, stop_at_step: int | None = None,
+                 progress: Progress | None = None) -> TrainResult:
+    """The one training loop's entry: checks, the run folder's lock, the frozen model, then
+    ``make_run(cfg, model, tokenizer, dist, progress, times).fit(...)`` — ``_Run`` (adapters) or a
+    subclass that trains something else on the same loop (``reconstruct/train.py``)."""
     check_sources(cfg.data, cfg.base_dir)
     check_run_dir(cfg, resume=resume, overwrite=overwrite)
     dist = ddp.setup_distributed()
@@ -78,7 +91,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
         with times("load"):  # the frozen LM (when not given) and the tokenized data
             if model is None or tokenizer is None:
                 model, tokenizer = _load_frozen_model(cfg, dist)
-            run = _Run(with_model_defaults(cfg, model, tokenizer), model, tokenizer, dist, progress, times)
+            run = make_run(cfg, model, tokenizer, dist, progress, times)
         try:
             return run.fit(resume=resume, overwrite=overwrite, stop_at_step=stop_at_step)
         finally:
@@ -153,22 +166,10 @@ class _Run:
         self.data = load_training_data(cfg.data, tokenizer, dim, cfg.base_dir)
         self.val = self._val_subset()
         torch.manual_seed(cfg.seed)
-        p = cfg.projection
-        self.projection = build_projection(p.type, dim, normalize_input=p.normalize_input, init_scale=p.init_scale,
-                                           rank=p.low_rank_rank, init_factor=p.low_rank_init_factor)
+        self.projection = self._build_projection(dim)
         self.projection.to(model_device(model)).train()
         self.optimizer = build_optimizer(self.projection, cfg)
-        checkpointing = use_gradient_checkpointing(cfg, model)
-        if checkpointing:
-            # HF checkpointing drops KV caches inside checkpointed layers, so the prefix is recomputed instead.
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.train()
-        template = PromptTemplate(cfg.soft_prompt.template, cfg.soft_prompt.reserved_token)
-        self.template = template
-        self.loss_fn = SelfieLoss(model, tokenizer, template, label_smoothing=cfg.training.label_smoothing,
-                                  max_loss=cfg.training.max_loss,
-                                  prefix_cache=not checkpointing,
-                                  autocast=getattr(torch, cfg.training.autocast) if cfg.training.autocast else None)
+        self._setup_loss()
         groups = parse_ratios(cfg.data.train_dataset_ratios, self.data.datasets)
         self.sampler = EpochSampler(self.data.train.dataset_ids, groups, shuffle=cfg.data.shuffle, seed=cfg.seed,
                                     resample_each_epoch=cfg.data.resample_each_epoch,
@@ -181,6 +182,39 @@ class _Run:
         self.best_val_loss: float | None = None
         self._orders: dict[int, torch.Tensor] = {}
         self.logger = _Logger(cfg, self.run_dir, dist, progress, self.total_steps)
+
+    # ------------------------------------------------------------------ what is trained (the hooks)
+
+    def _build_projection(self, dim: int) -> Projection:
+        p = self.cfg.projection
+        return build_projection(p.type, dim, normalize_input=p.normalize_input, init_scale=p.init_scale,
+                                rank=p.low_rank_rank, init_factor=p.low_rank_init_factor)
+
+    def _setup_loss(self) -> None:
+        cfg, model = self.cfg, self.model
+        checkpointing = use_gradient_checkpointing(cfg, model)
+        if checkpointing:
+            # HF checkpointing drops KV caches inside checkpointed layers, so the prefix is recomputed instead.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+        template = PromptTemplate(cfg.soft_prompt.template, cfg.soft_prompt.reserved_token)
+        self.template = template
+        self.loss_fn = SelfieLoss(model, self.tokenizer, template, label_smoothing=cfg.training.label_smoothing,
+                                  max_loss=cfg.training.max_loss,
+                                  prefix_cache=not checkpointing,
+                                  autocast=getattr(torch, cfg.training.autocast) if cfg.training.autocast else None)
+
+    def _per_example_loss(self, split: Split, idx: torch.Tensor) -> torch.Tensor:
+        soft = self._soft(self.data.vectors[split.rows[idx]])  # (b, d)
+        return self.loss_fn(soft, split.targets[idx], split.lengths[idx])
+
+    def _validation_loss(self) -> float:
+        return evaluate_loss(self.loss_fn, self._soft, self.data, self.val, self.cfg.data.batch_size, self.dist)
+
+    def _save_model(self, path: Path, step: int) -> Path:
+        """The artifact (here: an adapter in the published format) with the run's config and the model's signature."""
+        return save_adapter(path, self.projection, self.cfg, self.model, global_step=step,
+                            best_val_loss=self.best_val_loss)
 
     # ------------------------------------------------------------------ the loop
 
@@ -274,10 +308,6 @@ class _Run:
     def _soft(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.projection(vectors.to(next(self.projection.parameters()).device))  # (b, d)
 
-    def _per_example_loss(self, split: Split, idx: torch.Tensor) -> torch.Tensor:
-        soft = self._soft(self.data.vectors[split.rows[idx]])  # (b, d)
-        return self.loss_fn(soft, split.targets[idx], split.lengths[idx])
-
     # ------------------------------------------------------------------ eval, samples, files
 
     def _val_subset(self) -> Split | None:
@@ -292,14 +322,13 @@ class _Run:
         if self.val is None:
             return None
         self.projection.eval()
-        loss = evaluate_loss(self.loss_fn, self._soft, self.data, self.val, self.cfg.data.batch_size, self.dist)
+        loss = self._validation_loss()
         self.projection.train()
         is_best = self.best_val_loss is None or loss < self.best_val_loss
         if is_best:
             self.best_val_loss = loss
             if self.dist.is_main:
-                save_adapter(self.run_dir / "best.safetensors", self.projection, self.cfg, self.model,
-                             global_step=step, best_val_loss=loss)
+                self._save_model(self.run_dir / "best.safetensors", step)
         self.logger.metrics({"step": step, "val_loss": loss, "best_val_loss": self.best_val_loss})
         return loss
 
@@ -330,8 +359,7 @@ class _Run:
         final = None
         finished = step == self.total_steps
         if finished and self.cfg.training.save_final_checkpoint and self.dist.is_main:
-            final = save_adapter(self.run_dir / "final.safetensors", self.projection, self.cfg, self.model,
-                                 global_step=step, best_val_loss=self.best_val_loss)
+            final = self._save_model(self.run_dir / "final.safetensors", step)
         best = self.run_dir / "best.safetensors"
         ddp.barrier(self.dist)
         return TrainResult(self.run_dir, best if best.exists() else None, final, step, self.best_val_loss,

@@ -247,6 +247,16 @@ function sampleItem(row) {
     li.appendChild(span);
   }
   li.appendChild(Object.assign(document.createElement("span"), { className: "lp", textContent: row.logprob.toFixed(2) }));
+  if (row.score) {  // the server has a reconstructor: how well the vector comes back from this label
+    const s = row.score;
+    li.appendChild(Object.assign(document.createElement("span"), {
+      className: row.best ? "rt best" : "rt",
+      textContent: `${row.best ? "★ " : ""}round trip ${s.cos.toFixed(2)}`,
+      title: `cos ${s.cos.toFixed(3)} · centred cos ${s.centred_cos === null ? "–" : s.centred_cos.toFixed(3)}` +
+             ` · mse_nrm ${s.mse_nrm.toFixed(3)} · fve_nrm ${s.fve_nrm === null ? "–" : s.fve_nrm.toFixed(3)}` +
+             (row.best ? " · best of this vector's samples" : ""),
+    }));
+  }
   return li;
 }
 
