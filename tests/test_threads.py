@@ -10,7 +10,8 @@ from selfie_adapters import threads
 from selfie_adapters.cli import app, main
 
 MODEL_COMMANDS = [["describe"], ["extract"], ["mean"], ["train"], ["demo"], ["serve"], ["eval", "loss"],
-                  ["eval", "generation"], ["eval", "bridge"], ["eval", "retrieval"], ["experiment", "topics"]]
+                  ["eval", "generation"], ["eval", "bridge"], ["eval", "retrieval"], ["experiment", "topics"],
+                  ["train-reconstructor"], ["score"]]
 
 
 @pytest.fixture

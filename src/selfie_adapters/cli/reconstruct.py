@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 
+from ..threads import configure_threads
 from .app import app
 from .display import console, progress_hook
-from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
+from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt
 
 
 @app.command("train-reconstructor")
@@ -20,6 +21,7 @@ def train_reconstructor_command(
                                    "--set reconstructor.layer=18 --set projection.type=low_rank_only."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its training state (exactly)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds a run."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a reconstructor (label → vector) on the labels an adapter trains on; prints where it went.
 
@@ -31,6 +33,7 @@ def train_reconstructor_command(
     from ..reconstruct.config import load_reconstruct_config
     from ..reconstruct.train import train_reconstructor
 
+    configure_threads(threads)
     cfg = load_reconstruct_config(config, set_)
     result = train_reconstructor(cfg, resume=resume, overwrite=overwrite)
     print(f"time: {result.timing.summary()}")
@@ -60,6 +63,7 @@ def score_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out instead of resuming it."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Round-trip scores (cos, centred cos, mse_nrm, fve_nrm) of every label in a labels file.
 
@@ -72,6 +76,7 @@ def score_command(
     from .checks import check_device
 
     check_device(device)
+    configure_threads(threads)
     run = ScoreRun(model=model, labels=labels, vectors=VectorSource.parse(vectors),
                    reconstructor=ReconstructorChoice(reconstructor, mean_vectors=mean_vectors, layer=layer, chat=chat),
                    batch_size=batch_size, dtype=dtype, device=device, allow_model_mismatch=allow_model_mismatch)
