@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -135,6 +136,35 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
     without the model is checked before it loads."""
     check_label_end(run.label_end)
     check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
+    with claim_run(run, out, command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as claimed:
+        engine = open_engine(run, claimed.adapter, claimed.mean, claimed.model, claimed.tokenizer)
+        write_descriptions(claimed.log, engine, claimed.vectors, claimed.indices, scales=run.scales,
+                           samples=run.samples, progress=progress, max_new_tokens=run.max_new_tokens,
+                           temperature=run.temperature, top_p=run.top_p, seed=run.seed, batch_size=run.batch_size,
+                           relevancy=run.relevancy)
+    return Path(out)
+
+
+@dataclass
+class Claimed:
+    """What :func:`claim_run` hands over: OUT's open log, the model (None for vLLM without prompts), the
+    vectors to process (zero rows dropped) and their names, the adapter and the mean vector."""
+
+    log: JsonlLog
+    model: object
+    tokenizer: object
+    vectors: torch.Tensor
+    indices: list[int]
+    adapter: object
+    mean: torch.Tensor | None
+
+
+@contextmanager
+def claim_run(run: DescribeRun, out: str | os.PathLike, *, command: str, key_fields: Sequence[str],
+              overwrite: bool = False, extra_inputs: dict | None = None) -> Iterator[Claimed]:
+    """Check ``run``'s inputs, claim ``out`` (lock + recorded inputs, plus ``extra_inputs``) before any model
+    loads, load the model, read the vectors (a source or prompt states) and drop zero rows: the common
+    start of `selfie describe` and `selfie ask`."""
     adapter = load_adapter(run.adapter) if run.adapter else None
     if (run.source is None) == (run.prompts is None):
         raise SelfieError("give exactly one vector source: --vectors FILE[#KEY], --vectors "
@@ -144,7 +174,8 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
         loaded, named = run.source.load(run.features)  # every row asked for (all of them without features)
         vectors, indices = drop_zero_rows(loaded, named, run.source.row_name)
     mean = _mean_vector(run.mean_vectors, run.layer)
-    with JsonlLog(out, run.inputs(texts), command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as log:
+    inputs = run.inputs(texts) | (extra_inputs or {})
+    with JsonlLog(out, inputs, command=command, key_fields=key_fields, overwrite=overwrite) as log:
         model = tok = None  # the vLLM engine needs no HF model, unless for the prompts' states
         if run.engine == "hf" or texts is not None:
             model, tok = load_model(run.model, dtype=run.dtype, device=run.device)
@@ -154,11 +185,7 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
             named = list(range(len(texts)))
             vectors, indices = drop_zero_rows(states, named, "prompt state")
         write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
-        engine = open_engine(run, adapter, mean, model, tok)
-        write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.samples, progress=progress,
-                           max_new_tokens=run.max_new_tokens, temperature=run.temperature, top_p=run.top_p,
-                           seed=run.seed, batch_size=run.batch_size, relevancy=run.relevancy)
-    return Path(out)
+        yield Claimed(log, model, tok, vectors, list(indices), adapter, mean)
 
 
 def open_engine(run: DescribeRun, adapter, mean: torch.Tensor | None, model=None, tokenizer=None) -> DescribeEngine:
