@@ -78,7 +78,7 @@ def test_question_pairs_are_examples_with_their_prompt(tmp_path):
     cfg = config_from_dict(toy_config_dict(tmp_path))
     cfg.data.labels_file = str(_qa_data(tmp_path))
     data = load_training_data(cfg.data, tok, 32)
-    assert data.questions == [QUESTION]
+    assert data.questions == [(QUESTION, "")]
     train = data.train
     assert len(train) == 2 * 36 and train.prompts.tolist() == [0, 1] * 36  # label, then its question
     answer = train.targets[1, :train.lengths[1]].tolist()
@@ -121,7 +121,7 @@ def test_training_with_questions_learns_and_records_them(tmp_path):
             if "val_loss" in line]
     assert vals[-1] < 0.9 * vals[0]
     meta = read_safetensors(result.final_path)[1]
-    assert json.loads(meta["questions"]) == [QUESTION]
+    assert json.loads(meta["questions"]) == [{"question": QUESTION, "answer_prefix": ""}]
 
 
 def test_question_ratio_sets_each_epochs_share(tmp_path):
@@ -172,3 +172,20 @@ def test_bad_question_pairs(pairs, message, tmp_path):
     cfg = config_from_dict(toy_config_dict(tmp_path))
     with pytest.raises(SelfieError, match=message):
         load_training_data(cfg.data, toy_tokenizer(), 32)
+
+
+def test_an_answer_prefix_is_prompt_not_target(tmp_path):
+    write_toy_data(tmp_path)
+    sections = json.loads((tmp_path / "labels.json").read_text())
+    for entry in sections[0]["vectors"]:
+        entry["questions"] = [{"question": QUESTION, "answer_prefix": "The {vector} is", "answer": " red"},
+                              {"question": QUESTION, "answer": "red"}]
+    (tmp_path / "labels.json").write_text(json.dumps(sections))
+    tok = toy_tokenizer()
+    cfg = config_from_dict(toy_config_dict(tmp_path))
+    data = load_training_data(cfg.data, tok, 32)
+    assert data.questions == [(QUESTION, "The {vector} is"), (QUESTION, "")]  # two prompts
+    assert tok.decode(data.train.targets[1, :data.train.lengths[1]].tolist()) == " red<|eot_id|>"
+    fn = QuestionLoss(toy_model(tok), tok, PromptTemplate(), data.questions)
+    prompt = fn.losses[1].prompt.tolist()
+    assert tok.decode(prompt).endswith("<|end_header_id|>\n\nThe <|reserved_special_token_0|> is")

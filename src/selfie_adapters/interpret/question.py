@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 from pathlib import Path
 
 from ..errors import SelfieError
 from .template import PromptTemplate, user_turn
 
 VECTOR_FIELD = "{vector}"
+
+
+class QuestionPrompt(NamedTuple):
+    """A question and the start of its answer (both may hold ``{vector}``): one prompt to train or ask with."""
+
+    question: str
+    answer_prefix: str = ""
 
 
 def check_question(question: str) -> str:

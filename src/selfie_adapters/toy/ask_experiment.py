@@ -4,7 +4,7 @@ Vectors, split and trainer are the concept experiment's (``concept_experiment``)
 asked "What colour is {vector}?" (and size, kind, place) about concepts no adapter saw: the untrained
 baseline (best scale of a sweep, chosen on the held-out set, which flatters it), an adapter trained on
 meaning labels only (the questions are zero-shot), and one trained on the labels plus question–answer
-pairs of the training concepts. Scored two ways: choices (the attribute's values after the answer prefix
+pairs of the training concepts (free form, and the value after the choices' answer prefix). Scored two ways: choices (the attribute's values after the answer prefix
 ``{vector} is``, teacher-forced, argmax) and free answers (greedy, the first attribute value named).
 Probe speed: choices scored per second vs descriptions per second, same vectors, same run.
 """
@@ -68,13 +68,15 @@ def first_value(text: str, values: Sequence[str]) -> str | None:
 
 def write_qa_data(folder: Path, vectors: torch.Tensor, concepts: Sequence[Concept], train: list[int],
                   heldout: list[int]) -> Path:
-    """The meaning labels plus, for every concept, one question–answer pair per attribute (its own answer)."""
+    """The meaning labels plus, for every concept, two question–answer pairs per attribute: the toy LM's own
+    answer form ("Zorvak is red.") and, after the answer prefix the choices are scored behind, the value."""
     path = write_meaning_data(folder, vectors, concepts, train, heldout)
     sections = json.loads(path.read_text())
     for entry in sections[0]["vectors"]:
         c = concepts[entry["index"]]
-        entry["questions"] = [{"question": a.question, "answer": a.answer.format(name=c.name, value=c.attributes[k])}
-                              for k, a in ATTRIBUTES.items()]
+        entry["questions"] = [pair for k, a in ATTRIBUTES.items() for pair in (
+            {"question": a.question, "answer": a.answer.format(name=c.name, value=c.attributes[k])},
+            {"question": a.question, "answer_prefix": a.prefix, "answer": f" {c.attributes[k]}."})]
     out = folder / "labels_qa.json"
     out.write_text(json.dumps(sections))
     return out

@@ -26,9 +26,10 @@ STATE_FORMAT = 1
 
 
 def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *, global_step: int,
-                 best_val_loss: float | None, questions: list[str] | None = None) -> Path:
+                 best_val_loss: float | None, questions: list | None = None) -> Path:
     """The published single-file format with the full training config and the model signature (and, when it
-    was trained on question–answer pairs, the questions: metadata ``questions``, a JSON list)."""
+    was trained on question–answer pairs, its prompts: metadata ``questions``, a JSON list of
+    ``{"question", "answer_prefix"}``)."""
     meta = {"model_name": cfg.model.name, "config_json": cfg.to_json()}
     extra = {"global_step": str(global_step), "model_signature": json.dumps(model_signature(model)),
              # what `describe` needs to prompt the model the way the adapter was trained
@@ -37,7 +38,7 @@ def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *,
     if best_val_loss is not None:
         extra["best_val_loss"] = repr(float(best_val_loss))
     if questions:
-        extra["questions"] = json.dumps(list(questions))
+        extra["questions"] = json.dumps([{"question": q, "answer_prefix": p} for q, p in questions])
     return Adapter(projection, meta).save(path, **extra)
 
 

@@ -11,9 +11,10 @@ Two input forms:
 Every label is its own example. The target is ``label + '"' + eos`` tokenised without added special
 tokens; all targets are tokenised once into a right-padded (N, L) tensor so that batching is indexing.
 
-An entry (or JSONL row) may also give ``"questions": [{"question": "Is {vector} a city?", "answer": "Yes."}]``:
-each pair is an example whose prompt is that question (``interpret.question``) and whose target is
-``answer + eos``; plain labels are the meaning question. ``Split.prompts`` says which prompt each example
+An entry (or JSONL row) may also give ``"questions": [{"question": "Is {vector} a city?", "answer": "Yes."}]``
+(optionally with ``"answer_prefix"``, the start of the answer that is prompt, not target): each pair is an
+example whose prompt is that question (``interpret.question``) and whose target is ``answer + eos``;
+plain labels are the meaning question. ``Split.prompts`` says which prompt each example
 uses (0: the SelfIE template, k: ``LabelledData.questions[k - 1]``); a file without questions gives None.
 Any bad input is reported as one SelfieError before training starts.
 """
@@ -30,6 +31,7 @@ import torch
 
 from ..errors import SelfieError
 from ..files import iter_jsonl, open_text, save_tensors
+from ..interpret.question import QuestionPrompt
 from ..models.tokens import end_of_turn_token
 from ..vectors.source import VectorSource
 from .config import DataConfig
@@ -62,7 +64,7 @@ class LabelledData:
     datasets: list[str]  # "name@lN" (or "name" when the layer is unknown)
     train: Split
     val: Split
-    questions: list[str] = field(default_factory=list)  # distinct questions, in order of first appearance
+    questions: list[QuestionPrompt] = field(default_factory=list)  # distinct prompts, in order of first appearance
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -79,7 +81,7 @@ class _Raw:
     splits: list[str]
     datasets: list[int]
     prompts: list[int] = field(default_factory=list)  # 0 = meaning, k = questions[k - 1]
-    questions: list[str] = field(default_factory=list)
+    questions: list[QuestionPrompt] = field(default_factory=list)
 
 
 def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.PathLike = ".") -> LabelledData:
@@ -228,8 +230,9 @@ def _add_entries(raw: _Raw, entries: list, offset: int, n: int, dataset: int, wh
             raw.prompts.append(prompt)
 
 
-def _question_pairs(given, where: str) -> list[tuple[str, str]]:
-    """An entry's ``questions``: a list of {"question": "... {vector} ...", "answer": "..."} (absent: none)."""
+def _question_pairs(given, where: str) -> list[tuple[QuestionPrompt, str]]:
+    """An entry's ``questions``: a list of {"question": "... {vector} ...", "answer": "..."} with an optional
+    "answer_prefix" (absent: none) → (prompt, answer) pairs."""
     if given is None:
         return []
     fix = 'a list of {"question": "Is {vector} a city?", "answer": "Yes."}'
@@ -237,17 +240,17 @@ def _question_pairs(given, where: str) -> list[tuple[str, str]]:
         raise SelfieError(f"{where}: 'questions' must be {fix}; got {given!r}")
     pairs = []
     for pair in given:
-        if not isinstance(pair, dict) or set(pair) != {"question", "answer"} or not all(
-                isinstance(v, str) for v in pair.values()):
+        if not isinstance(pair, dict) or not {"question", "answer"} <= set(pair) <= {
+                "question", "answer", "answer_prefix"} or not all(isinstance(v, str) for v in pair.values()):
             raise SelfieError(f"{where}: each of 'questions' must be {fix}; got {pair!r}")
         if "{vector}" not in pair["question"]:
             raise SelfieError(f"{where}: question {pair['question']!r} has no {{vector}}; put {{vector}} where the "
                               "vector goes")
-        pairs.append((pair["question"], pair["answer"]))
+        pairs.append((QuestionPrompt(pair["question"], pair.get("answer_prefix", "")), pair["answer"]))
     return pairs
 
 
-def _question_id(raw: _Raw, question: str) -> int:
+def _question_id(raw: _Raw, question: QuestionPrompt) -> int:
     if question not in raw.questions:
         raw.questions.append(question)
     return raw.questions.index(question) + 1

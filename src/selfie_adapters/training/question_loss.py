@@ -1,7 +1,7 @@
 """The training loss when examples ask different questions: one :class:`SelfieLoss` per prompt.
 
 Prompt 0 is the SelfIE template (plain labels = the meaning question); prompt k is the k-th question of
-the labels file, rendered as `selfie ask` renders it (``interpret.question.question_template``), with its
+the labels file (with its answer prefix), rendered as `selfie ask` renders it (``interpret.question.question_template``), with its
 own shared prefix cache. The loss is on the answer's tokens only, as for labels. A batch without
 question examples (``prompts`` None) is exactly the plain :class:`SelfieLoss` call.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..interpret.question import question_template
+from ..interpret.question import QuestionPrompt, question_template
 from ..interpret.template import PromptTemplate
 from .loss import SelfieLoss
 
@@ -24,10 +24,12 @@ class QuestionLoss:
     >>> loss_fn(soft, targets, lengths, prompts)     # (B, d), (B, L), (B,), (B,) → (B,)
     """
 
-    def __init__(self, model, tokenizer, template: PromptTemplate, questions: Sequence[str] = (),
+    def __init__(self, model, tokenizer, template: PromptTemplate, questions: Sequence[QuestionPrompt | str] = (),
                  **loss_kwargs) -> None:
-        self.template, self.questions = template, list(questions)
-        prompts = [template] + [question_template(tokenizer, q, template.injection_token) for q in self.questions]
+        self.template = template
+        self.questions = [q if isinstance(q, QuestionPrompt) else QuestionPrompt(q) for q in questions]
+        prompts = [template] + [question_template(tokenizer, q.question, template.injection_token, q.answer_prefix)
+                                for q in self.questions]
         self.losses = [SelfieLoss(model, tokenizer, p, **loss_kwargs) for p in prompts]
 
     def __call__(self, soft: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
