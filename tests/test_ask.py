@@ -58,7 +58,8 @@ def test_question_prompt_is_the_selfie_rendering(tokenizer):
     assert text == SELFIE_TEMPLATE
     q = question_template(tokenizer, "Are {vector} and {vector} alike?", INJECTION_TOKEN, answer_prefix="Yes, {vector}")
     ids, sites = q.encode(tokenizer)
-    assert len(sites) == 3 and q.text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nYes, " + INJECTION_TOKEN)
+    assert len(sites) == 3
+    assert q.text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nYes, " + INJECTION_TOKEN)
     chatml = make_chatml_tokenizer()  # another family: its own chat template, its own injection token
     token = derive_template(chatml).injection_token
     q = question_template(chatml, QUESTION_TEXT, token)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import SelfieError
 from .template import PromptTemplate, user_turn

@@ -4,8 +4,9 @@ Vectors, split and trainer are the concept experiment's (``concept_experiment``)
 asked "What colour is {vector}?" (and size, kind, place) about concepts no adapter saw: the untrained
 baseline (best scale of a sweep, chosen on the held-out set, which flatters it), an adapter trained on
 meaning labels only (the questions are zero-shot), and one trained on the labels plus question–answer
-pairs of the training concepts (free form, and the value after the choices' answer prefix). Scored two ways: choices (the attribute's values after the answer prefix
-``{vector} is``, teacher-forced, argmax) and free answers (greedy, the first attribute value named).
+pairs of the training concepts (free form, and the value after the choices' answer prefix). Scored two
+ways: choices (the attribute's values after the answer prefix ``{vector} is``, teacher-forced, argmax)
+and free answers (greedy, the first attribute value named).
 Probe speed: choices scored per second vs descriptions per second, same vectors, same run.
 """
 

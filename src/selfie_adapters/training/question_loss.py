@@ -1,9 +1,10 @@
 """The training loss when examples ask different questions: one :class:`SelfieLoss` per prompt.
 
 Prompt 0 is the SelfIE template (plain labels = the meaning question); prompt k is the k-th question of
-the labels file (with its answer prefix), rendered as `selfie ask` renders it (``interpret.question.question_template``), with its
-own shared prefix cache. The loss is on the answer's tokens only, as for labels. A batch without
-question examples (``prompts`` None) is exactly the plain :class:`SelfieLoss` call.
+the labels file (with its answer prefix), rendered as `selfie ask` renders it
+(``interpret.question.question_template``), with its own shared prefix cache. The loss is on the
+answer's tokens only, as for labels. A batch without question examples (``prompts`` None) is exactly the
+plain :class:`SelfieLoss` call.
 """
 
 from __future__ import annotations
