@@ -203,3 +203,13 @@ def test_question_and_choice_files_not_utf8(files, tiny_model_dir, tmp_path, cap
     code, _, err = run(capsys, *ask_args(files, tiny_model_dir, good, "--question", QUESTION_TEXT,
                                          "--choices-file", bad))
     assert code == 2 and "choices file" in err and good.read_bytes() == before
+
+
+def test_cli_choices_that_tokenise_identically_exit_2(tmp_path, capsys):
+    # the toy model's word-level tokenizer maps every unknown word to <|unk|>: two such choices are one
+    save_file({"v": torch.randn(2, 128)}, str(tmp_path / "v.safetensors"))
+    out = tmp_path / "p.jsonl"
+    code, _, err = run(capsys, "ask", "--model", "toy", "--vectors", tmp_path / "v.safetensors", "--question",
+                       "What colour is {vector}?", "--choices", "zzyzx", "qwrtp", "--scale", 3, "--out", out)
+    assert code == 2 and err.startswith("error: choices 'zzyzx' and 'qwrtp' tokenise identically"), err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -19,8 +19,8 @@ from pathlib import Path
 from ..engines.choice import check_engine
 from ..errors import SelfieError
 from ..runs.row_log import JsonlLog
-from .ask import KEY_FIELDS, row_key
-from .question import check_choices, check_questions
+from .ask import KEY_FIELDS, asking, row_key
+from .question import check_choices, check_questions, choice_token_ids
 from .resumable import DescribeRun, Progress, claim_run, open_engine
 
 ASK_REFUSES = {"relevancy": "--relevancy is a describe option (per-token relevancy of a description)"}
@@ -64,8 +64,18 @@ def ask_source(run: AskRun, out: str | os.PathLike, *, overwrite: bool = False,
     with claim_run(v, out, command="ask", key_fields=KEY_FIELDS, overwrite=overwrite,
                    extra_inputs=run.inputs()) as claimed:
         engine = open_engine(v, claimed.adapter, claimed.mean, claimed.model, claimed.tokenizer)
+        check_prompts(engine, run)
         write_answers(claimed.log, engine, claimed.vectors, claimed.indices, run, progress=progress)
     return Path(out)
+
+
+def check_prompts(engine, run: AskRun) -> None:
+    """Every question renders with the engine's injection token, and the choices tokenise apart after it:
+    checked once the tokenizer is there and before any row is computed."""
+    for q in run.questions:
+        view = asking(engine, q, run.answer_prefix)
+        if run.choices is not None:
+            choice_token_ids(engine.tokenizer, view.template.text, run.choices)
 
 
 def write_answers(log: JsonlLog, engine, vectors, indices: Sequence[int], run: AskRun,
