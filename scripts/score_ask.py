@@ -52,15 +52,31 @@ def balanced_accuracy(rows: list[dict], categories: list[str]) -> dict[tuple[str
     return {k: (tp / max(pos, 1) + tn / max(neg, 1)) / 2 for k, (tp, pos, tn, neg) in hits.items()}
 
 
+def auc(rows: list[dict], categories: list[str]) -> dict[tuple[str, float], float]:
+    """(question category, scale) → ROC AUC of p(Yes): does the probe rank the category's entities first,
+    whatever its threshold (ties count half)."""
+    groups: dict[tuple, tuple[list, list]] = defaultdict(lambda: ([], []))
+    which = {q: c for c, q in QUESTIONS.items()}
+    for r in rows:
+        c = which[r["question"]]
+        groups[(c, float(r["scale"]))][categories[r["index"]] != c].append(r["probs"][YES])
+    out = {}
+    for k, (pos, neg) in groups.items():
+        wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+        out[k] = wins / max(len(pos) * len(neg), 1)
+    return out
+
+
 def score(probes_file: str, heldout_file: str) -> None:
     rows = [json.loads(line) for line in Path(probes_file).read_text().splitlines()]
     categories = [e["category"] for e in json.loads(Path(heldout_file).read_text())]
-    acc = balanced_accuracy(rows, categories)
-    scales = sorted({s for _, s in acc})
-    print(f"{'scale':>7} " + " ".join(f"{c:>9}" for c in QUESTIONS) + f" {'mean':>7}")
-    for s in scales:
-        vals = [acc.get((c, s), float("nan")) for c in QUESTIONS]
-        print(f"{s:>7g} " + " ".join(f"{v:>9.3f}" for v in vals) + f" {sum(vals) / len(vals):>7.3f}")
+    for name, table in (("balanced accuracy of the argmax", balanced_accuracy(rows, categories)),
+                        ("AUC of p(Yes)", auc(rows, categories))):
+        print(name)
+        print(f"{'scale':>7} " + " ".join(f"{c:>9}" for c in QUESTIONS) + f" {'mean':>7}")
+        for s in sorted({s for _, s in table}):
+            vals = [table.get((c, s), float("nan")) for c in QUESTIONS]
+            print(f"{s:>7g} " + " ".join(f"{v:>9.3f}" for v in vals) + f" {sum(vals) / len(vals):>7.3f}")
 
 
 if __name__ == "__main__":
