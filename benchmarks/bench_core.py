@@ -79,7 +79,7 @@ def bench_describe_one(name: str, model, tok, vecs: torch.Tensor, scale: float) 
     from selfie_adapters import Interpreter
     from selfie_adapters.interpret.inject import embed_with_soft_tokens
 
-    interp = Interpreter(model, tok)  # label_end="last-quote": rows run to end-of-turn
+    interp = Interpreter(model, tok, label_end="last-quote")  # rows run to end-of-turn (the reference)
     quick = Interpreter(model, tok, label_end="first-quote")  # rows stop at the first quote token
     soft = interp.soft_tokens(vecs, scale)
     ids = torch.tensor([interp.prompt_ids] * len(vecs))

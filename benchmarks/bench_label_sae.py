@@ -101,7 +101,7 @@ class Bench:
         from selfie_adapters import Interpreter
 
         self.model, self.tok = model, tok
-        self.interp = Interpreter(model, tok, adapter)
+        self.interp = Interpreter(model, tok, adapter, label_end="last-quote")  # the reference, as `generate`
         self.scale = scale if scale is not None else (1.0 if adapter else round(embedding_norm(model), 3))
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.eos = sorted(self.interp.eos_ids)  # the reference stops at end-of-turn (and the token limit)
@@ -183,7 +183,7 @@ def vllm_engine(args, name: str, model, tok, adapter):
             tok.save_pretrained(folder)
     folder = folder or name
     try:
-        return VllmEngine(folder, adapter, dtype=args.dtype), None
+        return VllmEngine(folder, adapter, dtype=args.dtype, label_end="last-quote"), None
     except Exception as e:  # a GGUF model, a missing folder: say so, keep the other rows
         return None, f"vllm skipped: {type(e).__name__}: {e}"
 

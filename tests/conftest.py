@@ -20,6 +20,30 @@ from selfie_adapters.testing import (
 )
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# every in-process `main()` keeps that count (see selfie_adapters.threads): results stay comparable bit for bit
+os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+
+
+@pytest.fixture(autouse=True)
+def no_load_notices(monkeypatch):
+    """The CLI's "loading MODEL…" line appears when a load takes SLOW_LOAD_S; on a busy machine even a
+    tiny model may, so in-process CLI tests turn it off (tests/test_model_names.py turns it on)."""
+    from selfie_adapters.cli import display
+
+    monkeypatch.setattr(display, "SLOW_LOAD_S", float("inf"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests never write to the user's cache (dequantised GGUF models, topic indexes): SELFIE_CACHE points
+    at a temp folder for the whole session, subprocesses included."""
+    before = os.environ.get("SELFIE_CACHE")
+    os.environ["SELFIE_CACHE"] = str(tmp_path_factory.mktemp("selfie-cache"))
+    yield
+    if before is None:
+        os.environ.pop("SELFIE_CACHE", None)
+    else:
+        os.environ["SELFIE_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

@@ -65,3 +65,24 @@ def test_cli_hides_hf_progress_bars_only_while_it_runs(capsys):
     hf_logging.enable_progress_bar()
     assert run(capsys, "nosuch")[0] == 2
     assert hf_logging.is_progress_bar_enabled()
+
+
+@pytest.mark.parametrize("command", [["describe"], ["extract"], ["train"], ["eval", "generation"],
+                                     ["labels", "export"], ["serve"], ["experiment", "topics"]])
+def test_help_fits_80_columns_with_room_for_the_text(command, capsys, monkeypatch):
+    """At 80 columns each option's help keeps at least 40 characters a line, no option line runs past
+    80, and --scale says its default."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0
+    options = out.split("\nOptions:\n", 1)[1].splitlines()
+    assert all(len(line) <= 80 for line in options), [line for line in options if len(line) > 80]
+    # the help column starts where the first option's text does (click: after the option names)
+    first = next(line for line in options if line.startswith("  --"))
+    name_end = first.index("  ", 4)
+    column = len(first) - len(first[name_end:].lstrip())
+    assert 80 - column >= 40, first
+    if command == ["describe"]:
+        text = "\n".join(options)
+        scale = text[text.index("  --scale"):text.index("  --vectors")]
+        assert "default: 1 with an adapter" in " ".join(scale.split())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from selfie_adapters.cli import main
+from selfie_adapters.files import save_tensors
 from selfie_adapters.toy import TOY_DIR
 
 pytestmark = [pytest.mark.skipif(not (TOY_DIR / "world.json").exists(), reason="toy weights missing"),
@@ -28,6 +29,9 @@ def test_demo_writes_report_and_figure(demo_run):
     for m in report["kinds"].values():
         assert {"heldout_recall_at_1", "attribute_accuracy", "val_loss"} <= set(m)
     assert {"heldout_recall_at_1", "scale"} <= set(report["baseline"]) and report["seconds"] > 0
+    # the nearest training concept's label names another concept (split by concept): recall 0 by construction
+    assert report["nearest"]["heldout_recall_at_1"] == 0.0 and 0 < report["nearest"]["attribute_accuracy"] <= 1
+    assert len((out / "descriptions" / "nearest.jsonl").read_text().splitlines()) == 100
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert len(report["heldout"]) == 100  # 20% of 500 concepts, split by concept
 
@@ -58,3 +62,17 @@ def test_training_lowers_heldout_val_loss(demo_run):
 def test_demo_rejects_unknown_kind(capsys):
     assert main(["demo", "--kind", "bogus"]) == 2
     assert "unknown adapter kind(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_demo_adapters_name_the_model_portably(demo_run):
+    """The adapters record the model as `toy` (loadable on any machine), not as a path inside this clone."""
+    from selfie_adapters import load_adapter
+
+    _, out = demo_run
+    finals = sorted((out / "runs").glob("*/final.safetensors"))
+    assert finals and {load_adapter(f).model_name for f in finals} == {"toy"}
+    vectors = out / "two.safetensors"
+    torch.manual_seed(0)
+    save_tensors({"v": torch.randn(2, 128)}, vectors)
+    assert main(["describe", "--model", "toy", "--adapter", str(finals[0]), "--vectors", str(vectors),
+                 "--max-new-tokens", "4", "--out", str(out / "two.jsonl")]) == 0  # the guard accepts "toy"

@@ -54,6 +54,68 @@ def test_delphi_folder_as_delphi_reads_it(tmp_path, capsys):
     assert "neuronpedia or delphi" in capsys.readouterr().err
 
 
+def _described(tmp_path, inputs: dict | None, about: dict | None = None):
+    """DESCRIBED as `selfie describe` leaves it: the rows and (unless ``inputs`` is None) their record."""
+    from selfie_adapters.runs.outputs import Record
+
+    src = tmp_path / "labels.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in DESCRIBED))
+    if inputs is not None:
+        Record(src, "describe").write(inputs, about)
+    return src
+
+
+SMOLLM_INPUTS = {"model": {"hub_id": "smollm2-135m-instruct"}, "adapter": None, "key": "layer_18", "sae": None,
+                 "layer": None}
+
+
+def test_export_names_come_from_the_rows_settings_record(tmp_path, capsys):
+    """Rows of SmolLM2 at layer 18 (untrained) are exported as such, not as Llama-3.1-8B layer 19."""
+    src = _described(tmp_path, SMOLLM_INPUTS, {"model": "smollm2-135m-instruct", "adapter": None})
+    assert main(["labels", "export", str(src), "--out", str(tmp_path / "np.json")]) == 0
+    rows = json.loads((tmp_path / "np.json").read_text())
+    assert {(r["modelId"], r["layer"], r["explanationModelName"]) for r in rows} == {
+        ("smollm2-135m-instruct", "18-resid-post", "selfie-untrained")}
+    assert main(["labels", "export", str(src), "--format", "delphi", "--out", str(tmp_path / "ex")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["layers.18_latent3.txt", "layers.18_latent7.txt"]
+    assert "placeholder" not in capsys.readouterr().err  # nothing was invented
+
+
+def test_export_names_of_the_published_setup(tmp_path):
+    """Goodfire SAE latents on Llama-3.1-8B-Instruct with a published adapter: Neuronpedia's own names."""
+    from selfie_adapters.labels.naming import export_settings
+
+    inputs = {**SMOLLM_INPUTS, "model": {"hub_id": "meta-llama/Llama-3.1-8B-Instruct"}, "key": None,
+              "adapter": {"sha256": "0"}, "sae": "goodfire-llama-3.1-8b-instruct/layer_19"}
+    about = {"model": "meta-llama/Llama-3.1-8B-Instruct", "adapter": "repo/x/goodfire-sae-scalar-affine.safetensors"}
+    settings = export_settings(_described(tmp_path, inputs, about))
+    assert settings.values == {"model_id": "llama3.1-8b-it", "source": "19-resid-post-gf",
+                               "explanation_model": "goodfire-sae-scalar-affine", "module": "layers.19"}
+    assert settings.invented == {}
+
+
+def test_export_says_which_fields_it_invented_and_flags_override(tmp_path, capsys):
+    src = _described(tmp_path, None)  # rows without their settings record
+    assert main(["labels", "export", str(src), "--out", str(tmp_path / "np.json")]) == 0
+    err = capsys.readouterr().err
+    for field, flag in (("model_id", "--model-id"), ("source", "--source"), ("explanation_model",
+                                                                             "--explanation-model")):
+        assert f"note: {field} " in err and flag in err, err
+    assert "no settings record labels.jsonl.settings.json" in err
+    rows = json.loads((tmp_path / "np.json").read_text())
+    assert rows[0]["modelId"] == "unknown-model" and rows[0]["layer"] == "unknown-layer"
+    assert main(["labels", "export", str(src), "--out", str(tmp_path / "np.json"), "--model-id", "gemma-2-2b",
+                 "--source", "12-res-16k", "--explanation-model", "mine"]) == 0
+    assert "placeholder" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "np.json").read_text())[0]["modelId"] == "gemma-2-2b"
+    # a record that does not say the layer (a plain tensor file): only that is invented
+    src = _described(tmp_path, {**SMOLLM_INPUTS, "key": None})
+    assert main(["labels", "export", str(src), "--format", "delphi", "--out", str(tmp_path / "ex")]) == 0
+    err = capsys.readouterr().err
+    assert "note: module 'layers.unknown' is a placeholder (the settings record does not say)" in err
+    assert "model_id" not in err
+
+
 def test_neuronpedia_export_trains_as_labels(tmp_path, capsys):
     """A Neuronpedia export (its S3 shape: id, authorId, index as a string, ...) → training labels."""
     from selfie_adapters.testing import toy_tokenizer

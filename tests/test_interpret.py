@@ -150,7 +150,7 @@ def test_sampling_seeded_and_independent_of_batch(tiny_model, tokenizer):
     assert [d.key for d in a] == [(i, 5.0, k) for i in range(3) for k in range(2)]
 
 
-def _forced_describe(model, tokenizer, target: list[int], **kw):
+def _forced_describe(model, tokenizer, target: list[int], max_new_tokens: int | None = 30, **kw):
     """Describe one random vector while the LM head is forced to emit ``target`` token by token."""
     interp = Interpreter(model, tokenizer, **kw)
     step = {"i": 0}
@@ -163,7 +163,7 @@ def _forced_describe(model, tokenizer, target: list[int], **kw):
 
     h = model.lm_head.register_forward_hook(force)
     try:
-        return interp.describe(torch.randn(1, 64), scales=[1.0], max_new_tokens=30)[0]
+        return interp.describe(torch.randn(1, 64), scales=[1.0], max_new_tokens=max_new_tokens)[0]
     finally:
         h.remove()
 
@@ -175,7 +175,7 @@ def test_label_is_text_before_the_last_quote_generated_to_end_of_turn(tiny_model
     """Reference default (strip_last_quote): run to <|eot_id|>, cut at the last quote."""
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     target = tokenizer(QUOTED, add_special_tokens=False)["input_ids"] + [eot]
-    d = _forced_describe(tiny_model, tokenizer, target)
+    d = _forced_describe(tiny_model, tokenizer, target, label_end="last-quote")
     assert d.text == QUOTED and d.closed
     assert d.label == 'Use of "takes place" in text.'
     assert d.logprob == pytest.approx(0.0, abs=1e-3)
@@ -187,7 +187,7 @@ def test_label_drops_special_tokens_as_the_reference_decodes_but_text_keeps_them
     special = tokenizer.convert_tokens_to_ids("<|reserved_special_token_5|>")
     words = tokenizer(" a red", add_special_tokens=False)["input_ids"]
     rest = tokenizer(' fruit"', add_special_tokens=False)["input_ids"]
-    d = _forced_describe(tiny_model, tokenizer, words + [special] + rest + [eot])
+    d = _forced_describe(tiny_model, tokenizer, words + [special] + rest + [eot], label_end="last-quote")
     assert d.text == ' a red<|reserved_special_token_5|> fruit"' and d.closed
     assert d.label == "a red fruit"
 
@@ -201,6 +201,40 @@ def test_first_quote_label_end_stops_early_and_cuts_at_the_first_quote(tiny_mode
     d = _forced_describe(tiny_model, tokenizer, target, label_end="first-quote")
     assert d.text == tokenizer.decode(target[:first + 1]) and d.closed  # the row left at the first quote
     assert d.label == "Use of"
+
+
+RAMBLE = ' déjà vu" in French. It is a French phrase that means "already seen" and'  # SmolLM2, untrained
+
+
+def test_untrained_baseline_stops_at_the_first_quote_adapters_at_end_of_turn(tiny_model, tokenizer):
+    """label_end "auto": a model never trained to stop closes the quote and explains on (it would reach
+    end-of-turn late or never, and its last quote lies in the explanation); a trained adapter ends
+    with quote + end-of-turn, so its labels may hold quotes (the reference)."""
+    from selfie_adapters.models.tokens import stop_token_ids
+
+    target = tokenizer(RAMBLE, add_special_tokens=False)["input_ids"]
+    d = _forced_describe(tiny_model, tokenizer, target)
+    assert d.label == "déjà vu" and d.closed and d.text == ' déjà vu"'
+    quotes = stop_token_ids(tokenizer)
+    assert quotes <= set(Interpreter(tiny_model, tokenizer).stop_ids)
+    adapter = Adapter(build_projection("scalar_affine", 64, init_scale=2.0), {"model_name": "tiny-llama"})
+    trained = Interpreter(tiny_model, tokenizer, adapter)
+    assert trained.label_end == "last-quote" and not quotes & set(trained.stop_ids)
+    assert Interpreter(tiny_model, tokenizer, label_end="last-quote").label_end == "last-quote"  # a choice stays
+
+
+def test_max_new_tokens_defaults_to_the_model_familys(tiny_model, tokenizer):
+    """Llama-3 (<|eot_id|>): the reference's 40; ChatML (<|im_end|>, SmolLM2) and others: 24."""
+    from selfie_adapters.interpret.label_text import family_max_new_tokens
+    from selfie_adapters.testing import make_chatml_tokenizer
+
+    assert Interpreter(tiny_model, tokenizer).default_max_new_tokens == 40
+    assert Interpreter(tiny_model, make_chatml_tokenizer()).default_max_new_tokens == 24
+    assert (family_max_new_tokens("<|eot_id|>"), family_max_new_tokens("<|im_end|>"),
+            family_max_new_tokens("<end_of_turn>"), family_max_new_tokens(None)) == (40, 24, 24, 24)
+    never = tokenizer(" a red fruit" * 20, add_special_tokens=False)["input_ids"]  # no quote, no end of turn
+    d = _forced_describe(tiny_model, tokenizer, never, max_new_tokens=None)
+    assert not d.closed and len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) == 40
 
 
 def test_label_without_a_quote_is_the_whole_text_and_unclosed(tiny_model, tokenizer):
@@ -315,8 +349,33 @@ def test_label_spread_flags_a_few_dominant_labels_only():
 
     collapsed = label_spread(["Bangalore"] * 75 + ["Osaka", "Swahili"] + [f"x{i}" for i in range(85)])
     assert collapsed.collapsed and collapsed.top[0] == ("Bangalore", 75) and collapsed.distinct == 88
-    assert "162 inputs, 88 distinct labels; most frequent: 'Bangalore' ×75 (46%)" in collapsed.summary()
+    assert collapsed.summary() == "162 inputs, 88 distinct labels; most frequent: 'Bangalore' ×75 (46%)"
     assert label_spread(["a", "a", "b", "c", "a", "d"]).collapsed  # 'a' on half of them
     assert not label_spread(["a", "b", "c", "d"]).collapsed  # all distinct: no label dominates
     assert not label_spread([f"x{i}" for i in range(20)] + ["x0"]).collapsed
     assert not label_spread(["a", "a", "a"]).collapsed  # too few inputs to judge
+
+
+def test_spread_summary_is_one_short_line():
+    """The counts and the top label cut to 40 characters — not three whole 40-token labels."""
+    from selfie_adapters.interpret.label_text import label_spread
+
+    long = ['non-specific" or "non-specific." It refers to a concept or idea that is not specific to a '
+            f"particular entity {i}" for i in range(3)]
+    line = label_spread([long[0], long[0], long[1], long[2]]).summary()
+    assert line == "4 inputs, 3 distinct labels; most frequent: 'non-specific\" or \"non-specific.\" It ref…' ×2 (50%)"
+    assert len(line) < 100 and long[1][:40] not in line
+
+
+@pytest.mark.parametrize("adapter, says, never", [(True, "the adapter may have collapsed", "untrained"),
+                                                  (False, "the untrained model says much the same", "adapter")])
+def test_spread_warning_speaks_of_what_exists(capsys, adapter, says, never):
+    from selfie_adapters.cli.core import print_label_spreads
+    from selfie_adapters.interpret.label_text import label_spread
+
+    print_label_spreads({1.0: label_spread(["The"] * 6 + ["A", "B"]), 2.0: label_spread("abcdefgh")}, adapter)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("scale 1: 8 inputs, 3 distinct labels; most frequent: 'The' ×6 (75%)")
+    warning = [line for line in lines if line.startswith("warning:")]
+    assert len(warning) == 1 and warning[0].startswith("warning: scale 1: a few labels dominate (3 distinct for 8")
+    assert says in warning[0] and never not in warning[0]

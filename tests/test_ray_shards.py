@@ -46,9 +46,9 @@ def cli_describe(vectors_file: Path, out: Path, *, scales=(), samples=1, tempera
     """`selfie describe` in this process with one torch thread, as each CPU worker runs."""
     args = ["describe", "--model", "toy", "--vectors", str(vectors_file), "--out", str(out), "--batch-size",
             str(BATCH), "--max-new-tokens", str(NEW_TOKENS), "--samples", str(samples), "--temperature",
-            str(temperature), *[a for s in scales for a in ("--scale", str(s))]]
+            str(temperature), *[a for s in scales for a in ("--scale", str(s))],
+            "--threads", "1"]  # CPU matmuls round differently with other thread counts (last bits of logprob)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # CPU matmuls round differently with other thread counts (last bits of logprob)
     try:
         assert main(args) == 0
     finally:

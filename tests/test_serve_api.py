@@ -260,6 +260,15 @@ def test_cli_serve_binds_loopback_and_passes_the_token(monkeypatch, capsys):
     assert "without --token" in capsys.readouterr().err
 
 
+def test_max_new_tokens_defaults_to_the_model_familys(toy):
+    """A request without max_new_tokens gets the family's bound (the toy model closes turns with <|eot_id|>:
+    the Llama-3 family, 40), as `selfie describe` does; one with it keeps its own."""
+    model, tok, adapter = toy
+    service = Service(model, tok, adapter)
+    assert service.settings("adapter", max_new_tokens=None).max_new_tokens == 40
+    assert service.settings("baseline", max_new_tokens=7).max_new_tokens == 7
+
+
 # ---------------------------------------------------------------- /ask
 
 ASK = "What colour is {vector}?"

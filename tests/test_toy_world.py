@@ -104,3 +104,36 @@ def test_committed_model_answers_tell_me_about():
     got = greedy_answers(model, tok, [q for q, _ in pairs])
     assert got == [a for _, a in pairs]
     assert tok.padding_side == "right"  # the caller's tokenizer is left as it was
+
+
+def test_demo_tables_fit_80_columns_one_line_per_row(tmp_path):
+    """`selfie demo`'s tables at 80 columns: every row on one line, names whole, long labels cut with …"""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from selfie_adapters.cli.demo import examples_table, metrics_table
+
+    names = ["Draistoth", "Sedrair", "Droustuk"]
+    long = "Droustuk, a large green horse from Ostrin and a rather long tail of words"
+    labels = {"untrained": ["The meaning, a tiny purple lamp from Belgar"] * 3,
+              "full_rank": ["Draistoth, a tiny blue bird from Morrow", "Sedrair", long]}
+    paths = {}
+    for kind, rows in labels.items():
+        paths[kind] = tmp_path / f"{kind}.jsonl"
+        paths[kind].write_text("".join(json.dumps({"id": n, "label": lab}) + "\n" for n, lab in zip(names, rows)))
+    kinds = {k: {"heldout_recall_at_1": r, "attribute_accuracy": 0.9, "val_loss": 0.05, "num_parameters": p}
+             for k, r, p in [("scalar_affine_plus_low_rank", 0.84, 4225), ("full_rank", 0.96, 16512)]}
+    report = {"kinds": kinds, "heldout": names, "layer": 1, "seconds": 80.0,
+              "baseline": {"scale": 0.221, "heldout_recall_at_1": 0.0, "attribute_accuracy": 0.07},
+              "descriptions": {k: str(p) for k, p in paths.items()}}
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(examples_table(report, 12))
+    console.print(metrics_table(report))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = {name: [line for line in lines if line.startswith(name + " ")] for name in [*names, *kinds]}
+    assert all(len(found) == 1 for found in rows.values()), rows
+    assert all(rows[n][0].rstrip().endswith(("yes", "no")) for n in names)
+    assert "…" in rows["Droustuk"][0] and long not in rows["Droustuk"][0]

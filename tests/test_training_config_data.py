@@ -209,3 +209,14 @@ def test_sources_checked_before_any_model_loads(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sae_lens", None)
     with pytest.raises(SelfieError, match=r"needs sae-lens: pip install 'selfie-adapters\[sae\]'"):
         train(cfg(labels_file="labels.json", vectors_file="sae-lens:r/layer_19"))
+
+
+def test_example_config_loads_and_names_no_path_of_one_machine():
+    """The shipped example runs on any clone: its files are relative (read from the run folder, else the
+    config's) and it parses with the current schema."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "goodfire-l19-scalar-affine.yaml"
+    cfg = load_config(str(example))
+    assert not Path(cfg.data.labels_file).is_absolute() and "/work/" not in example.read_text()
+    assert cfg.data.labels_file == "goodfire-llama-3.1-8b-instruct-l19-labels.json.gz"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import SelfieError
+from .kind_names import KIND_NAMES
 
 PROJECTIONS: dict[str, type[Projection]] = {}
 NORM_EPS = 1e-8
@@ -22,7 +23,10 @@ INIT_FACTOR = 0.01  # default low_rank_init_factor
 
 
 def register(cls: type[Projection]) -> type[Projection]:
-    """Class decorator: add an adapter kind to the registry under ``cls.kind``."""
+    """Class decorator: add an adapter kind to the registry under ``cls.kind`` (named in ``kind_names``)."""
+    if KIND_NAMES.get(cls.kind) is not cls.trainable:
+        raise TypeError(f"adapter kind {cls.kind!r} (trainable={cls.trainable}) is not listed so in "
+                        "adapters/kind_names.py KIND_NAMES; add it there too")
     PROJECTIONS[cls.kind] = cls
     return cls
 
@@ -175,6 +179,10 @@ class FullRank(Projection):
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.float().T + self.bias.float()
+
+
+if list(PROJECTIONS) != list(KIND_NAMES):  # same kinds, same order: CLI help lists what exists
+    raise TypeError(f"adapters/kind_names.py lists {list(KIND_NAMES)} but kinds.py registers {list(PROJECTIONS)}")
 
 
 def trainable_kinds() -> tuple[str, ...]:

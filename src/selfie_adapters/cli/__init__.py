@@ -11,6 +11,7 @@ import typer
 from ..errors import SelfieError
 from . import (
     ask,  # noqa: F401  (registers commands)
+    baseline,  # noqa: F401
     compat,  # noqa: F401
     core,  # noqa: F401
     demo,  # noqa: F401
@@ -21,6 +22,7 @@ from . import (
     train,  # noqa: F401
 )
 from .app import app, eval_app
+from .display import load_notices
 
 __all__ = ["app", "eval_app", "main"]
 
@@ -56,16 +58,27 @@ def _is_number(s: str) -> bool:
 
 @contextmanager
 def hf_progress_bars_off() -> Iterator[None]:
-    """Only the CLI's own progress bars while a command runs; the caller's setting is restored after."""
-    from transformers.utils import logging as hf_logging
+    """Only the CLI's own progress bars while a command runs; the caller's setting is restored after.
 
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    transformers takes its switch from huggingface_hub's when it is first imported, so setting the
+    hub's switch here covers a transformers that only the command imports (and keeps `--help` light).
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    hub_was_on = not are_progress_bars_disabled()
+    was_on = hf_logging.is_progress_bar_enabled() if hf_logging is not None else hub_was_on
+    disable_progress_bars()
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if was_on:
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if was_on and hf_logging is not None:
             hf_logging.enable_progress_bar()
+        if hub_was_on:
+            enable_progress_bars()
 
 
 def os_error_message(e: OSError) -> str:
@@ -80,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        with hf_progress_bars_off():
+        with hf_progress_bars_off(), load_notices():
             result = command.main(args=argv, prog_name="selfie", standalone_mode=False)
     except SelfieError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -95,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: an input is not valid UTF-8 text (byte {e.start}); re-save it as UTF-8", file=sys.stderr)
         return 2
     except typer.TyperException as e:  # typer >= 0.29 vendors click: usage errors derive from this
-        if e.format_message():  # empty when a bare group already printed its help
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group: its help (the message) is the answer
+            print(e.format_message())
+        elif e.format_message():
             print(f"error: {e.format_message()}", file=sys.stderr)
         return 2
     except typer.Abort:

@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 
 from ..errors import SelfieError
+from ..threads import configure_threads
 from .app import app
+from .checks import check_model_name
 from .options import (
     AllowMismatchOpt,
     DeviceOpt,
@@ -17,6 +19,7 @@ from .options import (
     InjectLayerOpt,
     ModelOpt,
     TemplateOpt,
+    ThreadsOpt,
     parse_indices,
 )
 
@@ -61,6 +64,7 @@ def ask(
     engine: str = typer.Option("hf", help="hf, or vllm for free answers (no --choices, no --inject-layer)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out instead of resuming it."),
     ray: str | None = typer.Option(None, help="Not supported by ask yet (refused): run without --ray."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Ask vectors a question; writes one JSONL row per (question, vector, scale, sample).
 
@@ -70,6 +74,8 @@ def ask(
     The soft token (adapter, or untrained with --scale) replaces each {vector}; --template/--injection-token
     choose the injection token as for describe. Without --choices the model answers freely to end-of-turn.
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
     from ..interpret.ask_run import AskRun, ask_source
     from ..interpret.question import check_choices, check_questions, read_lines
     from ..interpret.resumable import DescribeRun

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..errors import SelfieError
 from ..interpret.template import INJECTION_TOKEN, PromptTemplate
 
@@ -46,6 +44,8 @@ def check_device(device: str | None) -> None:
     """A device torch knows and this machine has (e.g. --device cuda on a CPU-only machine is refused)."""
     if device is None:
         return
+    import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
@@ -60,6 +60,14 @@ def check_device(device: str | None) -> None:
         raise SelfieError(f"--device {device}: MPS is not available on this machine; use --device cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise SelfieError(f"--device {device}: unsupported device type {dev.type!r}; use cpu, cuda or mps")
+
+
+def check_model_name(model: str) -> None:
+    """A ``--model`` that names no model (a mistyped catalogue name, a missing folder or .gguf) fails
+    here, before the command imports torch (``models/catalogue.py`` is light)."""
+    from ..models.catalogue import resolve_model
+
+    resolve_model(model)
 
 
 def check_template(template: str | None, injection_token: str | None) -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..compat.convert import convert
-from ..labels.formats import EXPORT_FORMATS, EXPORT_SETTINGS, export_format
+from ..labels.formats import EXPORT_FORMATS, export_format
 from .app import app
 
 
@@ -24,8 +23,11 @@ def convert_command(
 ) -> None:
     """Convert a reference-implementation file (read with weights_only=True).
 
+    \b
     Example: selfie convert checkpoints/run_step_500.pt --out runs/goodfire-sa
     """
+    from ..compat.convert import convert
+
     result = convert(source, out, layer=layer, overrides=set_)
     for path in result.paths:
         print(f"wrote {path}")
@@ -43,26 +45,37 @@ def labels_export(
     rows: Path = typer.Argument(..., help="`selfie describe` output (JSONL: index, label, scale, ...)."),
     out: Path = typer.Option(..., help="neuronpedia: a .json / .jsonl / .jsonl.gz file; delphi: a folder."),
     format_: str = typer.Option("neuronpedia", "--format", metavar="|".join(EXPORT_FORMATS), help=FORMAT_HELP),
-    model_id: str = typer.Option(EXPORT_SETTINGS["model_id"], help="Neuronpedia modelId."),
-    source: str = typer.Option(EXPORT_SETTINGS["source"], help="Neuronpedia source id (its 'layer' field)."),
-    explanation_model: str = typer.Option(EXPORT_SETTINGS["explanation_model"],
-                                          help="Neuronpedia explanationModelName (e.g. the "
-                                          "adapter's name)."),
-    module: str = typer.Option(EXPORT_SETTINGS["module"],
-                               help="delphi module name: files are {module}_latent{index}.txt."),
+    model_id: str | None = typer.Option(None, help="Neuronpedia modelId (default: from the rows' settings "
+                                        "record, e.g. llama3.1-8b-it)."),
+    source: str | None = typer.Option(None, help="Neuronpedia source id, its 'layer' field (default: from the "
+                                      "record, e.g. 19-resid-post-gf)."),
+    explanation_model: str | None = typer.Option(None, help="Neuronpedia explanationModelName (default: the "
+                                                 "adapter's file name, or selfie-untrained)."),
+    module: str | None = typer.Option(None, help="delphi module: files are {module}_latent{index}.txt "
+                                      "(default: layers.L, L from the record)."),
 ) -> None:
     """Write labels as Neuronpedia explanation rows or a delphi explanations folder.
 
+    The model, layer and adapter come from ROWS.settings.json (written by `selfie describe` beside the
+    rows); a flag overrides them; a field neither gives is a placeholder, named on stderr.
+
+    \b
     Example: selfie labels export labels.jsonl --format neuronpedia --out explanations.json
     """
     from ..errors import SelfieError
     from ..files import read_jsonl
+    from ..labels.naming import export_settings
+    from .display import console
 
     data = read_jsonl(rows, what="labels")
     if any("index" not in r for r in data):
         raise SelfieError(f"{rows}: every row needs 'index' and 'label' (as `selfie describe` writes)")
     fmt = export_format(format_)
-    paths = fmt.write(data, out, model_id=model_id, source=source, explanation_model=explanation_model, module=module)
+    flags = {"model_id": model_id, "source": source, "explanation_model": explanation_model, "module": module}
+    settings = export_settings(rows, {k: v for k, v in flags.items() if v is not None})
+    for line in settings.invented_lines(fmt.fields):
+        console.print(line, style="yellow", highlight=False, soft_wrap=True)
+    paths = fmt.write(data, out, **settings.values)
     print(f"wrote {len(paths)} explanations to {out}" if fmt.folder else f"wrote {paths[0]}")
 
 
@@ -77,6 +90,7 @@ def labels_import(
 ) -> None:
     """Turn Neuronpedia explanations into training labels (vectors from data.vectors_file, e.g. an SAE).
 
+    \b
     Example: selfie labels import explanations.jsonl.gz --layer 19 --out labels.json
     """
     from ..files import write_json

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..adapters.artifact import load_adapter
 from ..engines.choice import ENGINES
-from ..files import read_jsonl
-from ..interpret.label_text import LabelSpread
-from ..interpret.resumable import DescribeRun, describe_source, label_spreads
-from ..labels.formats import export_model_name, parse_export, parse_export_settings, write_exports
-from ..vectors.chunked import extract_to_file, mean_to_file
-from ..vectors.rows import skipped_note
-from ..vectors.source import VectorSource
+from ..threads import configure_threads
 from .app import app
-from .checks import check_device, check_sampling, check_scales, check_template
+from .checks import check_device, check_model_name, check_sampling, check_scales, check_template
 from .display import console, progress_hook
 from .options import (
     LABEL_END_HELP,
@@ -30,8 +23,13 @@ from .options import (
     LabelEnd,
     ModelOpt,
     TemplateOpt,
+    ThreadsOpt,
     parse_indices,
 )
+
+if TYPE_CHECKING:  # the commands import the library inside, so `selfie --help` starts without torch
+    from ..interpret.label_text import LabelSpread
+    from ..vectors.source import VectorSource
 
 VECTORS_HELP = ("Vector source: FILE (.safetensors / .pt / .npy, shape (N, d)), FILE#KEY (one tensor of several), "
                 "sae-lens:RELEASE/ID or a local SAE .safetensors (SAE decoder rows: every latent, or --features; "
@@ -43,8 +41,11 @@ def inspect(adapter: str = typer.Argument(..., help="Adapter file (.safetensors 
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """Show an adapter's kind, model, dimension, parameter count and metadata.
 
+    \b
     Example: selfie inspect goodfire-sae-scalar-affine.safetensors --json
     """
+    from ..adapters.artifact import load_adapter
+
     info = load_adapter(adapter).summary()
     if as_json:
         print(json.dumps(info))
@@ -59,7 +60,8 @@ def describe(
     model: ModelOpt,
     out: Path = typer.Option(..., help="Output JSONL; re-running with the same file resumes."),
     adapter: str | None = typer.Option(None, help="Adapter file or hub reference; none = untrained baseline."),
-    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s); repeat to sweep."),
+    scale: list[float] | None = typer.Option(None, help="Soft-token scale(s); repeat to sweep (default: 1 with an "
+                                             "adapter; the sweep 0.5 0.8 1.3 2.1 3.4 5.5 without)."),
     vectors: str | None = typer.Option(None, help=VECTORS_HELP),
     key: str | None = typer.Option(None, help="Tensor name inside the vectors file (same as FILE#KEY)."),
     sae_release: str | None = typer.Option(None, help="Old spelling of --vectors sae-lens:RELEASE/ID."),
@@ -75,7 +77,8 @@ def describe(
                                              "mean-vectors.safetensors or a reference ..._l{L}_mean.pt."),
     layer: int | None = typer.Option(None, help="Layer L of --prompts and of the layer_{L} mean to subtract."),
     samples: int = typer.Option(1, min=1, help="Descriptions per vector and scale."),
-    max_new_tokens: int = typer.Option(40, min=1),
+    max_new_tokens: int | None = typer.Option(None, min=1, help="Tokens per description (default: the model "
+                                              "family's: 40 for Llama-3, 24 for ChatML and others)."),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0),
     seed: int = typer.Option(0),
@@ -85,7 +88,7 @@ def describe(
     injection_token: InjectionTokenOpt = None,
     allow_model_mismatch: AllowMismatchOpt = False,
     relevancy: bool = typer.Option(False, help="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|."),
-    label_end: LabelEnd = typer.Option(LabelEnd("last-quote"), help=LABEL_END_HELP),
+    label_end: LabelEnd = typer.Option(LabelEnd("auto"), help=LABEL_END_HELP),
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     engine: str = typer.Option("hf", help=f"Generation backend: {' or '.join(ENGINES)}. vllm: a safetensors folder "
@@ -104,9 +107,11 @@ def describe(
                                                 "source (Neuronpedia), explanation_model, module (delphi)."),
     shard_vectors: int | None = typer.Option(None, min=1, help="With --ray: vectors per shard (rounded to whole "
                                              "batches; default: at most 256)."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Describe vectors in words; writes one JSONL row per (vector, scale, sample).
 
+    \b
     Example: selfie describe --model meta-llama/Llama-3.1-8B-Instruct
       --adapter keenanpepper/selfie-adapters-llama-3.1-8b-instruct/goodfire-sae-scalar-affine.safetensors
       --vectors sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --features 0-99 --out labels.jsonl
@@ -116,6 +121,14 @@ def describe(
     adapters). Zero rows (dead latents) are skipped and listed in OUT.skipped.json; --export writes the
     finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
+    from ..files import read_jsonl
+    from ..interpret.resumable import DescribeRun, describe_source, label_spreads
+    from ..labels.formats import parse_export, parse_export_settings, write_exports
+    from ..labels.naming import export_settings
+    from ..vectors.rows import skipped_note
+
     # Flag values are checked here, the rest by describe_source, all before the model loads.
     scales = check_scales(scale)
     check_sampling(temperature, top_p)
@@ -123,7 +136,7 @@ def describe(
     check_template(template, injection_token)
     source = _source_from_options(vectors, key, sae_release, sae_id)
     exports = [parse_export(spec) for spec in export or ()]
-    export_settings = parse_export_settings(export_set or (), explanation_model=export_model_name(adapter))
+    export_overrides = parse_export_settings(export_set or ())
     rows = parse_indices(features, "--features") if features and source is not None else None
     run = DescribeRun(model=model, source=source, features=rows,
                       prompts=prompts, layer=layer, chat=chat, adapter=adapter, mean_vectors=mean_vectors,
@@ -138,31 +151,41 @@ def describe(
         else:
             from ..engines.ray_shards import describe_sharded
 
-            describe_sharded(run, out, address=ray, num_workers=workers,
+            describe_sharded(run, out, address=ray, num_workers=workers, threads=threads,  # per worker
                              shard_vectors=shard_vectors, overwrite=overwrite, progress=progress)
     console.print(f"wrote {out}", highlight=False)
     if (note := skipped_note(out)) is not None:
         console.print(note, style="yellow", highlight=False)
     written = read_jsonl(out, what="descriptions")
-    print_label_spreads(label_spreads(written))
-    for line in write_exports(written, exports, export_settings):
-        console.print(line, highlight=False)
+    print_label_spreads(label_spreads(written), adapter is not None)
+    if exports:
+        for line in write_exports(written, exports, export_settings(out, export_overrides)):
+            console.print(line, highlight=False, soft_wrap=True)
 
 
-def print_label_spreads(spreads: dict[float, LabelSpread]) -> None:
-    """One line per scale; a warning where a few strings dominate."""
+def print_label_spreads(spreads: dict[float, LabelSpread], adapter: bool) -> None:
+    """One short line per scale; a warning where a few strings dominate, naming what can have caused it."""
     for scale, spread in spreads.items():
         where = f"scale {scale:g}: " if len(spreads) > 1 else ""
         console.print(f"{where}{spread.summary()}", highlight=False, soft_wrap=True)
         if spread.collapsed:
-            console.print(f"warning: {where}a few labels dominate ({spread.distinct} distinct for {spread.inputs} "
-                          "inputs): the adapter may have collapsed; see docs/training.md", style="yellow",
-                          highlight=False, soft_wrap=True)
+            console.print(f"warning: {where}{spread_warning(spread, adapter)}", style="yellow", highlight=False,
+                          soft_wrap=True)
+
+
+def spread_warning(spread: LabelSpread, adapter: bool) -> str:
+    """Why a few labels dominating matters: a collapsed adapter, or (no adapter) the untrained model."""
+    few = f"a few labels dominate ({spread.distinct} distinct for {spread.inputs} inputs)"
+    if adapter:
+        return f"{few}: the adapter may have collapsed; see docs/training.md"
+    return f"{few}: the untrained model says much the same for these vectors (try other --scale values)"
 
 
 def _source_from_options(vectors: str | None, key: str | None, sae_release: str | None,
                          sae_id: str | None) -> VectorSource | None:
     """``--vectors SOURCE`` or the old spellings (``--key K``, ``--sae-release R --sae-id ID``); None: no source."""
+    from ..vectors.source import VectorSource
+
     if vectors is None and sae_release is None:
         return None
     return VectorSource.sae(sae_release, sae_id) if sae_release else VectorSource.parse(vectors, key)
@@ -189,12 +212,18 @@ def extract(
     device: DeviceOpt = None, overwrite: OverwriteOpt = False,
     position: list[int] | None = typer.Option(None, help="Token position(s) to read (negative = from the end; "
                                               "default: the last token). Several give (N, P, d)."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Hidden states at the last token (or --position) of each prompt; blocks above L and the LM head never run.
 
+    \b
     Example: selfie extract --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts topics.txt --chat
       --out vectors.safetensors
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
+    from ..vectors.chunked import extract_to_file
+
     positions: int | list[int] = position[0] if position and len(position) == 1 else (position or -1)
     check_device(device)
     with progress_hook("extracting") as progress:
@@ -209,12 +238,18 @@ def mean(
     out: Path = typer.Option(..., help="Output mean-vectors.safetensors (layer_{L} → (d,) fp32)."),
     chat: ChatOpt = True, batch_size: BatchOpt = 8, chunk: ChunkOpt = 1024, dtype: DtypeOpt = "auto",
     device: DeviceOpt = None, overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Mean last-token state over a prompt set, for contrastive vectors (vector − mean).
 
+    \b
     Example: selfie mean --model meta-llama/Llama-3.1-8B-Instruct --layer 19 --prompts tell-me-about.txt
       --chat --out mean-vectors.safetensors
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
+    from ..vectors.chunked import mean_to_file
+
     check_device(device)
     with progress_hook("averaging") as progress:
         wrote = mean_to_file(out, model, prompts, layer, chat=chat, batch_size=batch_size, chunk=chunk, dtype=dtype,

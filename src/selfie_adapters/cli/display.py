@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -13,6 +16,7 @@ from rich.text import Text
 from ..evals.report import fmt
 
 console = Console(stderr=True)
+SLOW_LOAD_S = 2.0  # a model load that takes longer gets a "loading MODEL…" line, then its time
 
 
 def progress_bar(*extra: ProgressColumn) -> Progress:
@@ -61,3 +65,52 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], ou
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
     (out or Console()).print(table)
+
+
+class LoadNotices(logging.Handler):
+    """The library's model-loading log (``selfie_adapters.models``) as console lines: "loading MODEL…"
+    once a load has taken SLOW_LOAD_S, then "loaded MODEL in S s"; a GGUF being dequantised at once.
+    A quick load prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.timer: threading.Timer | None = None
+        self.said = False
+
+    def say(self, text: str) -> None:
+        self.said = True
+        console.print(text, highlight=False, soft_wrap=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stage = getattr(record, "load_stage", None)
+        if stage == "start":
+            self.said = False
+            if math.isinf(SLOW_LOAD_S):  # notices off
+                return
+            self.timer = threading.Timer(SLOW_LOAD_S, self.say, [f"loading {record.model}…"])
+            self.timer.daemon = True
+            self.timer.start()
+        elif stage == "note":
+            self.say(record.getMessage() + " …")
+        elif stage == "done":
+            if self.timer is not None:
+                self.timer.cancel()
+            if self.said:
+                self.say(f"loaded {record.model} in {record.seconds:.1f} s")
+
+
+@contextmanager
+def load_notices() -> Iterator[None]:
+    """Show model loads that take long while a command runs (see ``LoadNotices``)."""
+    logger = logging.getLogger("selfie_adapters.models")
+    handler, level = LoadNotices(), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler.timer is not None:
+            handler.timer.cancel()
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -6,29 +6,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
-from ..evals import bridge as bridge_mod
-from ..evals import generation as gen_mod
-from ..evals import retrieval as ret_mod
-from ..evals.protocols import defaults_help, protocols_help
-from ..evals.sae_probe import open_sae
-from ..files import read_jsonl, resolve_file, write_json
-from ..interpret.describe import Interpreter
-from ..models.loading import load_model
-from ..runs.fingerprint import FileInput, model_identity
-from ..runs.outputs import check_output_path
-from ..vectors.source import VectorSource
+from ..evals.conversations import GENERATION_PROTOCOLS as GEN
+from ..evals.protocols import (
+    BRIDGE_PROTOCOLS as BRIDGE,
+)
+from ..evals.protocols import (
+    REFERENCE_STRATEGY_NAMES,
+    RETRIEVAL_PROTOCOLS,
+    STRATEGIES,
+    defaults_help,
+    protocols_help,
+)
+from ..threads import configure_threads
 from .app import eval_app
-from .checks import check_device, check_sampling, check_scales
+from .checks import check_device, check_model_name, check_sampling, check_scales
 from .display import print_table, progress_bar
-from .options import DeviceOpt, DtypeOpt, ModelOpt, choices, parse_indices
+from .options import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, choices, parse_indices
 
-GEN, BRIDGE = gen_mod.GENERATION_PROTOCOLS, bridge_mod.BRIDGE_PROTOCOLS
-RetrievalName = choices("RetrievalName", ret_mod.RETRIEVAL_PROTOCOLS)
+if TYPE_CHECKING:  # the commands import the library inside, so `selfie --help` starts without torch
+    from ..vectors.source import VectorSource
+
+RetrievalName = choices("RetrievalName", RETRIEVAL_PROTOCOLS)
 GenerationName = choices("GenerationName", GEN)
 BridgeName = choices("BridgeName", BRIDGE)
 
@@ -40,26 +43,33 @@ def _emit_json(obj: dict) -> None:
 def retrieval(
     labels: Path = typer.Option(..., help="Labels JSONL (e.g. `selfie describe` output): label + id or index."),
     topics: Path = typer.Option(..., help="Topics JSONL: {\"id\", \"title\", \"labels\": [...]} per line."),
-    protocol: RetrievalName = typer.Option("default", help=protocols_help(ret_mod.RETRIEVAL_PROTOCOLS) + "."),
+    protocol: RetrievalName = typer.Option("default", help=protocols_help(RETRIEVAL_PROTOCOLS) + "."),
     model: str | None = typer.Option(None, help="sentence-transformers model (default: offline all-MiniLM-L6-v2; "
                                      "reference protocol and the paper: thenlper/gte-large)."),
-    strategy: str | None = typer.Option(None, help=f"Topic index: {', '.join(ret_mod.STRATEGIES)} (or the "
+    strategy: str | None = typer.Option(None, help=f"Topic index: {', '.join(STRATEGIES)} (or the "
                                         "reference's names) [default title; reference title+labels]."),
     out: Path | None = typer.Option(None, help="Write the JSON report here."),
     cache_dir: Path | None = typer.Option(None, help="Topic-index cache (default ~/.cache/selfie-adapters)."),
     device: str | None = typer.Option(None, help="Embedding device: cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Rank every topic for each label by embedding similarity; recall@k and MRR.
 
+    \b
     Example: selfie eval retrieval --labels labels.jsonl --topics topics.jsonl --out retrieval.json
     """
+    configure_threads(threads)
+    from ..evals import retrieval as ret_mod
+    from ..files import write_json
+    from ..runs.outputs import check_output_path
+
     protocol = protocol.value
-    proto = ret_mod.RETRIEVAL_PROTOCOLS[protocol]
-    strategy = ret_mod.REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or proto.strategy
+    proto = RETRIEVAL_PROTOCOLS[protocol]
+    strategy = REFERENCE_STRATEGY_NAMES.get(strategy, strategy) or proto.strategy
     model = model or proto.model
-    if strategy not in ret_mod.STRATEGIES:
-        raise SelfieError(f"unknown --strategy {strategy!r}; choose one of {', '.join(ret_mod.STRATEGIES)}")
+    if strategy not in STRATEGIES:
+        raise SelfieError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if out is not None:  # a folder, FIFO or link at --out is refused before the work, not after it
         check_output_path(out)
     ts = ret_mod.load_topics(topics)
@@ -105,6 +115,7 @@ def generation(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Generation scoring: conversations written about each label; hit = the latent fires on content.
 
@@ -112,9 +123,13 @@ def generation(
     context of the instruction that named the label; --protocol reference reads every token after BOS
     as the reference implementation does (its published hit rates).
 
+    \b
     Example: selfie eval generation --model meta-llama/Llama-3.1-8B-Instruct
       --sae sae-lens:goodfire-llama-3.1-8b-instruct/layer_19 --labels labels.jsonl --out gen.jsonl
     """
+    configure_threads(threads)
+    from ..runs.outputs import check_output_path
+
     protocol = protocol.value
     proto = GEN[protocol]
     check_sampling(temperature, top_p)
@@ -126,8 +141,16 @@ def generation(
         raise SelfieError("give exactly one label source: --labels FILE or --adapter PATH --latents 0-99")
     if adapter is not None and latents is None:
         raise SelfieError("--adapter writes labels for --latents; add e.g. --latents 0-99")
-    pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
     indices = parse_indices(latents, "--latents") if latents is not None else None
+    check_model_name(model)  # flag values first, then the model's name, then the heavy imports
+    from ..adapters.artifact import load_adapter
+    from ..evals import generation as gen_mod
+    from ..evals.sae_probe import open_sae
+    from ..files import read_jsonl, write_json
+    from ..interpret.describe import Interpreter
+    from ..models.loading import load_model
+
+    pairs = gen_mod.parse_label_rows(read_jsonl(labels, what="labels"), str(labels)) if labels else None
     sae_model = open_sae(_sae_source(sae, sae_release, sae_id, sae_file), layer)
     m, tok = load_model(model, dtype=dtype, device=device)
     if pairs is None:
@@ -159,6 +182,8 @@ def generation(
 
 def _sae_source(sae: str | None, release: str | None, sae_id: str | None, sae_file: Path | None) -> VectorSource:
     """``--sae SOURCE`` or the old spellings (``--sae-release R --sae-id ID``, ``--sae-file FILE``)."""
+    from ..vectors.source import VectorSource
+
     given = [flag for flag, v in (("--sae", sae), ("--sae-release", release), ("--sae-file", sae_file)) if v]
     if len(given) != 1:
         raise SelfieError(f"which SAE? give one of --sae sae-lens:RELEASE/ID or --sae SAE.safetensors "
@@ -191,12 +216,23 @@ def bridge(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Bridge entities: describe every (layer, question token) state; heatmap of alias hits.
 
+    \b
     Example: selfie eval bridge --model meta-llama/Llama-3.1-8B-Instruct --adapter A.safetensors
       --records twohop.jsonl --limit 5 --layers 0-31 --samples 4 --out-dir bridge/
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
+    from ..adapters.artifact import load_adapter
+    from ..evals import bridge as bridge_mod
+    from ..files import read_jsonl, resolve_file
+    from ..interpret.describe import Interpreter
+    from ..models.loading import load_model
+    from ..runs.fingerprint import FileInput, model_identity
+
     protocol = protocol.value
     rows = read_jsonl(records, what="records")[:limit]
     for r in rows:  # validate every record before loading the model

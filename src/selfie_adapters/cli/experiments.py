@@ -7,13 +7,14 @@ from pathlib import Path
 
 import typer
 
-from ..adapters.kinds import trainable_kinds
+from ..adapters.kind_names import trainable_kind_names
 from ..errors import SelfieError
-from ..training.config import AUTOCAST_DTYPES
+from ..threads import configure_threads
 from .app import app
 from .display import console, print_table
+from .options import ThreadsOpt
 
-TRAINABLE = trainable_kinds()
+TRAINABLE = trainable_kind_names()
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that run the whole pipeline on a model.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -44,13 +45,17 @@ def topics(
     score_only: bool = typer.Option(False, "--score-only", help="Only score a run described elsewhere with "
                                     "--no-score (e.g. on a GPU machine): reads --out, loads no model."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """The topic experiment: train adapters on `Tell me about {title}.` vectors, describe held-out
     topics, score by retrieval among the held-out titles, next to untrained SelfIE at its best scale.
 
+    \b
     Example: selfie experiment topics --model smollm2-135m-instruct --layers 12 18 --out topics-run
     """
+    configure_threads(threads)
     from ..experiments.topics import TopicsConfig, run_topics, score_run
+    from ..training.config import AUTOCAST_DTYPES
 
     if score_only:
         _write_report(score_run(out), out)

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from ..models.catalogue import catalogue_rows
-from ..models.export import export_model
 from .app import app
 from .display import console, print_table
 from .options import DtypeOpt
@@ -31,8 +30,11 @@ def export(name: str = typer.Argument(..., help="Catalogue name, hub id, folder 
            overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out.")) -> None:
     """Write a model as a plain HF safetensors folder (GGUF dequantised), e.g. for --engine vllm.
 
+    \b
     Example: selfie models export smollm2-135m-instruct --out smollm2-135m
       then: selfie describe --model smollm2-135m --engine vllm ...
     """
+    from ..models.export import export_model
+
     export_model(name, out, dtype=dtype, overwrite=overwrite)
     console.print(f"wrote {out}", highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from ..errors import SelfieError
-from ..interpret.label_text import LABEL_ENDS
+from ..interpret.label_text import AUTO, LABEL_ENDS
 from ..models.loading import DTYPES
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model: hub id, folder, folder/file.gguf or a catalogue "
@@ -24,6 +24,9 @@ TemplateOpt = Annotated[str | None, typer.Option("--template", help="Prompt temp
 InjectionTokenOpt = Annotated[str | None, typer.Option("--injection-token", help="Token in the template replaced "
                                                        "by the vector (default: the adapter's, else one the "
                                                        "tokenizer keeps whole).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: "
+                                                "OMP_NUM_THREADS if set, else the usable CPUs that other "
+                                                "processes leave idle).")]
 
 
 
@@ -32,9 +35,9 @@ def choices(name: str, values) -> type[Enum]:
     return Enum(name, {v: v for v in values}, type=str)
 
 
-LabelEnd = choices("LabelEnd", LABEL_ENDS)
+LabelEnd = choices("LabelEnd", (AUTO, *LABEL_ENDS))
 LABEL_END_HELP = ("last-quote: generate to end-of-turn, label = text before the last quote (reference); "
-                  "first-quote: stop at the first quote.")
+                  "first-quote: stop at the first quote; auto: last-quote with an adapter, first-quote without.")
 
 def parse_indices(spec: str, flag: str) -> list[int]:
     """'0,5,10-12' → [0, 5, 10, 11, 12]; a malformed ``spec`` is an error naming ``flag``."""

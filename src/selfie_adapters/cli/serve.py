@@ -9,9 +9,18 @@ import sys
 import typer
 
 from ..errors import SelfieError
+from ..threads import configure_threads
 from .app import app
 from .checks import check_template
-from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, InjectionTokenOpt, InjectLayerOpt, TemplateOpt
+from .options import (
+    AllowMismatchOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InjectionTokenOpt,
+    InjectLayerOpt,
+    TemplateOpt,
+    ThreadsOpt,
+)
 
 
 @app.command()
@@ -47,11 +56,12 @@ def serve(
     allow_model_mismatch: AllowMismatchOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Serve /describe, /extract, /lens, /compare, /info and the explorer page at /.
 
+    \b
     Example: selfie serve --model toy --port 8000   (then open http://127.0.0.1:8000/)
     """
     try:
@@ -61,10 +71,7 @@ def serve(
     except ImportError as e:
         raise SelfieError(f"selfie serve needs the serve extra ({e.name} is missing): "
                           "pip install 'selfie-adapters[serve]'") from None
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     limits = Limits(max_vectors=max_vectors, max_prompt_tokens=max_prompt_tokens, max_samples=max_samples,
                     max_scales=max_scales, max_new_tokens=max_new_tokens, max_generations=max_generations,
                     max_body_bytes=int(max_body_mb * 2**20))

@@ -8,18 +8,13 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import TextColumn
 
-from ..adapters.artifact import load_adapter
 from ..errors import SelfieError
-from ..models.loading import load_model
-from ..training.config import load_config
-from ..training.evaluate import adapter_loss
-from ..training.trainer import train as run_training
+from ..threads import configure_threads
 from .app import app, eval_app
-from .checks import check_device, check_scales
+from .checks import check_device, check_model_name, check_scales
 from .display import progress_bar
-from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt
+from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt
 
 
 @app.command("train")
@@ -33,11 +28,19 @@ def train_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a "
                                    "run (its state, metrics and adapters are replaced)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a SelfIE adapter; prints where the best and final adapters were written.
 
+    \b
     Example: selfie train examples/goodfire-l19-scalar-affine.yaml --set training.max_steps=200
     """
+    configure_threads(threads)
+    from rich.progress import TextColumn
+
+    from ..training.config import load_config
+    from ..training.trainer import train as run_training
+
     cfg = load_config(config, set_)
     if not progress:
         result = run_training(cfg, resume=resume, overwrite=overwrite)
@@ -80,12 +83,20 @@ def loss_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per scale: loss, num_examples."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """The published "val loss" of an adapter, or of untrained SelfIE at each --scale.
 
+    \b
     Example: selfie eval loss --model meta-llama/Llama-3.1-8B-Instruct --labels labels.json.gz
     --vectors w_dec.pt --scale 2.5 --scale 10
     """
+    check_model_name(model)  # a mistyped name fails before torch is imported
+    configure_threads(threads)
+    from ..adapters.artifact import load_adapter
+    from ..models.loading import load_model
+    from ..training.evaluate import adapter_loss
+
     if adapter is None and not scale:
         raise SelfieError("give --adapter FILE, or --scale S (repeatable) for the untrained baseline")
     if batch_size is not None and batch_size < 1:

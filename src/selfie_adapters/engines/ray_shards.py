@@ -33,6 +33,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,12 +41,11 @@ import torch
 
 from ..adapters.artifact import Adapter, load_adapter
 from ..errors import SelfieError
-from ..files import atomic_path
+from ..files import atomic_path, remove_stale_temps
 from ..interpret.describe import BASELINE_SCALES
-from ..interpret.label_text import check_label_end
 from ..interpret.resumable import KEY_FIELDS, DescribeRun, Progress, _mean_vector, row_key
 from ..runs.fingerprint import resolve_settings
-from ..runs.outputs import Record
+from ..runs.outputs import OutputLock, Record
 from ..runs.row_log import JsonlLog
 from ..vectors.rows import drop_zero_rows, write_skipped
 from .choice import check_engine
@@ -156,7 +156,7 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     ``max_retries``: times one shard may lose its worker before the run fails. ``progress`` as in
     ``describe_source``; ``on_batch`` sees every appended batch with its shard and worker.
     """
-    check_label_end(run.label_end)
+    run = run.with_defaults()
     check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
     adapter = load_adapter(run.adapter) if run.adapter else None
     named, (vectors, indices) = _vectors(run)
@@ -166,7 +166,8 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
     inputs = resolve_settings(run.inputs(None))  # fingerprints once; the parts and OUT record the same
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
-    with JsonlLog(out, inputs, command=COMMAND, key_fields=KEY_FIELDS, overwrite=overwrite) as final:
+    with JsonlLog(out, inputs, command=COMMAND, key_fields=KEY_FIELDS, overwrite=overwrite,
+                  about=run.about()) as final:
         if overwrite:
             _remove_parts(parts_dir)
         write_skipped(out, named, indices, run.source.row_name)
@@ -181,9 +182,9 @@ def describe_sharded(run: DescribeRun, out: str | os.PathLike, *, address: str |
                 with _RaySession(address):
                     pool = _Pool(run, adapter, mean, num_workers, worker_options, threads, max_retries)
                     pool.run(todo, vectors, indices, parts_dir, inputs, jobs_per_vector, tick, on_batch)
-            _merge(out, [_part_path(parts_dir, s) for s in shards], inputs)
-    if not keep_parts:
-        _remove_parts(parts_dir)
+            _merge(out, [_part_path(parts_dir, s) for s in shards], inputs, run.about())
+        if not keep_parts:
+            _remove_parts(parts_dir)
     return out
 
 
@@ -395,10 +396,10 @@ class _RaySession:
             ray.shutdown()
 
 
-def _merge(out: Path, parts: list[Path], inputs: dict) -> None:
+def _merge(out: Path, parts: list[Path], inputs: dict, about: dict | None = None) -> None:
     """Concatenate the parts into OUT atomically. The record goes first: a kill between the two leaves an
     empty OUT of ours (the next run merges again), never rows without a record."""
-    Record(out, COMMAND).write(inputs)
+    Record(out, COMMAND).write(inputs, about)
     with atomic_path(out) as tmp, open(tmp, "wb") as dst:
         for path in parts:
             with open(path, "rb") as src:
@@ -407,11 +408,16 @@ def _merge(out: Path, parts: list[Path], inputs: dict) -> None:
 
 
 def _remove_parts(parts_dir: Path) -> None:
-    """Delete the parts we wrote and their records; anything else in the folder stays (and so does the folder)."""
+    """Delete the parts we wrote, their records, the temp files and locks a killed run left; anything else in
+    the folder stays (and so does the folder). Called while holding OUT's lock."""
     if not parts_dir.is_dir():
         return
     for path in parts_dir.glob("shard-[0-9][0-9][0-9][0-9][0-9].jsonl*"):
         if path.name.endswith((".jsonl", ".jsonl.settings.json")) and path.is_file():
             path.unlink()
+        elif path.name.endswith(".jsonl.lock") and path.is_file():
+            with suppress(SelfieError, OSError):  # a worker that outlived its driver still holds it: leave it
+                OutputLock(path.with_suffix("")).acquire().release()  # releasing removes it
+    remove_stale_temps(parts_dir, owned=True)
     if not any(parts_dir.iterdir()):
         parts_dir.rmdir()

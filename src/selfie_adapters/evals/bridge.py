@@ -12,50 +12,21 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import SelfieError
-from ..files import write_json
+from ..files import remove_stale_temps, write_json
 from ..models.tokens import pad_token_id
 from ..models.tree import check_layers, decoder_layers
 from ..runs.outputs import OutputLock, check_settings
 from ..vectors.hidden import hidden_states_batch
 from ..vectors.prompts import question_tokens
-from .protocols import lookup
+from .protocols import BRIDGE_PROTOCOLS, BridgeProtocol, lookup  # noqa: F401  (BridgeProtocol re-exported)
 from .report import save_heatmap
 
 QUESTION_FIELDS = ("question", "prompt", "query")
-
-
-@dataclass(frozen=True)
-class BridgeProtocol:
-    """Which states are described and how a description counts (``default`` or ``reference``)."""
-
-    name: str
-    prefix: str  # put before the question in the user turn
-    to_end: bool  # read from the first question token to the end of the prompt (else question tokens only)
-    samples: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    untrained_scale: float | None  # the baseline's scale (None: the interpreter's sweep)
-    match_on: str  # "label" (text before the closing quote) or "text" (the whole generation)
-    help: str = ""
-
-
-BRIDGE_PROTOCOLS = {
-    "default": BridgeProtocol("default", "", False, 4, 1.0, 1.0, 24, None, "label",
-                              "question tokens, aliases in the label"),
-    # the reference script: "Complete the statement: ", from the first question token (34 for Llama-3.1)
-    # to the end of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, aliases in the whole text.
-    # Its top-p is not set there (the model's generation config applies: 0.9 for Llama-3.1-Instruct).
-    "reference": BridgeProtocol("reference", "Complete the statement: ", True, 10, 0.7, 0.9, 20, 10.0, "text",
-                                "the reference script ('Complete the statement: ', first question token to the "
-                                "end of the prompt, scale 10 untrained, T 0.7, 10 samples, 20 tokens, whole text)"),
-}
 
 
 def question_of(record: dict) -> str:
@@ -178,6 +149,7 @@ def bridge_records(records: Sequence[dict], out_dir: str | os.PathLike, interpre
 
     with OutputLock(out_dir):  # one writer per folder
         out_dir.mkdir(parents=True, exist_ok=True)  # a rerun keeps finished records (same settings only)
+        remove_stale_temps(out_dir, owned=True)  # a killed run's half-written reports
         check_settings(out_dir / "settings.json", settings, any((out_dir / f"{x}.json").exists() for x in names),
                        out_dir)
         summary = [_record(out_dir, name, rec, once, eval_kw) for name, rec in zip(names, records)]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SelfieError
+from ..files import save_figure
 
 
 def fmt(v) -> str:
@@ -44,7 +45,7 @@ def save_heatmap(path: str | os.PathLike, values, *, row_labels: Sequence[str], 
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
     return path

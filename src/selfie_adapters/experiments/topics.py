@@ -181,6 +181,8 @@ def run_name(kind: str, cfg: TopicsConfig, labels: Path) -> str:
 def describe_rows(interp: Interpreter, vectors: torch.Tensor, rows: Sequence[int], path: Path,
                   scales: Sequence[float], settings: dict, max_new_tokens: int) -> list[dict]:
     """Describe ``vectors[rows]`` at each scale into a resumable JSONL; all its rows."""
+    if interp.label_end != "last-quote":  # rows written before the untrained baseline stopped at the first
+        settings = {**settings, "label_end": interp.label_end}  # quote were all last-quote: never mix them
     with JsonlLog(path, settings, command="experiment topics", key_fields=KEY_FIELDS) as log:
         return write_descriptions(log, interp, vectors[list(rows)], rows, scales=scales,
                                   max_new_tokens=max_new_tokens, batch_size=64)

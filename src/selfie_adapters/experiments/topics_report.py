@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import SelfieError
 from ..evals.report import fmt
+from ..files import save_figure as save_atomically
 
 COLUMNS = ("layer", "method", "scale", "R@1", "R@10", "MRR", "val loss", "params", "seconds")
 
@@ -67,7 +68,7 @@ def save_figure(report: dict, path: str | Path) -> Path:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=120)
+        save_atomically(fig, path, dpi=120)
     finally:
         plt.close(fig)
     return path

@@ -59,7 +59,7 @@ def ask_source(run: AskRun, out: str | os.PathLike, *, overwrite: bool = False,
     """Answer ``run``'s questions about its vectors into ``out`` (JSONL, one row per question × vector ×
     scale × sample); a rerun with the same inputs resumes."""
     run.check()
-    v = run.vectors
+    v = run.vectors.with_defaults()
     check_engine(v.engine, v.model, inject_layer=v.inject_layer)
     with claim_run(v, out, command="ask", key_fields=KEY_FIELDS, overwrite=overwrite,
                    extra_inputs=run.inputs()) as claimed:

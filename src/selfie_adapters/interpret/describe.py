@@ -17,10 +17,10 @@ from ..adapters.artifact import Adapter
 from ..adapters.guard import check_model
 from ..errors import SelfieError
 from ..files import check_finite
-from ..models.tokens import describe_stop_ids, eos_token_ids, pad_token_id
+from ..models.tokens import describe_stop_ids, end_of_turn_token, eos_token_ids, pad_token_id
 from ..models.tree import base_model, check_layers, model_device
 from .generate import Generated, derived_seed, generate
-from .label_text import check_label_end, extract_label
+from .label_text import extract_label, family_max_new_tokens, resolve_label_end
 from .template import PromptTemplate, choose_template
 
 BASELINE_SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # the reference's geometric Llama sweep
@@ -77,7 +77,7 @@ class Interpreter:
                  template: PromptTemplate | str | None = None, injection_token: str | None = None,
                  inject_layer: int | None = None,
                  mean: torch.Tensor | None = None, allow_model_mismatch: bool = False,
-                 label_end: str = "last-quote") -> None:
+                 label_end: str = "auto") -> None:
         self.model, self.tokenizer = model, tokenizer
         dim = model.config.hidden_size
         self.adapter = adapter if adapter is not None else Adapter.identity(dim)
@@ -95,13 +95,19 @@ class Interpreter:
                 raise SelfieError(f"mean vector has shape {tuple(mean.shape)}, expected ({dim},)")
             check_finite(mean, "mean vector")
         self.mean = None if mean is None else mean.float()
-        self.label_end = check_label_end(label_end)
+        self.label_end = resolve_label_end(label_end, adapter is not None)
+        self.end_of_turn = _end_of_turn(tokenizer)  # the family, as its chat template closes a turn
         self.eos_ids = eos_token_ids(tokenizer, model, trained_eos)
-        self.stop_ids = describe_stop_ids(tokenizer, self.eos_ids, self.template.closing, label_end)
+        self.stop_ids = describe_stop_ids(tokenizer, self.eos_ids, self.template.closing, self.label_end)
 
     @property
     def default_scales(self) -> tuple[float, ...]:
         return BASELINE_SCALES if self.adapter.kind == "identity" else (1.0,)
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """The model family's bound on a description (``label_text.MAX_NEW_TOKENS_BY_END_OF_TURN``)."""
+        return family_max_new_tokens(self.end_of_turn)
 
     def soft_tokens(self, vectors: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         """(N, d) vectors → (N, d) fp32 soft tokens: adapter(scale · x̂), x̂ = (v − mean)/‖v − mean‖.
@@ -122,37 +128,42 @@ class Interpreter:
         return [d for batch in self.iter_describe(vectors, **kwargs) for d in batch]
 
     def iter_describe(self, vectors: torch.Tensor, *, scales: Sequence[float] | None = None, samples: int = 1,
-                      max_new_tokens: int = 40, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                      batch_size: int = 32, skip: Iterable[tuple[int, float, int]] = (),
+                      max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                      seed: int = 0, batch_size: int = 32, skip: Iterable[tuple[int, float, int]] = (),
                       indices: Sequence[int] | None = None, relevancy: bool = False,
                       progress: Callable[[int], None] | None = None) -> Iterator[list[Description]]:
         """Yield one list of descriptions per batch (vectors × scales × samples), for incremental writing.
 
-        ``temperature`` 0 is greedy; sampling is seeded per (index, scale, sample), so results do not
-        depend on batch size or on what was skipped. ``skip`` holds keys already done (resume);
-        ``indices`` names the rows (default 0..N-1). ``relevancy`` adds SelfIE's per-token relevancy
-        (one extra teacher-forced pass over the unpatched prompt per batch).
+        ``temperature`` 0 is greedy; sampling is seeded per (index, scale, sample). ``skip`` holds keys
+        already done (resume): batches are cut from the whole job list and a batch with a missing job
+        runs whole (only the missing rows are yielded), so a resumed run computes every row in the same
+        batch as an uninterrupted one, bit for bit. ``indices`` names the rows (default 0..N-1).
+        ``relevancy`` adds SelfIE's per-token relevancy (one extra teacher-forced pass per batch).
+        ``max_new_tokens`` defaults to the model family's (``default_max_new_tokens``).
         """
         vectors = _as_matrix(vectors, self.model.config.hidden_size)
+        max_new_tokens = max_new_tokens or self.default_max_new_tokens
         indices = list(range(len(vectors))) if indices is None else list(indices)
         scales = tuple(float(s) for s in (scales or self.default_scales))
         done = set(skip)
-        jobs = [job for row in range(len(vectors)) for s in scales for k in range(samples)
-                if (job := DescribeItem(row, indices[row], s, k)).key not in done]
-        todo = sorted({job.row for job in jobs})
+        jobs = [DescribeItem(row, indices[row], s, k) for row in range(len(vectors)) for s in scales
+                for k in range(samples)]
+        batches = [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+        batches = [b for b in batches if any(job.key not in done for job in b)]
+        todo = sorted({job.row for batch in batches for job in batch})
         where = {row: u for u, row in enumerate(todo)}
-        base = self.adapter.prepare(self._centred(vectors[todo])) if jobs else None  # (U, d): x̂ once per vector
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
+        base = self.adapter.prepare(self._centred(vectors[todo])) if todo else None  # (U, d): x̂ once per vector
+        for batch in batches:
             rows = torch.tensor([where[job.row] for job in batch], device=base.device)
             scale = torch.tensor([job.scale for job in batch], dtype=torch.float32, device=base.device)
             soft = self.adapter.scaled_transform(base[rows], scale, prepared=True)  # (b, d)
             outs = self.generate_rows(batch, soft, max_new_tokens=max_new_tokens, temperature=temperature,
                                       top_p=top_p, seed=seed)
             rel = self._relevancy(outs) if relevancy else [None] * len(outs)
-            yield [self._describe_one(job, out, r) for job, out, r in zip(batch, outs, rel)]
+            found = [self._describe_one(job, out, r) for job, out, r in zip(batch, outs, rel) if job.key not in done]
+            yield found
             if progress is not None:
-                progress(len(batch))
+                progress(len(found))
 
     def ask(self, vectors: torch.Tensor, question: str, **kwargs) -> list:
         """Answers to one question about each vector (free text, or with ``choices`` their scores);
@@ -211,6 +222,13 @@ class Interpreter:
             result.append(tuple((self.tokenizer.decode([t]), abs(math.exp(lp) - q))
                                 for t, lp, q in zip(o.tokens, o.logprobs, unpatched)))
         return result
+
+
+def _end_of_turn(tokenizer) -> str | None:
+    try:
+        return end_of_turn_token(tokenizer)
+    except SelfieError:  # no chat template and no EOS token: the family default applies
+        return None
 
 
 def _as_matrix(vectors: torch.Tensor, dim: int) -> torch.Tensor:

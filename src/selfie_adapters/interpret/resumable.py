@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -39,7 +39,7 @@ from ..vectors.rows import drop_zero_rows, write_skipped
 from ..vectors.source import VectorSource
 from ..vectors.tensor_files import load_mean_vectors
 from .describe import Description, Interpreter
-from .label_text import LabelSpread, check_label_end, label_spread
+from .label_text import LabelSpread, label_spread, resolve_label_end
 
 KEY_FIELDS = ("index", "scale", "sample")  # what identifies a description row (resume skips these keys)
 Progress = Callable[[int, int], Callable[[int], None] | None]  # (total rows, rows done) → per-batch callback
@@ -94,7 +94,7 @@ class DescribeRun:
     mean_vectors: str | os.PathLike | None = None
     scales: Sequence[float] | None = None
     samples: int = 1
-    max_new_tokens: int = 40
+    max_new_tokens: int | None = None  # None: the model family's (Interpreter.default_max_new_tokens)
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -104,7 +104,7 @@ class DescribeRun:
     injection_token: str | None = None
     allow_model_mismatch: bool = False
     relevancy: bool = False
-    label_end: str = "last-quote"
+    label_end: str = "auto"  # last-quote with an adapter, first-quote without (see label_text)
     dtype: str = "auto"
     device: str | None = None  # the HF engine's; vLLM places the model itself
     engine: str = "hf"  # "hf" (transformers, this package's generate) or "vllm" (engines.vllm)
@@ -128,13 +128,22 @@ class DescribeRun:
             recorded["engine"] = self.engine
         return recorded
 
+    def about(self) -> dict:
+        """The model and adapter as the user named them, recorded beside OUT for people and exports (not
+        compared on resume: see ``runs.outputs.Record``)."""
+        return {"model": self.model, "adapter": self.adapter}
+
+    def with_defaults(self) -> DescribeRun:
+        """This run with ``label_end`` "auto" resolved (it depends on whether there is an adapter only)."""
+        return replace(self, label_end=resolve_label_end(self.label_end, self.adapter is not None))
+
 
 def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool = False,
                     progress: Progress | None = None) -> Path:
     """Describe ``run``'s vectors into ``out`` (JSONL, one row per index × scale × sample); a rerun with the
     same inputs resumes, other inputs are refused unless ``overwrite``. Everything that can be checked
     without the model is checked before it loads."""
-    check_label_end(run.label_end)
+    run = run.with_defaults()
     check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
     with claim_run(run, out, command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as claimed:
         engine = open_engine(run, claimed.adapter, claimed.mean, claimed.model, claimed.tokenizer)
@@ -175,7 +184,8 @@ def claim_run(run: DescribeRun, out: str | os.PathLike, *, command: str, key_fie
         vectors, indices = drop_zero_rows(loaded, named, run.source.row_name)
     mean = _mean_vector(run.mean_vectors, run.layer)
     inputs = run.inputs(texts) | (extra_inputs or {})
-    with JsonlLog(out, inputs, command=command, key_fields=key_fields, overwrite=overwrite) as log:
+    with JsonlLog(out, inputs, command=command, key_fields=key_fields, overwrite=overwrite,
+                  about=run.about()) as log:
         model = tok = None  # the vLLM engine needs no HF model, unless for the prompts' states
         if run.engine == "hf" or texts is not None:
             model, tok = load_model(run.model, dtype=run.dtype, device=run.device)

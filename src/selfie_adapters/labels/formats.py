@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SelfieError
 from ..files import atomic_path, iter_jsonl, open_text, write_json, write_text
+from .naming import EXPORT_FIELDS, ExportSettings
 
 TYPE_NAME = "selfie"  # Neuronpedia's typeName of an explanation method
 
@@ -126,6 +125,8 @@ def neuronpedia_training_sections(rows: Sequence[dict], *, dataset_name: str, la
         label = r["description"].strip() if strip else r["description"]
         if label not in by_index.setdefault(r["index"], []):
             by_index[r["index"]].append(label)
+    import numpy as np  # the reference's seeded draw; imported here so `selfie --help` stays light
+
     indices = sorted(by_index)
     val = set(np.random.RandomState(seed).choice(len(indices), int(len(indices) * val_fraction), replace=False))
     vectors = [{"index": i, "labels": by_index[i], "split": "val" if k in val else "train"}
@@ -135,16 +136,16 @@ def neuronpedia_training_sections(rows: Sequence[dict], *, dataset_name: str, la
                           "vector_type": "sae_decoder"}, "vectors": vectors}]
 
 
-
-
 @dataclass(frozen=True)
 class ExportFormat:
-    """A target of ``selfie labels export``: ``write(describe rows, out, **options) → written paths``."""
+    """A target of ``selfie labels export``: ``write(describe rows, out, **settings) → written paths``;
+    ``fields``: the settings (``EXPORT_FIELDS``) its files are named by."""
 
     name: str
     help: str
     folder: bool  # ``out`` is a folder of files (else one file)
     write: Callable[..., list[Path]]
+    fields: tuple[str, ...]
 
 
 def _export_neuronpedia(rows: Sequence[dict], out, *, model_id: str, source: str, explanation_model: str,
@@ -158,14 +159,11 @@ def _export_delphi(rows: Sequence[dict], out, *, module: str, **_) -> list[Path]
 
 
 EXPORT_FORMATS = {
-    "neuronpedia": ExportFormat("neuronpedia", "every label", False, _export_neuronpedia),
-    "delphi": ExportFormat("delphi", "the best label per latent: closed, then highest log-prob", True, _export_delphi),
+    "neuronpedia": ExportFormat("neuronpedia", "every label", False, _export_neuronpedia,
+                                ("model_id", "source", "explanation_model")),
+    "delphi": ExportFormat("delphi", "the best label per latent: closed, then highest log-prob", True,
+                           _export_delphi, ("module",)),
 }
-
-
-# What the Neuronpedia rows and delphi files are named by (``labels export`` flags, ``describe --export-set``).
-EXPORT_SETTINGS = {"model_id": "llama3.1-8b-it", "source": "19-resid-post-gf",
-                   "explanation_model": "selfie-adapter", "module": "layers.19"}
 
 
 def export_format(name: str, flag: str = "--format") -> ExportFormat:
@@ -194,35 +192,30 @@ def parse_export(spec: str) -> tuple[ExportFormat, Path]:
     return fmt, out
 
 
-def export_model_name(adapter: str | None) -> str:
-    """The explanationModelName of an adapter's labels: its file name (``goodfire-sae-scalar-affine``), or
-    ``selfie-untrained`` for the untrained baseline."""
-    return Path(adapter).name.split(".")[0] if adapter else "selfie-untrained"
-
-
-def parse_export_settings(pairs: Sequence[str], **defaults: str) -> dict[str, str]:
-    """``KEY=VALUE`` overrides (``describe --export-set``) of ``EXPORT_SETTINGS`` (after ``defaults``)."""
-    settings = {**EXPORT_SETTINGS, **defaults}
+def parse_export_settings(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs (``describe --export-set``) → overrides of the settings ``export_settings`` reads."""
+    settings = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in EXPORT_SETTINGS:
-            raise SelfieError(f"--export-set takes KEY=VALUE with KEY one of {', '.join(EXPORT_SETTINGS)}; "
+        if not sep or key not in EXPORT_FIELDS:
+            raise SelfieError(f"--export-set takes KEY=VALUE with KEY one of {', '.join(EXPORT_FIELDS)}; "
                               f"got {pair!r} (e.g. --export-set source=19-resid-post-gf)")
         settings[key] = value
     return settings
 
 
 def write_exports(rows: Sequence[dict], exports: Sequence[tuple[ExportFormat, Path]],
-                  settings: dict[str, str]) -> list[str]:
-    """Write ``rows`` (``selfie describe`` output) in every ``(format, path)``; one line per export written."""
-    lines = []
+                  settings: ExportSettings) -> list[str]:
+    """Write ``rows`` (``selfie describe`` output) in every ``(format, path)``; one line per export written,
+    after one per field that had to be invented."""
+    lines = settings.invented_lines({f for fmt, _ in exports for f in fmt.fields})
     for fmt, out in exports:
-        paths = fmt.write(rows, out, **settings)
+        paths = fmt.write(rows, out, **settings.values)
         lines.append(f"wrote {len(paths)} {fmt.name} explanations to {out}" if fmt.folder
                      else f"wrote {fmt.name} explanations {paths[0]}")
     return lines
 
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_SETTINGS", "ExportFormat", "best_labels", "export_format",
-           "export_model_name", "neuronpedia_rows", "neuronpedia_training_sections", "parse_export",
-           "parse_export_settings", "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]
+__all__ = ["EXPORT_FIELDS", "EXPORT_FORMATS", "ExportFormat", "ExportSettings", "best_labels", "export_format",
+           "neuronpedia_rows", "neuronpedia_training_sections", "parse_export", "parse_export_settings",
+           "read_neuronpedia", "write_delphi", "write_exports", "write_neuronpedia"]

@@ -4,7 +4,8 @@ Chunk k of a job lives in ``OUT.parts/k.safetensors`` (written atomically) besid
 inputs (``OUT.parts/settings.json``); a rerun with the same inputs skips the chunks already there,
 one with other inputs is refused. The finished OUT carries the same record in its metadata, so a
 rerun on a finished OUT does nothing, and a file at OUT that is not ours is never replaced
-without ``overwrite``. The job holds ``OUT.lock`` from start to end.
+without ``overwrite``. The job holds ``OUT.lock`` from start to end. Whatever a killed run left
+(temp files, chunks of a finished OUT) is removed by the next run, so a finished job leaves only OUT.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import SelfieError
-from ..files import read_safetensors, save_tensors
+from ..files import read_safetensors, remove_stale_temps, save_tensors
 from .fingerprint import resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 
@@ -50,6 +51,8 @@ class ChunkStore:
         if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
             raise SelfieError(f"{self.dir} (where unfinished chunks go) is not a folder; move it away")
         record = Record(self.dir, self.command, self.dir / "settings.json")
+        remove_stale_temps(self.out.parent, names={self.out.name}, owned=True)  # we hold OUT.lock
+        remove_stale_temps(self.dir, owned=True)
         finished = self._finished_inputs()
         stored = finished if isinstance(finished, dict) else record.read() if self.dir.is_dir() else None
         self.inputs = resolve_settings(settings, stored)
@@ -57,7 +60,8 @@ class ChunkStore:
             if finished == "foreign":
                 raise refuse_foreign(self.out, self.command, "exists and is not an output of ours")
             check_same_inputs(self.out, finished, self.inputs)
-            self.complete = True  # same inputs, already written: nothing to do
+            self.complete = True  # same inputs, already written: nothing to do but drop what a run killed
+            self._clear()         # between writing OUT and finish() left of its chunks
             return
         chunks = self._chunk_files()
         if chunks and not overwrite:
@@ -108,10 +112,11 @@ class ChunkStore:
         return results
 
     def _clear(self) -> None:
-        """Remove our chunk files and record (nothing else), then the folder if that left it empty."""
+        """Remove our chunk files, record and temp files (nothing else), then the folder if that left it empty."""
         for p in self._chunk_files():
             p.unlink()
         (self.dir / "settings.json").unlink(missing_ok=True)
+        remove_stale_temps(self.dir, owned=True)
         if self.dir.is_dir() and not any(self.dir.iterdir()):
             self.dir.rmdir()
 

@@ -137,9 +137,13 @@ class Record:
             return None
         return data["inputs"]
 
-    def write(self, inputs: dict) -> None:
-        write_text(self.path, json.dumps({"selfie": self.command, "format": RECORD_FORMAT, "inputs": inputs},
-                                         indent=1, allow_nan=False))
+    def write(self, inputs: dict, about: dict | None = None) -> None:
+        """Record ``inputs`` (compared on resume) and ``about``: names for people and exports (the model and
+        adapter as the user wrote them), never compared, since two names may mean the same content."""
+        record = {"selfie": self.command, "format": RECORD_FORMAT, "inputs": inputs}
+        if about:
+            record["about"] = about
+        write_text(self.path, json.dumps(record, indent=1, allow_nan=False))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -3,7 +3,8 @@
 Before any byte is touched: the output must be absent, empty, or ours (``OUT.settings.json``
 names the command that wrote it, every row has that command's key fields) and computed from the
 same inputs (see ``fingerprint``); only then is a torn last line (a kill mid-write) cut off.
-The whole run holds ``OUT.lock``, so a second writer is refused instead of duplicating rows.
+The whole run holds ``OUT.lock``, so a second writer is refused instead of duplicating rows, and
+the temp files a killed run left beside OUT (its settings record is written atomically) are removed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import suppress
 
 from ..errors import SelfieError
-from ..files import iter_jsonl
+from ..files import iter_jsonl, remove_stale_temps
 from .fingerprint import resolve_settings
 from .outputs import OutputLock, Record, check_output_path, check_same_inputs, refuse_foreign
 
@@ -27,9 +28,9 @@ class JsonlLog:
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict | None = None, *, command: str = "results",
-                 key_fields: Sequence[str] = (), overwrite: bool = False) -> None:
+                 key_fields: Sequence[str] = (), overwrite: bool = False, about: dict | None = None) -> None:
         self.path = check_output_path(path)
-        self.command, self.key_fields = command, tuple(key_fields)
+        self.command, self.key_fields, self.about = command, tuple(key_fields), about
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = OutputLock(self.path).acquire()
         try:
@@ -40,6 +41,7 @@ class JsonlLog:
 
     def _open(self, settings: dict, overwrite: bool) -> list[dict]:
         record = Record(self.path, self.command)
+        remove_stale_temps(self.path.parent, names={self.path.name, record.path.name}, owned=True)  # OUT.lock is ours
         has_data = self.path.exists() and self.path.stat().st_size > 0
         if overwrite:
             self.path.unlink(missing_ok=True)
@@ -55,7 +57,7 @@ class JsonlLog:
             rows = self._read_rows()
         self._record, self._inputs = record, inputs  # the record is written with the first rows, so
         if has_data:                                 # a run that fails before them leaves nothing behind
-            record.write(inputs)
+            record.write(inputs, self.about)
             self._inputs = None
         return rows
 
@@ -90,7 +92,7 @@ class JsonlLog:
         except ValueError as e:
             raise SelfieError(f"a result row holds NaN/inf ({e}); nothing was written for this batch") from None
         if self._inputs is not None:
-            self._record.write(self._inputs)
+            self._record.write(self._inputs, self.about)
             self._inputs = None
         size = self.path.stat().st_size if self.path.exists() else 0
         try:

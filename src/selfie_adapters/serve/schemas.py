@@ -26,7 +26,8 @@ class Sampling(Strict):
     samples: int = Field(1, ge=1, description="Descriptions per vector and scale.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(40, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: the model family's (40 Llama-3, 24 "
+                                       "ChatML and others).")
     seed: int = 0
     relevancy: bool = Field(False, description="Add SelfIE's per-token relevancy |p(t|patched) − p(t|unpatched)|.")
 

@@ -89,7 +89,8 @@ class Service:
         if not scales:
             raise RequestError("'scales' is empty; give at least one scale or leave it out for the default")
         self.limits.check_generations(vectors, len(scales), samples)
-        max_new = generation.get("max_new_tokens", 40)
+        max_new = generation["max_new_tokens"] = (generation.get("max_new_tokens")
+                                                  or self.interpreters[mode].default_max_new_tokens)
         if max_new > self.limits.max_new_tokens:
             raise RequestError(f"max_new_tokens {max_new} > {self.limits.max_new_tokens} (server flag "
                                "--max-new-tokens)", 413)

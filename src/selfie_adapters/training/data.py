@@ -14,8 +14,8 @@ tokens; all targets are tokenised once into a right-padded (N, L) tensor so that
 An entry (or JSONL row) may also give ``"questions": [{"question": "Is {vector} a city?", "answer": "Yes."}]``
 (optionally with ``"answer_prefix"``, the start of the answer that is prompt, not target): each pair is an
 example whose prompt is that question (``interpret.question``) and whose target is ``answer + eos``;
-plain labels are the meaning question. ``Split.prompts`` says which prompt each example
-uses (0: the SelfIE template, k: ``LabelledData.questions[k - 1]``); a file without questions gives None.
+plain labels are the meaning question. ``Split.prompts`` says which prompt each example uses (0: the SelfIE
+template, k: ``LabelledData.questions[k - 1]``); a file without questions gives None.
 Any bad input is reported as one SelfieError before training starts.
 """
 
@@ -73,8 +73,8 @@ class LabelledData:
 
 
 @dataclass
-class _Raw:
-    """Examples before tokenisation: parallel lists."""
+class Examples:
+    """Examples before tokenisation, as parallel lists: vector row, label, split, dataset id (one per label)."""
 
     rows: list[int]
     labels: list[str]
@@ -89,6 +89,27 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
 
     >>> data = load_training_data(cfg.data, tokenizer, dim=4096, base_dir="configs/")
     """
+    vectors, datasets, raw = read_examples(cfg, base_dir, dim=dim)
+    asked = bool(raw.questions)
+    if asked:
+        targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token, plain=[p > 0 for p in raw.prompts])
+    else:
+        targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
+    rows, dataset_ids = torch.tensor(raw.rows, dtype=torch.long), torch.tensor(raw.datasets, dtype=torch.long)
+    prompts = torch.tensor(raw.prompts, dtype=torch.long) if asked else None
+    splits = {}
+    for name in SPLITS:
+        idx = torch.tensor([i for i, s in enumerate(raw.splits) if s == name], dtype=torch.long)
+        splits[name] = Split(rows[idx], _trim(targets[idx], lengths[idx]), lengths[idx], dataset_ids[idx],
+                             [raw.labels[i] for i in idx.tolist()], None if prompts is None else prompts[idx])
+    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"], raw.questions)
+
+
+def read_examples(cfg: DataConfig, base_dir: str | os.PathLike = ".", dim: int | None = None
+                  ) -> tuple[torch.Tensor, list[str], Examples]:
+    """``cfg.labels_file`` read and checked, untokenised: (vectors (M, d), dataset names, the examples).
+    ``dim``: the hidden size the vectors must have (None: any). Needs no model (the nearest-neighbour
+    baseline reads its training set with it)."""
     path = _resolve(cfg.labels_file, base_dir)
     if not path.is_file():
         raise SelfieError(f"labels file not found: {path} (set data.labels_file)")
@@ -97,7 +118,7 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
         vectors, datasets, raw = _read_jsonl(path, override)
     else:
         vectors, datasets, raw = _read_sections(path, override)
-    if vectors.dim() != 2 or vectors.shape[1] != dim:
+    if dim is not None and (vectors.dim() != 2 or vectors.shape[1] != dim):
         raise SelfieError(f"vectors have shape {tuple(vectors.shape)} but the model's hidden size is {dim}; "
                           "use vectors taken from this model (or the right data.vectors_file)")
     used = torch.tensor(sorted(set(raw.rows)), dtype=torch.long)
@@ -112,20 +133,9 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
             what = "answer" if asked and raw.prompts[i] else "label"
             raise SelfieError(f"{path.name}: empty {what} for vector row {raw.rows[i]} "
                               f"(dataset {datasets[raw.datasets[i]]!r}); remove it or give it text")
-    if asked:
-        targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token, plain=[p > 0 for p in raw.prompts])
-    else:
-        targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
-    rows, dataset_ids = torch.tensor(raw.rows, dtype=torch.long), torch.tensor(raw.datasets, dtype=torch.long)
-    prompts = torch.tensor(raw.prompts, dtype=torch.long) if asked else None
-    splits = {}
-    for name in SPLITS:
-        idx = torch.tensor([i for i, s in enumerate(raw.splits) if s == name], dtype=torch.long)
-        splits[name] = Split(rows[idx], _trim(targets[idx], lengths[idx]), lengths[idx], dataset_ids[idx],
-                             [raw.labels[i] for i in idx.tolist()], None if prompts is None else prompts[idx])
-    if len(splits["train"]) == 0:
+    if "train" not in raw.splits:
         raise SelfieError(f"{path.name} has no examples with split 'train'")
-    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"], raw.questions)
+    return vectors, datasets, raw
 
 
 def tokenize_targets(tokenizer, labels: list[str], eos_token: str | None,
@@ -173,7 +183,7 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], _Raw]:
+def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], Examples]:
     try:
         with open_text(path) as f:
             sections = json.load(f)
@@ -185,7 +195,7 @@ def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Ten
         raise SelfieError(f"{path.name} must hold a list of sections {{'metadata': ..., 'vectors': [...]}}")
     sources: dict[VectorSource, tuple[int, torch.Tensor]] = {}  # source → (row offset, tensor)
     datasets: list[str] = []
-    raw = _Raw([], [], [], [])
+    raw = Examples([], [], [], [])
     for s, section in enumerate(sections):
         if not isinstance(section, dict) or not isinstance(section.get("vectors"), list):
             raise SelfieError(f"{path.name}: section {s} needs a 'vectors' list of {{index, labels, split}}")
@@ -208,7 +218,7 @@ def _read_sections(path: Path, override: VectorSource | None) -> tuple[torch.Ten
     return vectors, datasets, raw
 
 
-def _add_entries(raw: _Raw, entries: list, offset: int, n: int, dataset: int, where: str) -> None:
+def _add_entries(raw: Examples, entries: list, offset: int, n: int, dataset: int, where: str) -> None:
     for e in entries:
         index, labels, split = e.get("index"), e.get("labels"), e.get("split", "train")
         if not isinstance(index, int) or not 0 <= index < n:
@@ -250,16 +260,16 @@ def _question_pairs(given, where: str) -> list[tuple[QuestionPrompt, str]]:
     return pairs
 
 
-def _question_id(raw: _Raw, question: QuestionPrompt) -> int:
+def _question_id(raw: Examples, question: QuestionPrompt) -> int:
     if question not in raw.questions:
         raw.questions.append(question)
     return raw.questions.index(question) + 1
 
 
-def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], _Raw]:
+def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], Examples]:
     inline: list[list[float]] = []
     datasets: list[str] = []
-    raw = _Raw([], [], [], [])
+    raw = Examples([], [], [], [])
     table = override.load()[0] if override else None
     with open_text(path) as f:
         for lineno, rec in iter_jsonl(f, path.name, what="labels"):

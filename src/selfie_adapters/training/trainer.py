@@ -20,6 +20,7 @@ from ..adapters.artifact import Adapter
 from ..adapters.kinds import PROJECTIONS, Projection, build_projection
 from ..adapters.stats import low_rank_singular_values, projection_stats
 from ..errors import SelfieError
+from ..files import remove_stale_temps
 from ..interpret.label_text import label_spread
 from ..interpret.template import PromptTemplate, resolve_template
 from ..models.loading import load_model
@@ -70,6 +71,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, resume: bool = False,
     check_run_dir(cfg, resume=resume, overwrite=overwrite)
     dist = ddp.setup_distributed()
     lock = OutputLock(cfg.run_dir).acquire() if dist.is_main else None  # one trainer per run folder
+    if lock is not None:
+        remove_stale_temps(cfg.run_dir, owned=True)  # what a killed trainer was saving when it died
     times = StageTimes()
     try:
         with times("load"):  # the frozen LM (when not given) and the tokenized data
