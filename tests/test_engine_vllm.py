@@ -135,3 +135,17 @@ def test_sampled_rows_do_not_depend_on_what_was_resumed(case, tmp_path, capsys):
     resumed = describe(capsys, case, part, *sampled)
     assert sorted(resumed, key=json.dumps) == sorted(whole, key=json.dumps)
     assert len({r["text"] for r in whole}) > 1  # really sampled
+
+
+def test_ask_free_answers_equal_hf(case, tmp_path, capsys):
+    """`selfie ask` (free answers) on vLLM: the question's prompt embeddings, the same greedy answers as hf."""
+    model_dir, vectors = case
+    rows = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / f"ask-{engine}.jsonl"
+        code = main([str(a) for a in ("ask", "--model", model_dir, "--vectors", vectors, "--question",
+                                      "Is {vector} a place?", "--max-new-tokens", MAX_NEW, "--scale", 2,
+                                      "--engine", engine, "--out", out)])
+        assert code == 0, capsys.readouterr()[1]
+        rows[engine] = [(r["index"], r["answer"], r["closed"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert rows["hf"] == rows["vllm"] and len(rows["hf"]) == N

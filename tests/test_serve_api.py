@@ -267,3 +267,75 @@ def test_max_new_tokens_defaults_to_the_model_familys(toy):
     service = Service(model, tok, adapter)
     assert service.settings("adapter", max_new_tokens=None).max_new_tokens == 40
     assert service.settings("baseline", max_new_tokens=7).max_new_tokens == 7
+
+
+# ---------------------------------------------------------------- /ask
+
+ASK = "What colour is {vector}?"
+
+
+def test_ask_free_and_choices_match_the_library(client, toy):
+    model, tok, adapter = toy
+    torch.manual_seed(5)
+    vecs = torch.randn(3, 128)
+    interp = Interpreter(model, tok, adapter)
+    body = {"vectors": vecs.tolist(), "question": ASK, "max_new_tokens": 6}
+    got = post_ok(client, "/ask", body)
+    want = interp.ask(vecs, ASK, max_new_tokens=6)
+    assert got["mode"] == "adapter" and [r["answer"] for r in got["rows"]] == [a.answer for a in want]
+    assert {r["question"] for r in got["rows"]} == {ASK}
+    body = {"vectors": vecs.tolist(), "question": ASK, "choices": [" red", " blue", " green"],
+            "answer_prefix": "{vector} is"}
+    got = post_ok(client, "/ask", body)
+    want = interp.ask(vecs, ASK, choices=[" red", " blue", " green"], answer_prefix="{vector} is")
+    assert [r["choice"] for r in got["rows"]] == [a.choice for a in want]
+    for r, a in zip(got["rows"], want):
+        assert r["probs"] == pytest.approx(a.probs, rel=1e-4, abs=1e-6)
+
+
+def test_ask_prompt_state_and_stream(client):
+    body = {"prompt": PROMPT, "layer": 1, "question": ASK, "choices": [" red", " blue"],
+            "answer_prefix": "{vector} is", "mode": "baseline", "scales": [2.0, 4.0]}
+    rows = post_ok(client, "/ask", body)["rows"]
+    assert [(r["index"], r["scale"]) for r in rows] == [(0, 2.0), (0, 4.0)]
+    r = client.post("/ask", json={**body, "stream": True})
+    assert r.status_code == 200
+    streamed = [json.loads(line) for line in r.text.splitlines()]
+    for s, x in zip(streamed, rows, strict=True):
+        assert s["probs"] == pytest.approx(x["probs"])
+
+
+def test_concurrent_asks_and_describes_do_not_mix(toy):
+    model, tok, adapter = toy
+    service = Service(model, tok, adapter)
+
+    async def both():
+        torch.manual_seed(6)
+        v = torch.randn(2, 128)
+        s = service.settings("adapter", None, 1, 2, max_new_tokens=4)
+        asked = service.ask_settings("adapter", s, ASK, [" red", " blue"], "{vector} is")
+        jobs = [service.describe(v, s, "adapter"), service.describe(v, asked, "adapter")]
+        return [await j.collect() for j in jobs]
+
+    import asyncio
+
+    service.start()
+    try:
+        described, asked = asyncio.run(both())
+    finally:
+        service.stop()
+    assert all(hasattr(d, "label") for d in described) and all(hasattr(a, "probs") for a in asked)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"vectors": [[0.5] * 128], "question": "What colour is it?"}, "has no {vector}"),
+    ({"vectors": [[0.5] * 128], "question": ASK, "choices": ["red", ""]}, "is empty"),
+    ({"vectors": [[0.5] * 128], "question": ASK, "choices": ["red"]}, "at least two choices"),
+    ({"vectors": [[0.5] * 128], "question": ASK, "choices": ["a", "b"], "samples": 2}, "'samples' is for free"),
+    ({"vectors": [[0.5] * 128], "question": ASK, "relevancy": True}, "'relevancy' is for /describe"),
+    ({"vectors": [[0.5] * 128] * 65, "question": ASK}, "max-vectors"),
+    ({"vectors": [[0.5] * 128]}, "question"),
+])
+def test_bad_ask_input_is_a_one_line_4xx(client, body, message):
+    r = client.post("/ask", json=body)
+    assert 400 <= r.status_code < 500 and message in r.json()["error"], r.text

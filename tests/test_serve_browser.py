@@ -85,6 +85,7 @@ def drive_page(page, url: str, tmp_path: Path) -> None:
     page.wait_for_selector("#samples li.sample >> nth=5", timeout=60_000)
     assert "layer 1" in page.inner_text("#detail-title") and "Zapees" in page.inner_text("#detail-title")
     assert page.locator("#samples li.sample .tok").count() > 0
+    ask_the_cell(page)
     page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
     assert (tmp_path / "explorer.png").stat().st_size > 10_000
     check_exports(page, tmp_path, len(headers))
@@ -107,3 +108,21 @@ def check_exports(page, tmp_path: Path, n_tokens: int) -> None:
     page.fill("#search", "Belgar")  # colour by match to a word
     after = page.locator("#grid td").first.evaluate("td => td.style.background")
     assert page.input_value("#colour") == "match" and before != after
+
+
+def ask_the_cell(page) -> None:
+    """The question box asks the clicked cell's state: scored choices, a free answer, a bad question."""
+    page.fill("#question", "What colour is {vector}?")
+    page.fill("#choices", "red, blue, green")
+    page.click("#ask")
+    page.wait_for_selector("#answer .choice >> nth=2", timeout=60_000)
+    assert page.locator("#answer .choice.best").count() == 1
+    shares = [float(t.rsplit(":", 1)[1].strip(" %")) for t in page.locator("#answer .choice").all_inner_texts()]
+    assert abs(sum(shares) - 100) < 0.5
+    page.fill("#choices", "")
+    page.click("#ask")
+    page.wait_for_selector("#answer .answer", timeout=60_000)
+    page.fill("#question", "What colour is it?")
+    page.click("#ask")
+    page.wait_for_selector("#answer .error", timeout=60_000)
+    assert "{vector}" in page.inner_text("#answer .error")

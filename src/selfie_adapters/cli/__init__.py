@@ -10,8 +10,9 @@ import typer
 
 from ..errors import SelfieError
 from . import (
+    ask,  # noqa: F401  (registers commands)
     baseline,  # noqa: F401
-    compat,  # noqa: F401  (registers commands)
+    compat,  # noqa: F401
     core,  # noqa: F401
     demo,  # noqa: F401
     evals,  # noqa: F401
@@ -28,15 +29,17 @@ __all__ = ["app", "eval_app", "main"]
 
 
 MULTI_VALUE_FLAGS = ("--scale", "--layers")  # `--scale 1 2 3` means `--scale 1 --scale 2 --scale 3`
+MULTI_WORD_FLAGS = ("--choices",)  # `--choices yes no` means `--choices yes --choices no` (up to the next flag)
 
 
 def expand_multi_values(argv: list[str]) -> list[str]:
-    """Let a repeatable numeric option take several values after one flag, as in ``--scale 1 2 3``."""
+    """Let a repeatable option take several values after one flag, as in ``--scale 1 2 3``."""
     out: list[str] = []
     i = 0
     while i < len(argv):
         j = i + 1
-        while argv[i] in MULTI_VALUE_FLAGS and j < len(argv) and _is_number(argv[j]):
+        while j < len(argv) and ((argv[i] in MULTI_VALUE_FLAGS and _is_number(argv[j]))
+                                 or (argv[i] in MULTI_WORD_FLAGS and not argv[j].startswith("--"))):
             j += 1
         if j > i + 1:  # flag + numbers → one flag per number
             out += [x for value in argv[i + 1:j] for x in (argv[i], value)]

@@ -33,6 +33,10 @@ def demo(
     layer: int = typer.Option(1, help="Vectors = residual stream after this block of the 4-block toy model."),
     steps: int = typer.Option(200, min=1, help="Training steps per adapter kind."),
     out: Path = typer.Option(Path("selfie-demo"), help="Folder for report.json, demo.png and the adapters."),
+    ask: bool = typer.Option(False, "--ask", help="Instead: ask held-out concepts attribute questions ('What colour "
+                             "is {vector}?') through untrained, meaning-only and question-trained adapters "
+                             "(one --kind, default the default kind), and time choices vs descriptions."),
+    question_ratio: float = typer.Option(0.5, help="With --ask: share of question-answer pairs in training."),
     threads: ThreadsOpt = None,
 ) -> None:
     """Watch SelfIE work offline: a tiny Llama trained on a made-up world describes concepts it
@@ -52,6 +56,9 @@ def demo(
         raise SelfieError(f"unknown adapter kind(s) {bad}; valid: {', '.join(TRAINABLE)}")
     check_layers(TOY_BLOCKS, [layer], "--layer")
     console = Console()
+    if ask:
+        run_ask_demo(kinds[0] if kind else None, seed, layer, steps, question_ratio, out, console)
+        return
     report, figure = run_demo(ExperimentConfig(kinds=kinds, seed=seed, layer=layer, steps=steps), out, console)
     console.print(f"report: {report}\nfigure: {figure}", highlight=False)
 
@@ -75,6 +82,33 @@ def run_demo(cfg: ExperimentConfig, out_dir: Path, console: Console, rows: int =
     console.print(examples_table(report, rows))
     console.print(metrics_table(report))
     return out_dir / "report.json", plot_report(report, out_dir / "demo.png")
+
+
+def run_ask_demo(kind: str | None, seed: int, layer: int, steps: int, question_ratio: float, out_dir: Path,
+                 console: Console) -> Path:
+    """`selfie demo --ask`: run the ask experiment and print its table; returns the report's path."""
+    from ..toy.ask_experiment import ATTRIBUTES, AskConfig, run_ask_experiment
+
+    if not 0 < question_ratio < 1:
+        raise SelfieError(f"--question-ratio must be between 0 and 1, got {question_ratio}")
+    cfg = AskConfig(seed=seed, layer=layer, steps=steps, question_ratio=question_ratio,
+                    **({"kind": kind} if kind else {}))
+    report = run_ask_experiment(cfg, out_dir, say=lambda s: console.print(f"[dim]{s}[/dim]", highlight=False))
+    table = Table(title=f"Toy world: attribute questions about {report['heldout']} held-out concepts "
+                        f"(accuracy; choices / free answer)")
+    table.add_column("soft token")
+    for name in ATTRIBUTES:
+        table.add_column(name, justify="right")
+    titles = {"untrained": f"untrained (scale {report['untrained']['scale']:g})",
+              "meaning_only": f"{cfg.kind}, meaning labels only", "with_questions": f"{cfg.kind}, + question pairs"}
+    for key, title in titles.items():
+        table.add_row(title, *[f"{report[key][a]['choices']:.2f} / {report[key][a]['free']:.2f}" for a in ATTRIBUTES])
+    console.print(table)
+    speed = report["speed"]
+    console.print(f"probe speed: {speed['choices_per_s']:.1f} vectors/s scoring 8 colour choices vs "
+                  f"{speed['describe_per_s']:.1f} vectors/s describing ({speed['speedup']:.1f}x)", highlight=False)
+    console.print(f"report: {out_dir / 'ask_report.json'}", highlight=False)
+    return out_dir / "ask_report.json"
 
 
 def best_kind(report: dict) -> str:

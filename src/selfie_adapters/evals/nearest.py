@@ -135,7 +135,10 @@ def read_training_set(run: NearestRun) -> tuple[TrainingSet, tuple[torch.Tensor,
     if vectors.dim() != 2:
         raise SelfieError(f"the labels file's vectors have shape {tuple(vectors.shape)}; expected (N, d)")
     by_split: dict[str, dict[int, list[str]]] = {"train": {}, "val": {}}
-    for row, label, split in zip(raw.rows, raw.labels, raw.splits):
+    asks = raw.prompts if raw.questions else [0] * len(raw.rows)
+    for row, label, split, ask in zip(raw.rows, raw.labels, raw.splits, asks):
+        if ask:  # a question's answer is not a label of the vector
+            continue
         labels = by_split[split].setdefault(row, [])
         if label not in labels:
             labels.append(label)

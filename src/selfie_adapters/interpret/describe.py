@@ -180,6 +180,21 @@ class Interpreter:
 
         return batch_size or hf_batch_size(self.model, len(self.prompt_ids) + max_new_tokens)
 
+    def ask(self, vectors: torch.Tensor, question: str, **kwargs) -> list:
+        """Answers to one question about each vector (free text, or with ``choices`` their scores);
+        see ``interpret.ask.iter_ask`` for the arguments.
+
+        >>> interp.ask(vectors, "Is {vector} a place? Answer yes or no.", choices=["yes", "no"])[0].choice
+        'yes'
+        """
+        return [a for batch in self.iter_ask(vectors, [question], **kwargs) for a in batch]
+
+    def iter_ask(self, vectors: torch.Tensor, questions: Sequence[str], **kwargs) -> Iterator[list]:
+        """One list of :class:`~selfie_adapters.interpret.ask.Answer` (or ``ChoiceScores``) rows per batch."""
+        from .ask import iter_ask
+
+        return iter_ask(self, vectors, questions, **kwargs)
+
     def generate_rows(self, batch: Sequence[DescribeItem], soft: torch.Tensor, *, max_new_tokens: int,
                       temperature: float, top_p: float, seed: int) -> list[Generated]:
         """The template with ``soft[b]`` (b, d) at every site → row b's continuation; sampling is seeded by

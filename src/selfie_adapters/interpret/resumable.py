@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -200,8 +201,41 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
     run = run.with_defaults()
     check_engine(run.engine, run.model, inject_layer=run.inject_layer, relevancy=run.relevancy)
     check_best_of(run)
+    loaded = run.reconstructor.check() if run.reconstructor is not None else None  # before any model loads
+    with claim_run(run, out, command="describe", key_fields=KEY_FIELDS, overwrite=overwrite) as c:
+        engine = open_engine(run, c.adapter, c.mean, c.model, c.tokenizer)
+        targets = c.vectors.float() if c.mean is None else c.vectors.float() - c.mean  # what is described
+        scorer = _scorer(run, targets, c.model, c.tokenizer, loaded) if run.reconstructor is not None else None
+        write_descriptions(c.log, engine, c.vectors, c.indices, scales=run.scales, samples=run.num_samples,
+                           progress=progress, scorer=scorer, targets=targets, rates=rates,
+                           max_new_tokens=run.max_new_tokens, temperature=run.temperature, top_p=run.top_p,
+                           seed=run.seed, batch_size=run.batch_size, relevancy=run.relevancy)
+        if run.best_of is not None:
+            c.log.rewrite(mark_best(c.log.rows))
+    return Path(out)
+
+
+@dataclass
+class Claimed:
+    """What :func:`claim_run` hands over: OUT's open log, the model (None for vLLM without prompts), the
+    vectors to process (zero rows dropped) and their names, the adapter and the mean vector."""
+
+    log: JsonlLog
+    model: object
+    tokenizer: object
+    vectors: torch.Tensor
+    indices: list[int]
+    adapter: object
+    mean: torch.Tensor | None
+
+
+@contextmanager
+def claim_run(run: DescribeRun, out: str | os.PathLike, *, command: str, key_fields: Sequence[str],
+              overwrite: bool = False, extra_inputs: dict | None = None) -> Iterator[Claimed]:
+    """Check ``run``'s inputs, claim ``out`` (lock + recorded inputs, plus ``extra_inputs``) before any model
+    loads, load the model, read the vectors (a source or prompt states) and drop zero rows: the common
+    start of `selfie describe` and `selfie ask`."""
     adapter = load_adapter(run.adapter) if run.adapter else None
-    loaded = run.reconstructor.check() if run.reconstructor is not None else None
     if (run.source is None) == (run.prompts is None):
         raise SelfieError("give exactly one vector source: --vectors FILE[#KEY], --vectors "
                           "sae-lens:RELEASE/ID [--features 0-99], or --prompts FILE --layer L")
@@ -210,7 +244,8 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
         loaded_vectors, named = run.source.load(run.features)  # every row asked for (all of them without features)
         vectors, indices = drop_zero_rows(loaded_vectors, named, run.source.row_name)
     mean = _mean_vector(run.mean_vectors, run.layer)
-    with JsonlLog(out, run.inputs(texts), command="describe", key_fields=KEY_FIELDS, overwrite=overwrite,
+    inputs = run.inputs(texts) | (extra_inputs or {})
+    with JsonlLog(out, inputs, command=command, key_fields=key_fields, overwrite=overwrite,
                   about=run.about()) as log:
         model = tok = None  # the vLLM engine needs no HF model, unless for the prompts' states or scores
         if run.engine == "hf" or texts is not None or run.reconstructor is not None:
@@ -225,16 +260,7 @@ def describe_source(run: DescribeRun, out: str | os.PathLike, *, overwrite: bool
                 model = None
                 release_device_memory()
         write_skipped(out, named, indices, run.source.row_name if run.source else "prompt state")
-        engine = open_engine(run, adapter, mean, model, tok)
-        targets = vectors.float() if mean is None else vectors.float() - mean  # what is described
-        scorer = _scorer(run, targets, model, tok, loaded) if run.reconstructor is not None else None
-        write_descriptions(log, engine, vectors, indices, scales=run.scales, samples=run.num_samples,
-                           progress=progress, scorer=scorer, targets=targets, rates=rates,
-                           max_new_tokens=run.max_new_tokens, temperature=run.temperature, top_p=run.top_p,
-                           seed=run.seed, batch_size=run.batch_size, relevancy=run.relevancy)
-        if run.best_of is not None:
-            log.rewrite(mark_best(log.rows))
-    return Path(out)
+        yield Claimed(log, model, tok, vectors, list(indices), adapter, mean)
 
 
 def _scorer(run: DescribeRun, targets: torch.Tensor, model, tokenizer, loaded) -> Scorer:

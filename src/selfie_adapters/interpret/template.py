@@ -84,13 +84,34 @@ def derive_template(tokenizer, injection_token: str | None = None) -> PromptTemp
         return PromptTemplate()
     token = injection_token or pick_injection_token(tokenizer)
     check_whole_token(tokenizer, token)
-    if not getattr(tokenizer, "chat_template", None):
-        raise SelfieError("the tokenizer has no chat template, so no SelfIE prompt can be derived; give one with "
-                          f"--template TEXT (containing {token!r}) or soft_prompt.template in the config")
-    question = QUESTION.format(token=token)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    fix = f"give one with --template TEXT (containing {token!r}) or soft_prompt.template in the config"
+    text = chat_turn(tokenizer, QUESTION.format(token=token), fix)
     return PromptTemplate(text + ANSWER_PREFIX.format(token=token), token)
+
+
+LLAMA3_USER_TURN = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def user_turn(tokenizer, content: str) -> str:
+    """One user turn + the assistant header, as the SelfIE prompt renders it: Llama-3 tokenizers in the
+    published template's format (no system block), others by their own chat template.
+
+    >>> user_turn(llama3_tokenizer, QUESTION.format(token=INJECTION_TOKEN)) + ANSWER_PREFIX.format(
+    ...     token=INJECTION_TOKEN) == SELFIE_TEMPLATE
+    True
+    """
+    if is_llama3_tokenizer(tokenizer):
+        return LLAMA3_USER_TURN.format(content=content)
+    return chat_turn(tokenizer, content, "use a chat model (its tokenizer needs a chat template)")
+
+
+def chat_turn(tokenizer, content: str, fix: str) -> str:
+    """``content`` as one user turn by the tokenizer's own chat template, with the generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SelfieError(f"the tokenizer has no chat template, so no SelfIE prompt can be derived; {fix}")
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def pick_injection_token(tokenizer) -> str:

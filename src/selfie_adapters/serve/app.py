@@ -22,7 +22,7 @@ from ..interpret.describe import Description
 from .inputs import decode_vectors, encode_tensor
 from .limits import RequestError
 from .scheduler import DescribeJob, Settings
-from .schemas import CompareRequest, DescribeRequest, ExtractRequest, LensRequest, VectorInput
+from .schemas import AskRequest, CompareRequest, DescribeRequest, ExtractRequest, LensRequest, VectorInput
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_app(service: Service, *, token: str | None = None) -> FastAPI:
 
 
 def api_routes(service: Service) -> APIRouter:
-    """The JSON API: /info, /describe and /compare (vectors in), /extract and /lens (prompts in)."""
+    """The JSON API: /info, /describe, /ask and /compare (vectors in), /extract and /lens (prompts in)."""
     router = APIRouter()
     describe_routes(router, service)
     prompt_routes(router, service)
@@ -88,6 +88,23 @@ def describe_routes(router: APIRouter, service: Service) -> None:
         rows = await until_disconnect(request, job.collect(), job.cancel)
         scored = await until_disconnect(request, service.scored([d.to_row() for d in rows], vectors, mark=True))
         return {**head, "rows": scored}
+
+    @router.post("/ask", response_model=None)
+    async def ask(req: AskRequest, request: Request) -> dict | Response:
+        """Ask vectors or prompt states a question: free answers, or ``choices`` scored; rows as `selfie ask`."""
+        mode = service.mode(req.mode)
+
+        def settings_for(n: int) -> Settings:  # checked before any model work
+            base = service.settings(mode, req.scales, req.samples, n, **req.generation())
+            return service.ask_settings(mode, base, req.question, req.choices, req.answer_prefix)
+
+        vectors = await source_vectors(service, req, request, settings_for)
+        settings = settings_for(len(vectors))
+        job = service.describe(vectors, settings, mode)
+        if req.stream:
+            return ndjson(request, job, lambda a: a.to_row())
+        rows = await until_disconnect(request, job.collect(), job.cancel)
+        return {"mode": mode, "scales": list(settings.scales), "rows": [a.to_row() for a in rows]}
 
     @router.post("/compare")
     async def compare(req: CompareRequest, request: Request) -> dict:

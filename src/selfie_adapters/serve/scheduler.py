@@ -1,4 +1,4 @@
-"""Micro-batching: one worker thread owns the model and merges concurrent describe requests.
+"""Micro-batching: one worker thread owns the model and merges concurrent describe (and ask) requests.
 
 Requests become ``DescribeJob``s (vectors + settings). The worker waits a few milliseconds while
 requests keep arriving, then takes rows from every queued job whose settings match the oldest
@@ -53,10 +53,21 @@ class Settings:
     max_new_tokens: int = 40
     seed: int = 0
     relevancy: bool = False
+    # set for /ask: the question asked instead of describing (``Interpreter.ask``), and its choices if scored
+    question: str | None = None
+    choices: tuple[str, ...] | None = None
+    answer_prefix: str = ""
 
     @property
     def per_vector(self) -> int:
         return len(self.scales) * self.samples
+
+    def run(self, interp: Interpreter, vectors: torch.Tensor, indices: list[int], batch_size: int) -> list:
+        """Describe the vectors, or ask them the question: one row per vector × scale × sample, in input order."""
+        if self.question is None:
+            return interp.describe(vectors, indices=indices, batch_size=batch_size, **self.kwargs())
+        return interp.ask(vectors, self.question, choices=self.choices, answer_prefix=self.answer_prefix,
+                          indices=indices, batch_size=batch_size, **self.kwargs())
 
     def kwargs(self) -> dict:
         return {"scales": self.scales, "samples": self.samples, "temperature": self.temperature,
@@ -253,7 +264,7 @@ class Scheduler:
         indices = [i for job, a, b in parts for i in job.indices[a:b]]
         start = time.perf_counter()
         try:
-            descs = interp.describe(vectors, indices=indices, batch_size=step, **settings.kwargs())
+            descs = settings.run(interp, vectors, indices, step)
             chunks = _split(descs, parts, settings.per_vector)
         except Exception as e:  # the requests in this batch fail; the server keeps serving
             log.exception("describe batch failed")

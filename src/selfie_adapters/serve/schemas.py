@@ -76,3 +76,13 @@ class LensRequest(Sampling):
 class CompareRequest(Generation):
     a: VectorInput = Field(description="One vector or one prompt state.")
     b: VectorInput
+
+
+class AskRequest(VectorInput, Generation):
+    """Ask the vectors (or prompt states) a question, as `selfie ask` does."""
+
+    question: str = Field(description="The question, with {vector} where the soft token goes.")
+    choices: list[str] | None = Field(None, description="Score these answers (teacher-forced, normalised over "
+                                      "the choices) instead of generating.")
+    answer_prefix: str = Field("", description="Start of the assistant's answer (may hold {vector}).")
+    stream: bool = Field(False, description="Stream rows as NDJSON while they are computed.")

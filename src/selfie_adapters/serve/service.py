@@ -138,6 +138,25 @@ class Service:
                                f"{self.limits.max_prompt_tokens} (server flag --max-prompt-tokens)", 413)
         return encoded
 
+    def ask_settings(self, mode: str, settings: Settings, question: str, choices: Sequence[str] | None,
+                     answer_prefix: str) -> Settings:
+        """``settings`` for asking ``question``: the question, its prompt and the choices' tokens are checked
+        here, before any model work (a bad one is a 400)."""
+        from dataclasses import replace
+
+        from ..interpret.ask import asking
+        from ..interpret.question import choice_token_ids
+
+        if settings.relevancy:
+            raise RequestError("'relevancy' is for /describe; leave it out of /ask")
+        view = asking(self.interpreters[mode], question, answer_prefix)
+        if choices is not None:
+            if settings.samples != 1:
+                raise RequestError("'samples' is for free answers; with 'choices' each vector is scored once")
+            choice_token_ids(self.tokenizer, view.template.text, choices)
+        return replace(settings, question=question, answer_prefix=answer_prefix,
+                       choices=tuple(choices) if choices is not None else None)
+
     # --- work ---------------------------------------------------------------------------------------
     async def scored(self, rows: list[dict], vectors: torch.Tensor, mark: bool = False) -> list[dict]:
         """``rows`` (``index`` = row of ``vectors``) with their round-trip scores, computed on the model thread,

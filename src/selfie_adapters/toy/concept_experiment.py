@@ -80,14 +80,14 @@ TrainProgress = Callable[[str, int, int, dict], None]  # (kind, step, total step
 
 
 def train_kind(kind: str, cfg: ExperimentConfig, labels_file: Path, runs: Path, model, tokenizer,
-               init_scale: float, progress: TrainProgress | None = None):
+               init_scale: float, progress: TrainProgress | None = None, question_ratio: float | None = None):
     from ..training.config import config_from_dict
     from ..training.trainer import train
 
     raw = {
         "seed": cfg.seed, "experiment_name": kind,
         "model": {"name": model_name(cfg.model_dir), "dtype": "float32", "enable_gradient_checkpointing": False},
-        "data": {"labels_file": str(labels_file), "batch_size": cfg.batch_size},
+        "data": {"labels_file": str(labels_file), "batch_size": cfg.batch_size, "question_ratio": question_ratio},
         "projection": {"type": kind, "normalize_input": True, "init_scale": init_scale,
                        "low_rank_rank": cfg.rank if PROJECTIONS[kind].needs_rank else None},
         "training": {"learning_rate": cfg.learning_rate, "max_steps": cfg.steps, "warmup_steps": 10,

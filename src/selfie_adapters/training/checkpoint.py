@@ -26,8 +26,10 @@ STATE_FORMAT = 1
 
 
 def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *, global_step: int,
-                 best_val_loss: float | None) -> Path:
-    """The published single-file format with the full training config and the model signature."""
+                 best_val_loss: float | None, questions: list | None = None) -> Path:
+    """The published single-file format with the full training config and the model signature (and, when it
+    was trained on question–answer pairs, its prompts: metadata ``questions``, a JSON list of
+    ``{"question", "answer_prefix"}``)."""
     meta = {"model_name": cfg.model.name, "config_json": cfg.to_json()}
     extra = {"global_step": str(global_step), "model_signature": json.dumps(model_signature(model)),
              # what `describe` needs to prompt the model the way the adapter was trained
@@ -35,6 +37,8 @@ def save_adapter(path: Path, projection: Projection, cfg: TrainConfig, model, *,
              "eos_token": cfg.data.eos_token}
     if best_val_loss is not None:
         extra["best_val_loss"] = repr(float(best_val_loss))
+    if questions:
+        extra["questions"] = json.dumps([{"question": q, "answer_prefix": p} for q, p in questions])
     return Adapter(projection, meta).save(path, **extra)
 
 

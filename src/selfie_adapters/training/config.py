@@ -57,6 +57,9 @@ class DataConfig:
     # Our addition: where the vectors come from when the labels file has no `filename` (a tensor file,
     # `file.safetensors#key`, or `sae-lens:<release>/<sae_id>` for SAE decoder rows).
     vectors_file: str | None = None
+    # Our addition: with question–answer pairs in the labels file, the share of them in each epoch
+    # (0 < r < 1; the plain labels fill the rest). None: every example once per epoch.
+    question_ratio: float | None = None
 
 
 @dataclass
@@ -330,6 +333,12 @@ def validate(cfg: TrainConfig) -> None:
     })
     if t.label_smoothing >= 1.0:
         raise SelfieError(f"training.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    if d.question_ratio is not None and not 0.0 < d.question_ratio < 1.0:
+        raise SelfieError(f"data.question_ratio must be between 0 and 1 (exclusive), got {d.question_ratio}; "
+                          "null mixes every example once per epoch")
+    if d.question_ratio is not None and d.train_dataset_ratios is not None:
+        raise SelfieError("data.question_ratio and data.train_dataset_ratios cannot be combined yet; set one "
+                          "of them to null")
     _check_paths(cfg)
 
 

@@ -10,6 +10,12 @@ Two input forms:
 
 Every label is its own example. The target is ``label + '"' + eos`` tokenised without added special
 tokens; all targets are tokenised once into a right-padded (N, L) tensor so that batching is indexing.
+
+An entry (or JSONL row) may also give ``"questions": [{"question": "Is {vector} a city?", "answer": "Yes."}]``
+(optionally with ``"answer_prefix"``, the start of the answer that is prompt, not target): each pair is an
+example whose prompt is that question (``interpret.question``) and whose target is ``answer + eos``;
+plain labels are the meaning question. ``Split.prompts`` says which prompt each example uses (0: the SelfIE
+template, k: ``LabelledData.questions[k - 1]``); a file without questions gives None.
 Any bad input is reported as one SelfieError before training starts.
 """
 
@@ -18,13 +24,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import SelfieError
 from ..files import iter_jsonl, open_text, save_tensors
+from ..interpret.question import QuestionPrompt
 from ..models.tokens import end_of_turn_token
 from ..vectors.source import VectorSource
 from .config import DataConfig
@@ -40,14 +47,15 @@ class Split:
     targets: torch.Tensor  # (N, L) long, right-padded with 0
     lengths: torch.Tensor  # (N,) long, ≥ 1
     dataset_ids: torch.Tensor  # (N,) long, index into LabelledData.datasets
-    labels: list[str]
+    labels: list[str]  # the label, or the answer of a question example
+    prompts: torch.Tensor | None = None  # (N,) long: 0 = SelfIE template, k = questions[k - 1]; None: all 0
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: torch.Tensor) -> Split:
         return Split(self.rows[idx], self.targets[idx], self.lengths[idx], self.dataset_ids[idx],
-                     [self.labels[i] for i in idx.tolist()])
+                     [self.labels[i] for i in idx.tolist()], None if self.prompts is None else self.prompts[idx])
 
 
 @dataclass
@@ -56,6 +64,7 @@ class LabelledData:
     datasets: list[str]  # "name@lN" (or "name" when the layer is unknown)
     train: Split
     val: Split
+    questions: list[QuestionPrompt] = field(default_factory=list)  # distinct prompts, in order of first appearance
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -71,6 +80,8 @@ class Examples:
     labels: list[str]
     splits: list[str]
     datasets: list[int]
+    prompts: list[int] = field(default_factory=list)  # 0 = meaning, k = questions[k - 1]
+    questions: list[QuestionPrompt] = field(default_factory=list)
 
 
 def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.PathLike = ".") -> LabelledData:
@@ -79,14 +90,19 @@ def load_training_data(cfg: DataConfig, tokenizer, dim: int, base_dir: str | os.
     >>> data = load_training_data(cfg.data, tokenizer, dim=4096, base_dir="configs/")
     """
     vectors, datasets, raw = read_examples(cfg, base_dir, dim=dim)
-    targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
+    asked = bool(raw.questions)
+    if asked:
+        targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token, plain=[p > 0 for p in raw.prompts])
+    else:
+        targets, lengths = tokenize_targets(tokenizer, raw.labels, cfg.eos_token)
     rows, dataset_ids = torch.tensor(raw.rows, dtype=torch.long), torch.tensor(raw.datasets, dtype=torch.long)
+    prompts = torch.tensor(raw.prompts, dtype=torch.long) if asked else None
     splits = {}
     for name in SPLITS:
         idx = torch.tensor([i for i, s in enumerate(raw.splits) if s == name], dtype=torch.long)
         splits[name] = Split(rows[idx], _trim(targets[idx], lengths[idx]), lengths[idx], dataset_ids[idx],
-                             [raw.labels[i] for i in idx.tolist()])
-    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"])
+                             [raw.labels[i] for i in idx.tolist()], None if prompts is None else prompts[idx])
+    return LabelledData(vectors.float().contiguous(), datasets, splits["train"], splits["val"], raw.questions)
 
 
 def read_examples(cfg: DataConfig, base_dir: str | os.PathLike = ".", dim: int | None = None
@@ -109,25 +125,30 @@ def read_examples(cfg: DataConfig, base_dir: str | os.PathLike = ".", dim: int |
     if not torch.isfinite(vectors[used]).all():
         bad = (~torch.isfinite(vectors[used])).any(-1).sum().item()
         raise SelfieError(f"{bad} labelled vector(s) contain NaN/Inf; drop those entries from {path.name}")
+    asked = bool(raw.questions)
     if cfg.strip_labels:
-        raw.labels = [s.strip() for s in raw.labels]
+        raw.labels = [s.strip() if not asked or raw.prompts[i] == 0 else s for i, s in enumerate(raw.labels)]
     for i, label in enumerate(raw.labels):
         if not label or not label.strip():
-            raise SelfieError(f"{path.name}: empty label for vector row {raw.rows[i]} "
+            what = "answer" if asked and raw.prompts[i] else "label"
+            raise SelfieError(f"{path.name}: empty {what} for vector row {raw.rows[i]} "
                               f"(dataset {datasets[raw.datasets[i]]!r}); remove it or give it text")
     if "train" not in raw.splits:
         raise SelfieError(f"{path.name} has no examples with split 'train'")
     return vectors, datasets, raw
 
 
-def tokenize_targets(tokenizer, labels: list[str], eos_token: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_targets(tokenizer, labels: list[str], eos_token: str | None,
+                     plain: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``label + '"' + eos`` for every label → right-padded (N, L) ids and (N,) lengths (one batched call).
-    ``eos_token`` None: the model's end-of-turn token, read off its chat template."""
+    ``eos_token`` None: the model's end-of-turn token, read off its chat template. ``plain[i]``: example i
+    is a question's answer, whose target is ``answer + eos`` (no closing quote)."""
     eos_token = eos_token or end_of_turn_token(tokenizer)
     if eos_token not in tokenizer.get_vocab():
         raise SelfieError(f"data.eos_token {eos_token!r} is not a token of this tokenizer; set it to the "
                           "model's end-of-turn token (Llama-3: '<|eot_id|>')")
-    texts = [f'{label}"{eos_token}' for label in labels]
+    plain = plain or [False] * len(labels)
+    texts = [f'{label}{eos_token}' if p else f'{label}"{eos_token}' for label, p in zip(labels, plain)]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
     out = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
@@ -204,15 +225,45 @@ def _add_entries(raw: Examples, entries: list, offset: int, n: int, dataset: int
             raise SelfieError(f"{where}: vector index {index!r} out of range; the vectors file has {n} rows")
         if isinstance(labels, str):
             labels = [labels]
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        pairs = _question_pairs(e.get("questions"), f"{where}: entry {index}")
+        if labels is None and pairs:
+            labels = []
+        if not isinstance(labels, list) or not (labels or pairs) or not all(isinstance(x, str) for x in labels):
             raise SelfieError(f"{where}: entry {index} needs 'labels', a non-empty list of strings; got {labels!r}")
         if split not in SPLITS:
             raise SelfieError(f"{where}: entry {index} has split {split!r}; valid: {', '.join(SPLITS)}")
-        for label in labels:
+        for prompt, text in [(0, label) for label in labels] + [(_question_id(raw, q), a) for q, a in pairs]:
             raw.rows.append(offset + index)
-            raw.labels.append(label)
+            raw.labels.append(text)
             raw.splits.append(split)
             raw.datasets.append(dataset)
+            raw.prompts.append(prompt)
+
+
+def _question_pairs(given, where: str) -> list[tuple[QuestionPrompt, str]]:
+    """An entry's ``questions``: a list of {"question": "... {vector} ...", "answer": "..."} with an optional
+    "answer_prefix" (absent: none) → (prompt, answer) pairs."""
+    if given is None:
+        return []
+    fix = 'a list of {"question": "Is {vector} a city?", "answer": "Yes."}'
+    if not isinstance(given, list):
+        raise SelfieError(f"{where}: 'questions' must be {fix}; got {given!r}")
+    pairs = []
+    for pair in given:
+        if not isinstance(pair, dict) or not {"question", "answer"} <= set(pair) <= {
+                "question", "answer", "answer_prefix"} or not all(isinstance(v, str) for v in pair.values()):
+            raise SelfieError(f"{where}: each of 'questions' must be {fix}; got {pair!r}")
+        if "{vector}" not in pair["question"]:
+            raise SelfieError(f"{where}: question {pair['question']!r} has no {{vector}}; put {{vector}} where the "
+                              "vector goes")
+        pairs.append((QuestionPrompt(pair["question"], pair.get("answer_prefix", "")), pair["answer"]))
+    return pairs
+
+
+def _question_id(raw: Examples, question: QuestionPrompt) -> int:
+    if question not in raw.questions:
+        raw.questions.append(question)
+    return raw.questions.index(question) + 1
 
 
 def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor, list[str], Examples]:
@@ -226,7 +277,8 @@ def _read_jsonl(path: Path, override: VectorSource | None) -> tuple[torch.Tensor
             key = f"{name}@l{rec['layer']}" if rec.get("layer") is not None else name
             if key not in datasets:
                 datasets.append(key)
-            entry = {"labels": rec.get("labels", rec.get("label")), "split": rec.get("split", "train")}
+            entry = {"labels": rec.get("labels", rec.get("label")), "split": rec.get("split", "train"),
+                     "questions": rec.get("questions")}
             if "vector" in rec:
                 entry["index"] = len(inline)
                 inline.append(rec["vector"])

@@ -16,10 +16,11 @@ from . import ddp
 from .config import DataConfig, SoftPromptConfig
 from .data import LabelledData, Split, load_training_data
 from .loss import SelfieLoss
+from .question_loss import QuestionLoss
 from .sampling import validation_subset
 
 
-def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
+def evaluate_loss(loss_fn: QuestionLoss | SelfieLoss, soft_fn, data: LabelledData, split: Split, batch_size: int,
                   dist: ddp.DistInfo | None = None) -> float:
     """Validation loss: mean over batches of the batch-mean loss (the reference implementation's)."""
     dist = dist or ddp.DistInfo()
@@ -31,7 +32,8 @@ def evaluate_loss(loss_fn: SelfieLoss, soft_fn, data: LabelledData, split: Split
             idx = dist.shard(torch.arange(start, min(start + batch_size, len(split))))
             total = torch.zeros(1)
             if len(idx):
-                per = loss_fn(soft_fn(data.vectors[split.rows[idx]]), split.targets[idx], split.lengths[idx])
+                args = (soft_fn(data.vectors[split.rows[idx]]), split.targets[idx], split.lengths[idx])
+                per = loss_fn(*args) if split.prompts is None else loss_fn(*args, split.prompts[idx])
                 total = per.sum().float().cpu().reshape(1)
             ddp.all_reduce_sum([total], dist)
             batch_means.append(total.item() / min(batch_size, len(split) - start))
@@ -74,7 +76,8 @@ def adapter_loss(model, tokenizer, adapter: Adapter | None, labels_file: str, *,
         part = _published_subset(part, data, trained, val_fraction, seed)
     adapter = adapter if adapter is not None else Adapter.identity(dim, normalize_input=True)
     adapter.to(model_device(model))
-    loss_fn = SelfieLoss(model, tokenizer, resolve_template(tokenizer, sp.template, sp.reserved_token))
+    loss_fn = QuestionLoss(model, tokenizer, resolve_template(tokenizer, sp.template, sp.reserved_token),
+                           data.questions)
     out = []
     for scale in scales:
         def soft(v: torch.Tensor, s: float = float(scale)) -> torch.Tensor:

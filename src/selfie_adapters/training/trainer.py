@@ -32,9 +32,9 @@ from .checkpoint import load_state, save_adapter, save_state, state_path
 from .config import DEFAULT_LOW_RANK_RANK, TrainConfig, replace
 from .data import Split, check_sources, load_training_data
 from .evaluate import evaluate_loss
-from .loss import SelfieLoss
+from .question_loss import QuestionLoss
 from .run_dir import check_run_dir, clear_run, truncate_metrics
-from .sampling import EpochSampler, parse_ratios, validation_subset
+from .sampling import EpochSampler, Group, parse_ratios, validation_subset
 from .timing import StageTimes
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,7 @@ class _Run:
         self.projection.to(model_device(model)).train()
         self.optimizer = build_optimizer(self.projection, cfg)
         self._setup_loss()
-        groups = parse_ratios(cfg.data.train_dataset_ratios, self.data.datasets)
-        self.sampler = EpochSampler(self.data.train.dataset_ids, groups, shuffle=cfg.data.shuffle, seed=cfg.seed,
-                                    resample_each_epoch=cfg.data.resample_each_epoch,
-                                    debug=cfg.data.debug_dataset_mixing)
+        self.sampler = self._sampler()
         self.batches_per_epoch = math.ceil(self.sampler.epoch_length() / cfg.data.batch_size)
         accum = cfg.training.gradient_accumulation_steps
         self.total_batches = cfg.training.num_epochs * self.batches_per_epoch
@@ -199,14 +196,15 @@ class _Run:
             model.train()
         template = PromptTemplate(cfg.soft_prompt.template, cfg.soft_prompt.reserved_token)
         self.template = template
-        self.loss_fn = SelfieLoss(model, self.tokenizer, template, label_smoothing=cfg.training.label_smoothing,
-                                  max_loss=cfg.training.max_loss,
-                                  prefix_cache=not checkpointing,
-                                  autocast=getattr(torch, cfg.training.autocast) if cfg.training.autocast else None)
+        self.loss_fn = QuestionLoss(model, self.tokenizer, template, self.data.questions,
+                                    label_smoothing=cfg.training.label_smoothing, max_loss=cfg.training.max_loss,
+                                    prefix_cache=not checkpointing,
+                                    autocast=getattr(torch, cfg.training.autocast) if cfg.training.autocast else None)
 
     def _per_example_loss(self, split: Split, idx: torch.Tensor) -> torch.Tensor:
         soft = self._soft(self.data.vectors[split.rows[idx]])  # (b, d)
-        return self.loss_fn(soft, split.targets[idx], split.lengths[idx])
+        prompts = None if split.prompts is None else split.prompts[idx]  # which question each example asks
+        return self.loss_fn(soft, split.targets[idx], split.lengths[idx], prompts)
 
     def _validation_loss(self) -> float:
         return evaluate_loss(self.loss_fn, self._soft, self.data, self.val, self.cfg.data.batch_size, self.dist)
@@ -214,7 +212,20 @@ class _Run:
     def _save_model(self, path: Path, step: int) -> Path:
         """The artifact (here: an adapter in the published format) with the run's config and the model's signature."""
         return save_adapter(path, self.projection, self.cfg, self.model, global_step=step,
-                            best_val_loss=self.best_val_loss)
+                            best_val_loss=self.best_val_loss, questions=self.data.questions)
+
+    def _sampler(self) -> EpochSampler:
+        """Dataset mixing by ``train_dataset_ratios``, or question vs plain-label mixing by ``question_ratio``."""
+        cfg, train = self.cfg, self.data.train
+        ids, groups = train.dataset_ids, parse_ratios(cfg.data.train_dataset_ratios, self.data.datasets)
+        ratio = cfg.data.question_ratio
+        if ratio is not None:
+            if train.prompts is None or not (train.prompts > 0).any() or (train.prompts > 0).all():
+                raise SelfieError("data.question_ratio mixes question–answer pairs with plain labels, but the train "
+                                  "split does not have both; set data.question_ratio: null")
+            ids, groups = (train.prompts > 0).long(), [Group((0,), 1.0 - ratio), Group((1,), ratio)]
+        return EpochSampler(ids, groups, shuffle=cfg.data.shuffle, seed=cfg.seed,
+                            resample_each_epoch=cfg.data.resample_each_epoch, debug=cfg.data.debug_dataset_mixing)
 
     # ------------------------------------------------------------------ the loop
 
@@ -335,8 +346,9 @@ class _Run:
     def _sample_descriptions(self) -> list[dict]:
         split = self.val if self.val is not None else self.data.train
         rows, labels = [], []
-        for r, label in zip(split.rows.tolist(), split.labels):
-            if r not in rows:
+        asks = split.prompts.tolist() if split.prompts is not None else [0] * len(split)
+        for r, label, k in zip(split.rows.tolist(), split.labels, asks):
+            if r not in rows and k == 0:  # plain labels only: a description answers the meaning question
                 rows.append(r)
                 labels.append(label)
             if len(rows) == self.cfg.logging.log_sample_generations:

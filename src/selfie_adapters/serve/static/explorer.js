@@ -1,9 +1,9 @@
-// selfie explorer: a lens grid (rows = layers, columns = tokens) over the server's /lens, /describe and /info.
+// selfie explorer: a lens grid (rows = layers, columns = tokens) over the server's /lens, /describe, /ask and /info.
 // Plain browser JavaScript, no build step and no external resources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, lens: null, cells: [], selected: null, range: null };
+const state = { info: null, lens: null, cells: [], selected: null, range: null, cellAt: null };
 
 // --- talking to the server ---------------------------------------------------------------------
 function headers() {
@@ -220,6 +220,8 @@ async function openCell(r, c) {
   state.selected = state.cells[r][c];
   state.selected.classList.add("selected");
   $("detail").hidden = false;
+  state.cellAt = { lens, r, c };
+  $("answer").replaceChildren();
   $("detail-title").textContent = `layer ${lens.layers[r]} · token ${JSON.stringify(lens.tokens[c])} (position ${lens.positions[c]})`;
   const list = $("samples");
   list.replaceChildren(Object.assign(document.createElement("li"), { textContent: "sampling…" }));
@@ -258,6 +260,48 @@ function sampleItem(row) {
     }));
   }
   return li;
+}
+
+// --- one cell: ask it a question ---------------------------------------------------------------
+function askRequest() {
+  const { lens, r, c } = state.cellAt;
+  const body = { prompt: lens.prompt, layer: lens.layers[r], position: lens.positions[c], chat: lens.chat,
+                 mode: lens.mode, scales: lens.scales, question: $("question").value,
+                 max_new_tokens: Number($("max-new-tokens").value) || 24 };
+  const choices = $("choices").value.split(",").map((x) => x.trim()).filter((x, i, all) => x || all.length > 1);
+  if ($("choices").value.trim()) body.choices = choices;
+  return body;
+}
+
+async function askCell(event) {
+  event.preventDefault();
+  const out = $("answer");
+  if (!state.cellAt) { out.textContent = "click a cell first"; return; }
+  out.textContent = "asking…";
+  $("ask").disabled = true;
+  try {
+    const row = (await (await call("/ask", askRequest())).json()).rows[0];
+    out.replaceChildren(...(row.probs ? choiceItems(row) : [answerItem(row)]));
+  } catch (e) {
+    out.replaceChildren(Object.assign(document.createElement("p"), { className: "error", textContent: e.message }));
+  } finally {
+    $("ask").disabled = false;
+  }
+}
+
+function answerItem(row) {
+  return Object.assign(document.createElement("p"), { className: "answer", textContent: row.answer || "∅",
+                                                      title: `mean log-prob ${row.logprob.toFixed(3)}` });
+}
+
+function choiceItems(row) {  // one bar per choice, the argmax in bold
+  return Object.entries(row.probs).map(([choice, p]) => {
+    const div = document.createElement("div");
+    div.className = "choice" + (choice === row.choice ? " best" : "");
+    div.textContent = `${choice}: ${(100 * p).toFixed(1)}%`;
+    div.style.background = `linear-gradient(90deg, rgba(29, 78, 216, 0.25) ${(100 * p).toFixed(1)}%, transparent 0)`;
+    return div;
+  });
 }
 
 // --- export ------------------------------------------------------------------------------------
@@ -313,6 +357,7 @@ $("search").addEventListener("input", () => {
   updateLegend();
   repaint();
 });
+$("ask-form").addEventListener("submit", askCell);
 $("export-json").addEventListener("click", exportJson);
 $("export-png").addEventListener("click", exportPng);
 document.querySelectorAll("input[name=mode]").forEach((el) => el.addEventListener("change", updateScalePlaceholder));
