@@ -169,3 +169,13 @@ def test_checkpoint_dir_naming_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SelfieError, match="is a file, not a folder"):
         toy_config(tmp_path, checkpoint_dir=str(tmp_path / "file"))
+
+
+def test_resume_accepts_settings_filled_in_at_start():
+    """A config that left the rank (or init scale) unset resumes: the saved state holds the filled-in value."""
+    from selfie_adapters.training.run_dir import changed_settings
+
+    saved = {"projection": {"low_rank_rank": 64, "init_scale": 3.2}}
+    assert changed_settings(saved, {"projection": {"low_rank_rank": None, "init_scale": None}}) == []
+    assert changed_settings(saved, {"projection": {"low_rank_rank": 16, "init_scale": None}}) == [
+        "projection.low_rank_rank"]

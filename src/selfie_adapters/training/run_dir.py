@@ -22,9 +22,10 @@ RESUME_SAFE = ("experiment_name", "training.max_steps", "training.num_epochs",
                "training.validation_every_n_steps", "training.checkpoint_every_n_steps",
                "training.save_final_checkpoint", "training.resume_from_checkpoint", "training.checkpoint_dir",
                "data.num_workers", "model.device_map", "logging.*")
-# Left unset (None), these are filled in from the model when training starts; the saved state holds
-# the filled-in values, which the same model fills in the same way.
-MODEL_DEFAULTS = ("data.eos_token", "soft_prompt.template", "soft_prompt.reserved_token", "projection.init_scale")
+# Left unset (None), these are filled in (from the model, or the kind's default rank) when training
+# starts; the saved state holds the filled-in values, which the same model fills in the same way.
+MODEL_DEFAULTS = ("data.eos_token", "soft_prompt.template", "soft_prompt.reserved_token", "projection.init_scale",
+                  "projection.low_rank_rank")
 
 
 def existing_run_files(run_dir: Path) -> list[str]:
