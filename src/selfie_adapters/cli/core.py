@@ -136,11 +136,14 @@ def describe(
     adapters). Zero rows (dead latents) are skipped and listed in OUT.skipped.json; --export writes the
     finished rows for Neuronpedia or delphi too, e.g. --export neuronpedia:np.json --export delphi:explanations.
     """
+    from ..labels.formats import parse_export, parse_export_settings, write_exports
+
+    exports = [parse_export(spec) for spec in export or ()]  # export flags first: cheap, and no model needed
+    export_overrides = parse_export_settings(export_set or ())
     check_model_name(model)  # a mistyped name fails before torch is imported
     configure_threads(threads)
     from ..files import read_jsonl
     from ..interpret.resumable import DescribeRun, describe_source, label_spreads
-    from ..labels.formats import parse_export, parse_export_settings, write_exports
     from ..labels.naming import export_settings
     from ..vectors.rows import skipped_note
 
@@ -151,8 +154,6 @@ def describe(
         check_device(device)
     check_template(template, injection_token)
     source = _source_from_options(vectors, key, sae_release, sae_id)
-    exports = [parse_export(spec) for spec in export or ()]
-    export_overrides = parse_export_settings(export_set or ())
     rows = parse_indices(features, "--features") if features and source is not None else None
     recon = None
     if reconstructor is not None:
