@@ -11,6 +11,7 @@ from ..threads import configure_threads
 from .app import app
 from .display import console, progress_hook
 from .options import AllowMismatchOpt, DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt
+from .train import print_training_result
 
 
 @app.command("train-reconstructor")
@@ -36,14 +37,7 @@ def train_reconstructor_command(
     configure_threads(threads)
     cfg = load_reconstruct_config(config, set_)
     result = train_reconstructor(cfg, resume=resume, overwrite=overwrite)
-    print(f"time: {result.timing.summary()}")
-    if result.best_path is None and result.final_path is None:
-        print(f"stopped at step {result.global_step}; no reconstructor written (resume with --resume)")
-        return
-    if result.best_val_loss is not None:
-        print(f"best val mse_nrm: {result.best_val_loss:.4f}")
-    print(f"best:  {result.best_path or '(no validation split)'}")
-    print(f"final: {result.final_path or '(save_final_checkpoint is false)'}")
+    print_training_result(result, "reconstructor", "val mse_nrm")
 
 
 @app.command("score")

@@ -53,12 +53,17 @@ def train_command(
                 bar.update(task, completed=step, total=total, info=text)
 
             result = run_training(cfg, resume=resume, overwrite=overwrite, progress=show)
+    print_training_result(result, "adapter", "val loss")
+
+
+def print_training_result(result, artifact: str, loss_name: str) -> None:
+    """Where a training run's time went, its best validation loss and the files it wrote."""
     print(f"time: {result.timing.summary()}")
     if result.best_path is None and result.final_path is None:
-        print(f"stopped at step {result.global_step}; no adapter written (resume with --resume)")
+        print(f"stopped at step {result.global_step}; no {artifact} written (resume with --resume)")
         return
     if result.best_val_loss is not None:
-        print(f"best val loss: {result.best_val_loss:.4f}")
+        print(f"best {loss_name}: {result.best_val_loss:.4f}")
     print(f"best:  {result.best_path or '(no validation split)'}")
     print(f"final: {result.final_path or '(save_final_checkpoint is false)'}")
 

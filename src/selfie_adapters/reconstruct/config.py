@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from ..adapters.kinds import PROJECTIONS
-from ..errors import SelfieError, first_line
-from ..training.config import DEFAULT_LOW_RANK_RANK, TrainConfig, apply_override, config_from_dict
+from ..errors import SelfieError
+from ..training.config import DEFAULT_LOW_RANK_RANK, TrainConfig, apply_override, config_from_dict, read_yaml_config
 from .reader import DEFAULT_PROMPT, POOLINGS, ReaderPrompt
 
 SECTION = "reconstructor"
@@ -95,19 +95,7 @@ def load_reconstruct_config(path: str | os.PathLike | None, overrides: list[str]
                             ) -> ReconstructConfig:
     """Read a YAML config (an adapter's works: the ``reconstructor`` section is optional), apply
     ``section.key=value`` overrides (``reconstructor.layer=18`` too), validate."""
-    raw: dict[str, Any] = {}
-    base_dir = Path(".")
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise SelfieError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SelfieError(f"{p.name} is not valid YAML: {first_line(e)}") from None
-        if not isinstance(raw, dict):
-            raise SelfieError(f"{p.name} must hold a mapping of config sections, got {type(raw).__name__}")
-        base_dir = p.parent
+    raw, base_dir = read_yaml_config(path)
     for assignment in overrides:
         key, _, value = assignment.partition("=")
         if key.strip().startswith(f"{SECTION}."):

@@ -277,21 +277,26 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise SelfieError(f"--set expects section.key=value, got {assignment!r}")
 
 
+def read_yaml_config(path: str | os.PathLike | None) -> tuple[dict[str, Any], Path]:
+    """A YAML config file's sections and its folder (relative paths in it are read from there); ``({}, .)``
+    for None."""
+    if path is None:
+        return {}, Path(".")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SelfieError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SelfieError(f"{p.name} is not valid YAML: {first_line(e)}") from None
+    if not isinstance(raw, dict):
+        raise SelfieError(f"{p.name} must hold a mapping of config sections, got {type(raw).__name__}")
+    return raw, p.parent
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML training config, apply ``section.key=value`` overrides, validate."""
-    raw: dict[str, Any] = {}
-    base_dir = Path(".")
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise SelfieError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SelfieError(f"{p.name} is not valid YAML: {first_line(e)}") from None
-        if not isinstance(raw, dict):
-            raise SelfieError(f"{p.name} must hold a mapping of config sections, got {type(raw).__name__}")
-        base_dir = p.parent
+    raw, base_dir = read_yaml_config(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     return config_from_dict(raw, base_dir)
